@@ -1,0 +1,337 @@
+"""
+One MCP server process: spawned in its own process group, handshaken in the
+right protocol era, asked for tools and tool calls, and closed the way the
+specification says (stdin closed, then SIGTERM, then SIGKILL to its group).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+
+from . import __version__
+from .deferreds import observe, wait_for
+from .protocol import ChildProtocol, ExitInfo, NotificationHandler, RPCError
+
+__all__ = ["LEGACY", "MODERN", "Child", "Era", "StartFailed", "spawn_child"]
+
+MODERN_VERSION = "2026-07-28"
+LEGACY_VERSION = "2025-11-25"
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+_MAX_TOOL_PAGES = 1000
+
+
+@dataclass(frozen=True)
+class Era:
+    """
+    The protocol era a child speaks.
+
+    @ivar modern: C{True} for the stateless 2026-07-28 protocol.
+    @ivar version: The negotiated protocol version.
+    """
+
+    modern: bool
+    version: str
+
+    @property
+    def name(self) -> str:
+        """
+        @return: C{"modern"} or C{"legacy"}.
+        """
+        return "modern" if self.modern else "legacy"
+
+
+MODERN = Era(True, MODERN_VERSION)
+LEGACY = Era(False, LEGACY_VERSION)
+_ENVELOPE = {_VERSION_KEY: MODERN_VERSION, _CAPABILITIES_KEY: {}}
+
+
+class StartFailed(Exception):
+    """
+    The child did not come up as an MCP server.
+
+    @ivar reason: One human line.
+    @ivar exit_info: How the process ended, if it did.
+    """
+
+    def __init__(self, reason: str, exit_info: ExitInfo | None, stderr_tail: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_info = exit_info
+        self.stderr_tail = stderr_tail
+
+
+def _setsid_command(command: tuple[str, ...]) -> tuple[str, list[str]]:
+    """
+    Wrap C{command} so the child leads a new session and process group.
+
+    util-linux C{setsid} execs in place (the spawned process is never a group
+    leader, so it does not fork); without it a tiny Python shim does the same.
+    """
+    setsid = shutil.which("setsid")
+    if setsid:
+        return setsid, [setsid, "--", *command]
+    shim = "import os,sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
+    return sys.executable, [sys.executable, "-I", "-S", "-c", shim, *command]
+
+
+class Child:
+    """
+    A running MCP server that has completed its handshake.
+
+    @ivar era: The protocol era it speaks.
+    @ivar server_info: What it said about itself, if anything.
+    @ivar started_at: When it was spawned, by the injected clock.
+    @ivar ready_at: When its handshake completed.
+    @ivar workdir: Its private working directory, or L{None}.
+    """
+
+    def __init__(
+        self,
+        protocol: ChildProtocol,
+        clock: IReactorTime,
+        era: Era,
+        server_info: dict[str, Any],
+        started_at: float,
+        workdir: str | None,
+    ) -> None:
+        self.protocol = protocol
+        self.clock = clock
+        self.era = era
+        self.server_info = server_info
+        self.started_at = started_at
+        self.ready_at = clock.seconds()
+        self.workdir = workdir
+        self._closing: Deferred[ExitInfo] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """
+        @return: The process id (and process group id).
+        """
+        return self.protocol.pid
+
+    @property
+    def alive(self) -> bool:
+        """
+        @return: Whether it still runs and is not being closed.
+        """
+        return self.protocol.alive and self._closing is None
+
+    def when_ended(self) -> Deferred[ExitInfo]:
+        """
+        @return: Fires with the L{ExitInfo} once the process is gone.
+        """
+        return self.protocol.ended.wait()
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> Deferred[dict[str, Any]]:
+        """
+        Send a request in this child's era (modern requests carry the C{_meta} envelope).
+
+        @param method: The MCP method.
+        @param params: Its params.
+        @return: Fires with the result; cancel it to cancel the request.
+        """
+        return self.protocol.request(method, with_envelope(params) if self.era.modern else params)
+
+    def call_tool(self, name: str, arguments: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """
+        @param name: The tool.
+        @param arguments: Its arguments.
+        @return: Fires with the MCP C{CallToolResult}.
+        """
+        return self.request("tools/call", {"name": name, "arguments": arguments})
+
+    async def list_tools(self) -> list[dict[str, Any]]:
+        """
+        @return: Every tool, following C{nextCursor} through all pages.
+        """
+        tools: list[dict[str, Any]] = []
+        cursor: str | None = None
+        seen: set[str] = set()
+        for _ in range(_MAX_TOOL_PAGES):
+            result = await self.request("tools/list", {"cursor": cursor} if cursor else {})
+            page = result.get("tools")
+            if isinstance(page, list):
+                tools.extend(tool for tool in page if isinstance(tool, dict))
+            cursor = result.get("nextCursor")
+            if not isinstance(cursor, str) or not cursor or cursor in seen:
+                break
+            seen.add(cursor)
+        return tools
+
+    def close(self, grace: float) -> Deferred[ExitInfo]:
+        """
+        Stop the process: close its stdin, then after C{grace} seconds SIGTERM
+        its process group, then after another C{grace} SIGKILL it.
+
+        @param grace: Seconds to wait at each step.
+        @return: Fires with the L{ExitInfo} once it has been reaped.
+        """
+        if self._closing is None:
+            self._closing = _close(self.protocol, self.clock, grace)
+        return observe(self._closing).wait()
+
+
+def _close(protocol: ChildProtocol, clock: IReactorTime, grace: float) -> Deferred[ExitInfo]:
+    ended = protocol.ended.wait()
+    if protocol.ended.done:
+        return ended
+    if protocol.transport is not None:
+        protocol.transport.closeStdin()
+    term = clock.callLater(grace, protocol.signal_group, signal.SIGTERM)
+    kill = clock.callLater(2 * grace, protocol.signal_group, signal.SIGKILL)
+
+    def stop_timers(info: ExitInfo) -> ExitInfo:
+        for timer in (term, kill):
+            if timer.active():
+                timer.cancel()
+        return info
+
+    return ended.addCallback(stop_timers)
+
+
+def with_envelope(params: dict[str, Any] | None) -> dict[str, Any]:
+    """
+    Add the 2026-07-28 C{_meta} envelope to request params.
+
+    @param params: The params, or L{None}.
+    @return: New params carrying the protocol version and client capabilities.
+    """
+    params = dict(params or {})
+    meta = params.get("_meta")
+    params["_meta"] = {**meta, **_ENVELOPE} if isinstance(meta, dict) else dict(_ENVELOPE)
+    return params
+
+
+async def _handshake(
+    protocol: ChildProtocol, clock: IReactorTime, discover_timeout: float, hint: Era | None
+) -> tuple[Era, dict[str, Any]]:
+    """
+    Decide the era as the specification's dual-era client does.
+
+    C{server/discover} first: a DiscoverResult naming 2026-07-28 means
+    modern; any error, or no answer within C{discover_timeout}, means legacy,
+    so C{initialize} follows.  A probe that was merely slow is still honoured:
+    if C{initialize} is refused with -32022 the late discover answer decides.
+    A remembered verdict (C{hint}) skips the probe.
+    """
+    if hint is not None and hint.modern:
+        return hint, {}
+    late = None
+    if hint is None:
+        probe = observe(protocol.request("server/discover", {"_meta": dict(_ENVELOPE)}))
+        try:
+            result = await wait_for(probe, discover_timeout, clock)
+        except RPCError:
+            pass
+        except TimeoutError:
+            late = probe
+        else:
+            versions = result.get("supportedVersions")
+            if isinstance(versions, list) and MODERN_VERSION in versions:
+                meta = result.get("_meta")
+                info = meta.get("io.modelcontextprotocol/serverInfo") if isinstance(meta, dict) else None
+                return MODERN, info if isinstance(info, dict) else {}
+    try:
+        result = await protocol.request(
+            "initialize",
+            {
+                "protocolVersion": LEGACY_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "mcpgateway", "version": __version__},
+            },
+        )
+    except RPCError as error:
+        if error.code == UNSUPPORTED_PROTOCOL_VERSION and late is not None:
+            await late.wait()
+            return MODERN, {}
+        raise
+    protocol.notify("notifications/initialized")
+    version = result.get("protocolVersion")
+    info = result.get("serverInfo")
+    return Era(False, version if isinstance(version, str) else LEGACY_VERSION), info if isinstance(
+        info, dict
+    ) else {}
+
+
+async def spawn_child(
+    reactor: IReactorProcess,
+    clock: IReactorTime,
+    label: str,
+    command: tuple[str, ...],
+    env: Mapping[str, str],
+    workdir: str | None,
+    *,
+    max_line: int,
+    handshake_timeout: float,
+    discover_timeout: float,
+    close_grace: float,
+    hint: Era | None = None,
+    on_notification: NotificationHandler | None = None,
+) -> Child:
+    """
+    Start C{command} as an MCP server in its own process group and complete
+    its handshake.
+
+    @param reactor: Spawns the process.
+    @param clock: Times the handshake.
+    @param label: Names it in the log.
+    @param command: Program and arguments.
+    @param env: Its complete environment.
+    @param workdir: Its working directory.
+    @param max_line: The longest stdout line accepted.
+    @param handshake_timeout: Seconds for the whole handshake.
+    @param discover_timeout: Seconds to wait for C{server/discover}.
+    @param close_grace: Grace used to stop it when the start fails.
+    @param hint: The era this service spoke before, if known.
+    @param on_notification: Receives the child's notifications.
+    @return: The ready L{Child}.
+    @raise StartFailed: If it exits, times out or refuses the handshake.
+    """
+    protocol = ChildProtocol(label, clock, max_line, on_notification)
+    executable, args = _setsid_command(command)
+    started_at = clock.seconds()
+    try:
+        reactor.spawnProcess(protocol, executable, args, env=dict(env), path=workdir, usePTY=False)
+    except OSError as error:
+        raise StartFailed(f"cannot start {command[0]!r}: {error}", None, "") from None
+    handshake = ensureDeferred(_handshake(protocol, clock, discover_timeout, hint))
+    handshake.addTimeout(handshake_timeout, clock)
+    try:
+        era, info = await handshake
+    except Exception as error:
+        if protocol.alive:
+            await _close(protocol, clock, close_grace)
+        exit_info = protocol.exit_info
+        if isinstance(error, TimeoutError):
+            reason = f"no answer to the MCP handshake within {handshake_timeout:g} s"
+        elif isinstance(error, RPCError):
+            reason = f"the MCP server refused the handshake: {error.message} ({error.code})"
+        elif exit_info is not None:
+            reason = f"the MCP server {exit_info.describe()} during start-up"
+        else:
+            reason = f"the handshake failed: {error}"
+        raise StartFailed(reason, exit_info, protocol.stderr.text()) from None
+    return Child(protocol, clock, era, info, started_at, workdir)
+
+
+def default_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """
+    The environment of a child without a sandbox: the gateway's own plus C{extra}.
+
+    @param extra: Per-service variables.
+    @return: A complete environment.
+    """
+    env = dict(os.environ)
+    env.update(extra)
+    return env

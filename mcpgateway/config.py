@@ -1,0 +1,421 @@
+"""
+Configuration: the seeds' JSON format, read against a schema.
+
+A value's type comes from the schema, never from its looks: after
+C{${VAR|default}} substitution C{"port": "${MCP_PORT|8080}"} becomes the
+integer 8080 because C{port} is an integer, while a digit-only password stays
+the string it was written as.  Every problem is reported as one
+L{ConfigError} naming the key path, e.g. C{services.todo.command[0]}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+__all__ = [
+    "ConfigError",
+    "GatewayConfig",
+    "LoggingConfig",
+    "RateLimitConfig",
+    "SandboxConfig",
+    "ServerConfig",
+    "ServiceConfig",
+    "SessionConfig",
+    "load_config",
+    "parse_config",
+    "substitute",
+]
+
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_VARIABLE = re.compile(r"\$\{([^}|]*)(?:\|([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """
+    The configuration cannot be used; the message names the key path.
+    """
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """
+    The C{server} section: where to listen and who may call.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    auth_user: str = ""
+    auth_password: str = ""
+    auth_token: str = ""
+    max_body_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """
+    The seeds' C{sandbox} (or C{sandbox_config}) section of a service.
+    """
+
+    enabled: bool = True
+    resource_limits: bool = True
+    restricted_env: bool = True
+    working_dir: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """
+    One C{services.<name>} entry: an MCP server started as a child process.
+    """
+
+    name: str
+    command: tuple[str, ...]
+    description: str = ""
+    enabled: bool = True
+    env: Mapping[str, str] = field(default_factory=dict)
+    call_timeout: float = 25.0
+    handshake_timeout: float = 30.0
+    discover_timeout: float = 3.0
+    max_line_bytes: int = 128 * 1024 * 1024
+    close_grace: float = 2.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    backoff_reset: float = 30.0
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """
+    The C{session} section: idle timeouts, limits and the reaper.
+    """
+
+    default_timeout: float = 300.0
+    max_sessions_per_service: int = 100
+    max_total_sessions: int = 1000
+    cleanup_interval: float = 60.0
+    sandbox_dir: str = "./sandbox"
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """
+    The seeds' C{rate_limiting} section (validated; see README for enforcement).
+    """
+
+    enabled: bool = True
+    default_limits: tuple[str, ...] = ()
+    tools_limit: str = ""
+    call_limit: str = ""
+    session_delete_limit: str = ""
+    storage_uri: str = "memory://"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """
+    The C{logging} section.
+    """
+
+    level: str = "INFO"
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """
+    The whole configuration.
+    """
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    services: Mapping[str, ServiceConfig] = field(default_factory=dict)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    rate_limiting: RateLimitConfig = field(default_factory=RateLimitConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def substitute(text: str, environ: Mapping[str, str]) -> str:
+    """
+    Replace every C{${VAR}} and C{${VAR|default}} in C{text}.
+
+    An unset variable without a default becomes the empty string.
+
+    @param text: A string value from the configuration file.
+    @param environ: The environment to read variables from.
+    @return: The substituted string.
+    """
+
+    def one(match: re.Match[str]) -> str:
+        value = environ.get(match.group(1).strip())
+        if value is None:
+            return match.group(2) or ""
+        return value
+
+    return _VARIABLE.sub(one, text)
+
+
+# -- schema readers -------------------------------------------------------
+#
+# A reader takes (value, path, environ) and returns the typed value, raising
+# ConfigError naming the path.
+
+_Reader = Callable[[Any, str, Mapping[str, str]], Any]
+
+
+def _string(value: Any, path: str, environ: Mapping[str, str]) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: expected a string, got {_kind(value)}")
+    return substitute(value, environ)
+
+
+def _integer(value: Any, path: str, environ: Mapping[str, str]) -> int:
+    if isinstance(value, str):
+        text = substitute(value, environ).strip()
+        if not re.fullmatch(r"[+-]?\d+", text):
+            raise ConfigError(f"{path}: expected an integer, got {text!r}")
+        return int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{path}: expected an integer, got {_kind(value)}")
+    return value
+
+
+def _number(value: Any, path: str, environ: Mapping[str, str]) -> float:
+    if isinstance(value, str):
+        text = substitute(value, environ).strip()
+        try:
+            number = float(text)
+        except ValueError:
+            raise ConfigError(f"{path}: expected a number, got {text!r}") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{path}: expected a number, got {_kind(value)}")
+    else:
+        number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(f"{path}: expected a finite number")
+    return number
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _boolean(value: Any, path: str, environ: Mapping[str, str]) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = substitute(value, environ).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ConfigError(f"{path}: expected true or false, got {value!r}")
+
+
+def _string_list(value: Any, path: str, environ: Mapping[str, str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        # The seeds allow one limit string where a list is expected.
+        return (_string(value, path, environ),)
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list of strings, got {_kind(value)}")
+    return tuple(_string(item, f"{path}[{i}]", environ) for i, item in enumerate(value))
+
+
+def _string_map(value: Any, path: str, environ: Mapping[str, str]) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected an object of strings, got {_kind(value)}")
+    return {key: _string(item, f"{path}.{key}", environ) for key, item in value.items()}
+
+
+def _positive(reader: _Reader) -> _Reader:
+    def check(value: Any, path: str, environ: Mapping[str, str]) -> Any:
+        result = reader(value, path, environ)
+        if result <= 0:
+            raise ConfigError(f"{path}: must be greater than zero, got {result}")
+        return result
+
+    return check
+
+
+def _port(value: Any, path: str, environ: Mapping[str, str]) -> int:
+    port = _integer(value, path, environ)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{path}: not a TCP port: {port}")
+    return port
+
+
+def _level(value: Any, path: str, environ: Mapping[str, str]) -> str:
+    level = _string(value, path, environ).upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"}:
+        raise ConfigError(f"{path}: unknown log level {level!r}")
+    return level
+
+
+def _kind(value: Any) -> str:
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _section(
+    raw: Any,
+    path: str,
+    environ: Mapping[str, str],
+    readers: Mapping[str, _Reader],
+    aliases: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """
+    Read one JSON object against C{readers}, refusing unknown keys.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected an object, got {_kind(raw)}")
+    result: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = (aliases or {}).get(key, key)
+        reader = readers.get(name)
+        where = f"{path}.{key}" if path else key
+        if reader is None:
+            known = ", ".join(sorted(readers))
+            raise ConfigError(f"{where}: unknown key (known keys: {known})")
+        if name in result:
+            raise ConfigError(f"{where}: given twice (also as {name!r})")
+        result[name] = reader(value, where, environ)
+    return result
+
+
+_SERVER: dict[str, _Reader] = {
+    "host": _string,
+    "port": _port,
+    "auth_user": _string,
+    "auth_password": _string,
+    "auth_token": _string,
+    "max_body_bytes": _positive(_integer),
+}
+
+_SANDBOX: dict[str, _Reader] = {
+    "enabled": _boolean,
+    "resource_limits": _boolean,
+    "restricted_env": _boolean,
+    "working_dir": _string,
+}
+
+
+def _sandbox(value: Any, path: str, environ: Mapping[str, str]) -> SandboxConfig:
+    return SandboxConfig(**_section(value, path, environ, _SANDBOX))
+
+
+def _command(value: Any, path: str, environ: Mapping[str, str]) -> tuple[str, ...]:
+    command = _string_list(value, path, environ) if isinstance(value, list) else None
+    if not command or not command[0]:
+        raise ConfigError(f"{path}: expected a non-empty list of strings (program and arguments)")
+    return command
+
+
+_SERVICE: dict[str, _Reader] = {
+    "command": _command,
+    "description": _string,
+    "enabled": _boolean,
+    "env": _string_map,
+    "call_timeout": _positive(_number),
+    "handshake_timeout": _positive(_number),
+    "discover_timeout": _positive(_number),
+    "max_line_bytes": _positive(_integer),
+    "close_grace": _positive(_number),
+    "backoff_initial": _positive(_number),
+    "backoff_max": _positive(_number),
+    "backoff_reset": _positive(_number),
+    "sandbox": _sandbox,
+}
+
+_SESSION: dict[str, _Reader] = {
+    "default_timeout": _positive(_number),
+    "max_sessions_per_service": _positive(_integer),
+    "max_total_sessions": _positive(_integer),
+    "cleanup_interval": _positive(_number),
+    "sandbox_dir": _string,
+}
+
+_RATE_LIMITING: dict[str, _Reader] = {
+    "enabled": _boolean,
+    "default_limits": _string_list,
+    "tools_limit": _string,
+    "call_limit": _string,
+    "session_delete_limit": _string,
+    "storage_uri": _string,
+}
+
+_LOGGING: dict[str, _Reader] = {"level": _level, "file": _string}
+
+
+def _service(name: str, raw: Any, environ: Mapping[str, str]) -> ServiceConfig:
+    path = f"services.{name}"
+    if not SERVICE_NAME.match(name):
+        raise ConfigError(f"{path}: a service name is 1-64 of A-Z a-z 0-9 _ -")
+    values = _section(raw, path, environ, _SERVICE, aliases={"sandbox_config": "sandbox"})
+    if "command" not in values:
+        raise ConfigError(f"{path}.command: missing (the program and its arguments)")
+    return ServiceConfig(name=name, **values)
+
+
+def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """
+    Turn the decoded JSON document into a L{GatewayConfig}.
+
+    @param raw: The decoded JSON document.
+    @param environ: Variables for C{${VAR|default}}; C{os.environ} if L{None}.
+        C{MCPGATEWAY_PYTHON} defaults to the gateway's own interpreter.
+    @return: The typed configuration.
+    @raise ConfigError: Naming the first key path that is wrong.
+    """
+    env: Mapping[str, str] = {"MCPGATEWAY_PYTHON": sys.executable, **(os.environ if environ is None else environ)}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the configuration must be a JSON object, got {_kind(raw)}")
+    sections: dict[str, _Reader] = {
+        "server": lambda v, p, e: ServerConfig(**_section(v, p, e, _SERVER)),
+        "services": lambda v, p, e: v,  # read below, per service
+        "session": lambda v, p, e: SessionConfig(**_section(v, p, e, _SESSION)),
+        "rate_limiting": lambda v, p, e: RateLimitConfig(**_section(v, p, e, _RATE_LIMITING)),
+        "logging": lambda v, p, e: LoggingConfig(**_section(v, p, e, _LOGGING)),
+    }
+    top = _section(raw, "", env, sections)
+    services_raw = top.pop("services", {})
+    if not isinstance(services_raw, dict):
+        raise ConfigError(f"services: expected an object keyed by service name, got {_kind(services_raw)}")
+    services = {name: _service(name, value, env) for name, value in services_raw.items()}
+    return GatewayConfig(services=services, **top)
+
+
+def load_config(path: str, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """
+    Read and check the configuration file at C{path}.
+
+    Nothing is ever written on the user's behalf: a missing file is an error.
+
+    @param path: The JSON file.
+    @param environ: Variables for substitution; C{os.environ} if L{None}.
+    @return: The typed configuration.
+    @raise ConfigError: With one line saying what is wrong and where.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the configuration file: {error.strerror}") from None
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: not valid JSON: {error}") from None
+    try:
+        return parse_config(raw, environ)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None

@@ -1,0 +1,163 @@
+"""
+The errors a gateway operation can end in, each with its HTTP status and a
+stable machine code.
+
+These are plain exceptions raised by the core (which knows nothing of HTTP
+beyond these numbers); the web layer renders them as
+C{{"error": message, "code": code, ...}}.  5xx is used only where a retry is
+safe, because the SignalWire skill re-sends every 5xx.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BadRequest",
+    "CallTimedOut",
+    "ChildFailed",
+    "GatewayError",
+    "LimitReached",
+    "NotFound",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
+    "SessionClosed",
+    "ToolRPCError",
+    "Unauthorized",
+    "UnsupportedMediaType",
+]
+
+
+class GatewayError(Exception):
+    """
+    A failure with a status, a machine code and a message for a human.
+
+    @ivar status: The HTTP status.
+    @ivar code: The stable machine code (documented in README.rst).
+    @ivar message: The human message.
+    @ivar retry_after: Seconds after which a retry may succeed, or L{None}.
+    @ivar details: Further JSON-safe fields for the response body.
+    """
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        code: str | None = None,
+        *,
+        retry_after: float | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        """
+        @return: The JSON body: C{error}, C{code} and the details.
+        """
+        return {"error": self.message, "code": self.code, **self.details}
+
+
+class BadRequest(GatewayError):
+    """
+    400: the request is malformed; the message says which field and why.
+    """
+
+    status = 400
+    code = "invalid_request"
+
+
+class NotFound(GatewayError):
+    """
+    404: no such service, session or route.
+    """
+
+    status = 404
+    code = "not_found"
+
+
+class SessionClosed(GatewayError):
+    """
+    409: the session was closed while the call was in flight.
+    """
+
+    status = 409
+    code = "session_closed"
+
+
+class ToolRPCError(GatewayError):
+    """
+    422: the MCP server answered with a JSON-RPC error (code and data kept).
+    """
+
+    status = 422
+    code = "mcp_error"
+
+
+class LimitReached(GatewayError):
+    """
+    429: a session limit (or rate limit) is reached; see C{retry_after}.
+    """
+
+    status = 429
+    code = "limit_reached"
+
+
+class ChildFailed(GatewayError):
+    """
+    502: the child exited or spoke something that is not MCP.
+    """
+
+    status = 502
+    code = "child_failed"
+
+
+class ServiceUnavailable(GatewayError):
+    """
+    503: the service cannot start a child now; see C{retry_after}.
+    """
+
+    status = 503
+    code = "service_unavailable"
+
+
+class CallTimedOut(GatewayError):
+    """
+    504: the MCP server did not answer in time; the call was cancelled.
+    """
+
+    status = 504
+    code = "call_timeout"
+
+
+class Unauthorized(GatewayError):
+    """
+    401: missing or invalid credentials.
+    """
+
+    status = 401
+    code = "unauthorized"
+
+
+class PayloadTooLarge(GatewayError):
+    """
+    413: the request body exceeds C{server.max_body_bytes}.
+    """
+
+    status = 413
+    code = "body_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    """
+    415: the body is not declared as JSON.
+    """
+
+    status = 415
+    code = "unsupported_media_type"

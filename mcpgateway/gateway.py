@@ -1,0 +1,255 @@
+"""
+The gateway's operations as plain method calls: list services and tools,
+call a tool in a session, list and close sessions.  It knows nothing of HTTP
+beyond the status carried by its L{GatewayError}s.
+
+A call's path: L{Gateway.call_tool} opens (or finds) the session, reserves
+the per-service limit before any spawn, gets the session's child for the
+service (concurrent first calls share one start), sends C{tools/call} with a
+timeout, and maps what comes back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred, gatherResults
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.task import LoopingCall
+from .logs import logger
+from twisted.python.failure import Failure
+
+from . import __version__
+from .child import Child
+from .config import GatewayConfig
+from .deferreds import observe
+from .errors import CallTimedOut, ChildFailed, NotFound, SessionClosed, ToolRPCError
+from .protocol import ChildExited, RPCError
+from .results import result_text
+from .service import Service
+from .sessions import Session, SessionRegistry, now_iso
+
+__all__ = ["Gateway"]
+
+log = logger(__name__)
+
+
+class Gateway:
+    """
+    The services, the sessions, and the reaper that expires idle sessions.
+    """
+
+    def __init__(self, config: GatewayConfig, reactor: IReactorProcess, clock: IReactorTime) -> None:
+        """
+        @param config: The configuration.
+        @param reactor: Spawns children.
+        @param clock: All timing (timeouts, expiry, backoff) goes through it.
+        """
+        self.config = config
+        self.clock = clock
+        self.services = {
+            name: Service(service, reactor, clock, config.session.sandbox_dir)
+            for name, service in config.services.items()
+            if service.enabled
+        }
+        self.sessions = SessionRegistry(config.session)
+        self._reaper = LoopingCall(self.sweep)
+        self._reaper.clock = clock
+        self._closing: set[Deferred[None]] = set()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """
+        Start the reaper.
+        """
+        self._reaper.start(self.config.session.cleanup_interval, now=False)
+
+    async def stop(self) -> None:
+        """
+        Close every session and every child; fires once all have been reaped.
+        """
+        if self._reaper.running:
+            self._reaper.stop()
+        for session in self.sessions:
+            self._close(session)
+        await gatherResults(list(self._closing))
+        await gatherResults([ensureDeferred(service.stop()) for service in self.services.values()])
+
+    def sweep(self) -> None:
+        """
+        Close the sessions idle past their timeout; never waits for them.
+        """
+        for session in self.sessions.expired(self.clock.seconds()):
+            log.info("session {id} expired after {t:g} s idle", id=session.id, t=session.timeout)
+            self._close(session)
+
+    # -- services and tools ---------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """
+        @return: The C{GET /health} body.
+        """
+        return {"status": "healthy", "timestamp": now_iso(self.clock.seconds()), "version": __version__}
+
+    def list_services(self) -> dict[str, Any]:
+        """
+        @return: Each enabled service's public view, keyed by name.
+        """
+        return {name: service.describe() for name, service in self.services.items()}
+
+    def service(self, name: str) -> Service:
+        """
+        @raise NotFound: If C{name} is no enabled service.
+        """
+        service = self.services.get(name)
+        if service is None:
+            raise NotFound(f"no service named {name!r}", "service_not_found")
+        return service
+
+    async def list_tools(self, name: str) -> dict[str, Any]:
+        """
+        @return: The C{GET /services/<name>/tools} body.
+        """
+        tools = await self.service(name).tools()
+        return {"service": name, "tools": tools}
+
+    # -- calls -------------------------------------------------------------------
+
+    async def call_tool(
+        self,
+        name: str,
+        tool: str,
+        session_id: str,
+        arguments: dict[str, Any],
+        timeout: float,
+        metadata: dict[str, Any],
+    ) -> dict[str, Any]:
+        """
+        Call C{tool} of service C{name} in session C{session_id}.
+
+        @param timeout: The session's idle timeout, in seconds.
+        @return: The C{POST /services/<name>/call} body.
+        @raise GatewayError: With the status and code for what went wrong.
+        """
+        service = self.service(name)
+        session = self.sessions.open(session_id, self.clock.seconds(), timeout, metadata)
+        try:
+            child, restarted = await self._child_for(session, service)
+            try:
+                result = await session.track(
+                    child.call_tool(tool, arguments).addTimeout(service.config.call_timeout, self.clock)
+                )
+            except RPCError as error:
+                raise ToolRPCError(
+                    f"{name} answered with JSON-RPC error {error.code}: {error.message}",
+                    mcp_code=error.code,
+                    mcp_data=error.data,
+                ) from None
+            except TimeoutError:
+                raise CallTimedOut(
+                    f"{name} did not answer {tool!r} within {service.config.call_timeout:g} s; the call was cancelled"
+                ) from None
+            except ChildExited as error:
+                info = error.info
+                raise ChildFailed(
+                    f"the {name} server {info.describe()} during the call",
+                    exit_status=info.exit_code,
+                    exit_signal=info.signal,
+                    stderr_tail=info.stderr_tail[-2048:],
+                ) from None
+        except CancelledError:
+            if session.closed:
+                raise SessionClosed(f"session {session_id!r} was closed during the call") from None
+            raise
+        finally:
+            session.last_accessed = self.clock.seconds()
+            self.sessions.discard_if_empty(session)
+        answer: dict[str, Any] = {
+            "session_id": session_id,
+            "service": name,
+            "tool": tool,
+            "result": result_text(result),
+            "is_error": result.get("isError") is True,
+            "content": result.get("content", []),
+            "session_restarted": restarted,
+        }
+        if "structuredContent" in result:
+            answer["structured_content"] = result["structuredContent"]
+        return answer
+
+    async def _child_for(self, session: Session, service: Service) -> tuple[Child, bool]:
+        """
+        The session's live child of C{service}, starting one if needed.
+
+        @return: The child, and whether it replaces one that died.
+        """
+        name = service.name
+        child = session.children.get(name)
+        if child is not None:
+            if child.alive:
+                return child, False
+            del session.children[name]
+            session.restarted.add(name)
+        shared = session.spawning.get(name)
+        if shared is None:
+            self.sessions.reserve(session, name)
+            shared = session.spawning[name] = observe(ensureDeferred(service.spawn()))
+            shared.wait().addBoth(self._spawned, session, name)
+        child = await session.track(shared.wait())
+        restarted = name in session.restarted
+        session.restarted.discard(name)
+        return child, restarted
+
+    def _spawned(self, outcome: Child | Failure, session: Session, name: str) -> None:
+        session.spawning.pop(name, None)
+        if isinstance(outcome, Failure):
+            return
+        if session.closed:
+            self._closing_child(outcome, name)
+            return
+        session.children[name] = outcome
+        outcome.when_ended().addCallback(self._child_ended, session, name, outcome)
+
+    def _child_ended(self, info: object, session: Session, name: str, child: Child) -> None:
+        if session.children.get(name) is child:
+            del session.children[name]
+            if not session.closed:
+                session.restarted.add(name)
+
+    # -- sessions ------------------------------------------------------------------
+
+    def list_sessions(self) -> dict[str, Any]:
+        """
+        @return: The C{GET /sessions} body, keyed by session id.
+        """
+        now = self.clock.seconds()
+        return {session.id: session.describe(now) for session in self.sessions}
+
+    def close_session(self, session_id: str) -> dict[str, Any]:
+        """
+        Close a session now: its calls in flight fail at once with
+        L{SessionClosed}; its children are stopped in the background.
+
+        @raise NotFound: If there is no such session.
+        """
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise NotFound(f"no session {session_id!r}", "session_not_found")
+        self._close(session)
+        return {"message": "session closed", "session_id": session_id}
+
+    def _close(self, session: Session) -> None:
+        session.closed = True
+        self.sessions.remove(session)
+        for waiting in list(session.calls):
+            waiting.cancel()
+        for name, child in session.children.items():
+            self._closing_child(child, name)
+        session.children.clear()
+
+    def _closing_child(self, child: Child, name: str) -> None:
+        grace = self.services[name].config.close_grace
+        closing: Deferred[None] = child.close(grace).addCallback(lambda _: None)
+        self._closing.add(closing)
+        closing.addBoth(lambda result: self._closing.discard(closing))

@@ -1,0 +1,374 @@
+"""
+The JSON-RPC 2.0 peer that talks to one MCP child over its stdin and stdout.
+
+L{ChildProtocol} is a L{ProcessProtocol}: it frames stdout as NDJSON, matches
+responses to our requests by id, answers the child's own requests (C{ping}
+with C{{}}, everything else with -32601 so no tool call waits on an answer
+that never comes), hands notifications to a callback, and drains stderr
+continuously into the log while keeping its tail for error reports.  It knows
+nothing of MCP eras or sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+
+from twisted.python.failure import Failure
+
+from .deferreds import Shared
+from .framing import LineBuffer, LineTooLong
+from twisted.logger import Logger
+
+from .logs import logger
+
+__all__ = ["ChildExited", "ChildProtocol", "ExitInfo", "RPCError", "StderrTail"]
+
+METHOD_NOT_FOUND = -32601
+
+NotificationHandler = Callable[[str, dict[str, Any]], None]
+
+
+class RPCError(Exception):
+    """
+    The child answered a request with a JSON-RPC error.
+
+    @ivar code: The JSON-RPC error code.
+    @ivar message: Its message.
+    @ivar data: Its C{data} member, or L{None}.
+    """
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"JSON-RPC error {code}: {message}")
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class ExitInfo:
+    """
+    How a child ended.
+
+    @ivar exit_code: The exit status, or L{None} when killed by a signal.
+    @ivar signal: The signal number, or L{None}.
+    @ivar reason: Why the gateway thinks it ended (e.g. a protocol violation),
+        or L{None} when it simply exited.
+    @ivar stderr_tail: The last few KiB the child wrote to stderr.
+    """
+
+    def __init__(
+        self, exit_code: int | None, signal: int | None, reason: str | None, stderr_tail: str
+    ) -> None:
+        self.exit_code = exit_code
+        self.signal = signal
+        self.reason = reason
+        self.stderr_tail = stderr_tail
+
+    def describe(self) -> str:
+        """
+        @return: One human line, e.g. C{"exited with status 3"}.
+        """
+        if self.reason:
+            return self.reason
+        if self.signal is not None:
+            return f"killed by signal {self.signal}"
+        return f"exited with status {self.exit_code}"
+
+
+class ChildExited(Exception):
+    """
+    The child is gone; every request still waiting fails with this.
+
+    @ivar info: The L{ExitInfo}.
+    """
+
+    def __init__(self, info: ExitInfo) -> None:
+        super().__init__(f"the MCP server {info.describe()}")
+        self.info = info
+
+
+class StderrTail:
+    """
+    Keeps the last C{keep} bytes of a child's stderr and logs its lines,
+    truncated and rate-limited, so a child that floods stderr keeps working
+    and the log stays readable.
+    """
+
+    def __init__(
+        self,
+        log: Logger,
+        clock: IReactorTime,
+        keep: int = 4096,
+        line_limit: int = 2000,
+        lines_per_second: int = 20,
+    ) -> None:
+        self._log = log
+        self._clock = clock
+        self._keep = keep
+        self._line_limit = line_limit
+        self._rate = lines_per_second
+        self._tail = bytearray()
+        self._partial = bytearray()
+        self._window = 0.0
+        self._logged = 0
+        self._dropped = 0
+        self.total_bytes = 0
+
+    def feed(self, data: bytes) -> None:
+        """
+        Take the next chunk of stderr.
+
+        @param data: Bytes the child wrote.
+        """
+        self.total_bytes += len(data)
+        self._tail += data
+        if len(self._tail) > 2 * self._keep:
+            del self._tail[: -self._keep]
+        self._partial += data
+        *lines, rest = self._partial.split(b"\n")
+        if len(rest) > self._line_limit:
+            lines.append(rest)
+            rest = bytearray()
+        self._partial = bytearray(rest)
+        for line in lines:
+            self._emit(bytes(line))
+
+    def _emit(self, line: bytes) -> None:
+        now = self._clock.seconds()
+        if now - self._window >= 1.0:
+            if self._dropped:
+                self._log.warn("stderr: {dropped} lines not logged (rate limit)", dropped=self._dropped)
+            self._window, self._logged, self._dropped = now, 0, 0
+        if self._logged >= self._rate:
+            self._dropped += 1
+            return
+        self._logged += 1
+        text = line[: self._line_limit].decode("utf-8", "replace").rstrip()
+        if text:
+            self._log.info("stderr: {line}", line=text)
+
+    def text(self) -> str:
+        """
+        @return: The kept tail, decoded.
+        """
+        return bytes(self._tail[-self._keep :]).decode("utf-8", "replace")
+
+
+class ChildProtocol(ProcessProtocol):
+    """
+    A JSON-RPC peer over a child's pipes.
+
+    @ivar ended: Fired with an L{ExitInfo} once the process has ended and been reaped.
+    @ivar stderr: The L{StderrTail}.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        clock: IReactorTime,
+        max_line: int,
+        on_notification: NotificationHandler | None = None,
+    ) -> None:
+        """
+        @param label: Names the child in the log, e.g. C{"todo[4711]"}.
+        @param clock: Time source for the stderr rate limit.
+        @param max_line: The longest stdout line accepted, in bytes.
+        @param on_notification: Called with each notification's method and params.
+        """
+        self.log = logger(f"mcpgateway.child.{label}")
+        self.label = label
+        self.stderr = StderrTail(self.log, clock)
+        self.ended: Shared[ExitInfo] = Shared()
+        self.exit_info: ExitInfo | None = None
+        self._lines = LineBuffer(max_line)
+        self._pending: dict[int, Deferred[dict[str, Any]]] = {}
+        self._next_id = 1
+        self._on_notification = on_notification
+        self._violation: str | None = None
+        self.pid: int | None = None
+
+    def connectionMade(self) -> None:
+        self.pid = getattr(self.transport, "pid", None)
+
+    # -- sending -----------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """
+        @return: Whether the process still runs and may be sent requests.
+        """
+        return self.exit_info is None and self._violation is None and self.transport is not None
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> Deferred[dict[str, Any]]:
+        """
+        Send a request; the result fires with the response's C{result}.
+
+        Cancelling the returned L{Deferred} sends C{notifications/cancelled}
+        for it, and a late response is then ignored.
+
+        @param method: The JSON-RPC method.
+        @param params: Its params.
+        @return: Fires with the result object, or fails with L{RPCError} or
+            L{ChildExited}.
+        """
+        if not self.alive:
+            info = self.exit_info or ExitInfo(None, None, self._violation or "not running", self.stderr.text())
+            return fail(ChildExited(info))
+        request_id = self._next_id
+        self._next_id += 1
+
+        def cancel(d: Deferred[dict[str, Any]]) -> None:
+            if self._pending.pop(request_id, None) is not None and self.alive:
+                self.notify("notifications/cancelled", {"requestId": request_id, "reason": "cancelled by the gateway"})
+
+        result: Deferred[dict[str, Any]] = Deferred(cancel)
+        self._pending[request_id] = result
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        self._send(message)
+        return result
+
+    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        """
+        Send a notification.
+
+        @param method: The JSON-RPC method.
+        @param params: Its params.
+        """
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = params
+        self._send(message)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self.transport is not None and self.exit_info is None:
+            self.transport.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    # -- receiving ---------------------------------------------------------
+
+    def outReceived(self, data: bytes) -> None:
+        if self._violation is not None:
+            return
+        try:
+            lines = self._lines.feed(data)
+        except LineTooLong as error:
+            self.violate(f"sent a stdout line over the limit ({error.limit} bytes)")
+            return
+        for line in lines:
+            self._received(line)
+
+    def _received(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            self.log.warn("stdout: skipped a line that is not JSON: {line!r}", line=line[:200])
+            return
+        if not isinstance(message, dict):
+            self.log.warn("stdout: skipped a JSON value that is not an object: {line!r}", line=line[:200])
+            return
+        method = message.get("method")
+        if isinstance(method, str):
+            if "id" in message:
+                self._answer(message["id"], method)
+            elif self._on_notification is not None:
+                params = message.get("params")
+                self._on_notification(method, params if isinstance(params, dict) else {})
+            return
+        request_id = message.get("id")
+        waiting = self._pending.pop(request_id, None) if type(request_id) is int else None
+        if waiting is None:
+            self.log.debug("stdout: dropped a response to no pending request: {id!r}", id=request_id)
+            return
+        if "error" in message:
+            error = message["error"]
+            if not isinstance(error, dict):
+                error = {"code": -32603, "message": repr(error)}
+            code = error.get("code")
+            waiting.errback(
+                RPCError(
+                    code if isinstance(code, int) and not isinstance(code, bool) else -32603,
+                    str(error.get("message", "")),
+                    error.get("data"),
+                )
+            )
+        else:
+            result = message.get("result")
+            waiting.callback(result if isinstance(result, dict) else {"value": result})
+
+    def _answer(self, request_id: Any, method: str) -> None:
+        if method == "ping":
+            self._send({"jsonrpc": "2.0", "id": request_id, "result": {}})
+            return
+        self.log.info("answered the child's request {method!r} with -32601", method=method)
+        self._send(
+            {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "error": {
+                    "code": METHOD_NOT_FOUND,
+                    "message": f"{method} is not available through this gateway",
+                },
+            }
+        )
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr.feed(data)
+
+    # -- ending ------------------------------------------------------------
+
+    def violate(self, reason: str) -> None:
+        """
+        The child broke the protocol: fail its requests and kill it.
+
+        @param reason: What it did, for the error report.
+        """
+        if self._violation is not None or self.exit_info is not None:
+            return
+        self._violation = reason
+        self.log.error("{reason}; killing it", reason=reason)
+        self._fail_pending(ExitInfo(None, None, reason, self.stderr.text()))
+        self.signal_group(signal.SIGKILL)
+
+    def signal_group(self, signum: int) -> None:
+        """
+        Send C{signum} to the child's process group (it is the group leader).
+
+        @param signum: The signal.
+        """
+        if self.pid is None:
+            return
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        code = sig = None
+        if isinstance(value, ProcessTerminated):
+            code, sig = value.exitCode, value.signal
+        elif isinstance(value, ProcessDone):
+            code = 0
+        info = ExitInfo(code, sig, self._violation, self.stderr.text())
+        self.exit_info = info
+        # The leader is gone; take whatever it left in its group with it
+        # (e.g. the node process under npx).  The group id cannot be reused
+        # while any member is alive.
+        self.signal_group(signal.SIGKILL)
+        self._fail_pending(info)
+        self.ended.fire(info)
+
+    def _fail_pending(self, info: ExitInfo) -> None:
+        pending, self._pending = self._pending, {}
+        for waiting in pending.values():
+            waiting.errback(ChildExited(info))
+
+

@@ -1,0 +1,266 @@
+"""
+A configured MCP service: how to start its children, whether it is healthy,
+which era it speaks, and its cached tool list.
+
+Start failures are retried with exponential backoff and jitter: while a
+service is backing off, L{Service.spawn} fails at once with
+L{ServiceUnavailable} (and a C{Retry-After}) instead of spawning again.  A
+child that stays up for C{backoff_reset} seconds clears the failure count.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.threads import deferToThread
+from .logs import logger
+
+from .child import Child, Era, StartFailed, default_environment, spawn_child
+from .config import ServiceConfig
+from .deferreds import Shared, observe
+from .errors import ServiceUnavailable
+from .protocol import ExitInfo
+
+__all__ = ["Service"]
+
+log = logger(__name__)
+
+
+class Service:
+    """
+    Everything the gateway knows about one configured service.
+
+    @ivar config: Its L{ServiceConfig}.
+    @ivar era: The era its children speak, once one has started.
+    @ivar children: Its live children (sessions' and the tool lister).
+    @ivar failures: Consecutive start failures.
+    @ivar last_failure: The last start failure's L{ServiceUnavailable}.
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        reactor: IReactorProcess,
+        clock: IReactorTime,
+        sandbox_dir: str,
+        random_source: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._reactor = reactor
+        self._clock = clock
+        self._sandbox_dir = sandbox_dir
+        self._random = random_source
+        self.era: Era | None = None
+        self.children: set[Child] = set()
+        self.failures = 0
+        self.last_failure: ServiceUnavailable | None = None
+        self._retry_at = 0.0
+        self._starting = 0
+        self._tools: list[dict[str, Any]] | None = None
+        self._tools_fill: Shared[list[dict[str, Any]]] | None = None
+        self._tools_generation = 0
+        self._stable_timers: dict[Child, IDelayedCall] = {}
+        self._stopping = False
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """
+        @return: C{"failing"} while backing off after start failures,
+            C{"starting"} while a first child starts, C{"ready"} once one
+            has started, else C{"idle"}.
+        """
+        if self.failures and self._clock.seconds() < self._retry_at:
+            return "failing"
+        if self._starting and self.era is None:
+            return "starting"
+        return "ready" if self.era is not None else "idle"
+
+    def describe(self) -> dict[str, Any]:
+        """
+        @return: The public view for C{GET /services} (never the command line).
+        """
+        view: dict[str, Any] = {
+            "description": self.config.description,
+            "enabled": self.config.enabled,
+            "state": self.state,
+            "protocol": self.era.name if self.era else None,
+            "children": len(self.children),
+        }
+        if self.state == "failing" and self.last_failure is not None:
+            view["last_error"] = self.last_failure.message
+            view["retry_after"] = round(self._retry_at - self._clock.seconds(), 3)
+        return view
+
+    # -- children --------------------------------------------------------------
+
+    async def spawn(self) -> Child:
+        """
+        Start a new child and complete its handshake.
+
+        @return: The ready child, already counted in L{children}.
+        @raise ServiceUnavailable: If the service is backing off or this start fails.
+        """
+        if self._stopping:
+            raise ServiceUnavailable(f"service {self.name!r} is shutting down", retry_after=1)
+        now = self._clock.seconds()
+        if self.failures and now < self._retry_at and self.last_failure is not None:
+            wait = self._retry_at - now
+            raise ServiceUnavailable(
+                self.last_failure.message,
+                retry_after=wait,
+                service=self.name,
+                **{k: v for k, v in self.last_failure.details.items() if k != "service"},
+            )
+        workdir = self._make_workdir()
+        holder: list[Child] = []
+        self._starting += 1
+        try:
+            child = await spawn_child(
+                self._reactor,
+                self._clock,
+                f"{self.name}",
+                self.config.command,
+                default_environment(self.config.env),
+                workdir,
+                max_line=self.config.max_line_bytes,
+                handshake_timeout=self.config.handshake_timeout,
+                discover_timeout=self.config.discover_timeout,
+                close_grace=self.config.close_grace,
+                hint=self.era,
+                on_notification=lambda method, params: self._notified(holder, method, params),
+            )
+        except StartFailed as failure:
+            self._remove_workdir(workdir)
+            raise self._start_failed(failure) from None
+        finally:
+            self._starting -= 1
+        holder.append(child)
+        self.era = child.era
+        self.children.add(child)
+        self._stable_timers[child] = self._clock.callLater(self.config.backoff_reset, self._stable, child)
+        child.when_ended().addCallback(self._ended, child)
+        log.info(
+            "{service}: child {pid} ready ({era} {version}) in {ms:.1f} ms",
+            service=self.name,
+            pid=child.pid,
+            era=child.era.name,
+            version=child.era.version,
+            ms=(child.ready_at - child.started_at) * 1000,
+        )
+        return child
+
+    def _start_failed(self, failure: StartFailed) -> ServiceUnavailable:
+        self.failures += 1
+        delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** (self.failures - 1))
+        delay = delay / 2 + self._random() * delay / 2
+        self._retry_at = self._clock.seconds() + delay
+        details: dict[str, Any] = {"service": self.name, "stderr_tail": failure.stderr_tail[-2048:]}
+        if failure.exit_info is not None:
+            details["exit_status"] = failure.exit_info.exit_code
+            details["exit_signal"] = failure.exit_info.signal
+        error = ServiceUnavailable(
+            f"service {self.name!r} failed to start: {failure.reason}", retry_after=delay, **details
+        )
+        self.last_failure = error
+        log.warn(
+            "{service}: start failed ({n} in a row), retry in {delay:.1f} s: {reason}",
+            service=self.name,
+            n=self.failures,
+            delay=delay,
+            reason=failure.reason,
+        )
+        return error
+
+    def _stable(self, child: Child) -> None:
+        self._stable_timers.pop(child, None)
+        if self.failures:
+            log.info("{service}: child up for {s:g} s, failure count reset", service=self.name, s=self.config.backoff_reset)
+        self.failures = 0
+
+    def _ended(self, info: ExitInfo, child: Child) -> None:
+        self.children.discard(child)
+        timer = self._stable_timers.pop(child, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._remove_workdir(child.workdir)
+        log.info("{service}: child {pid} {how}", service=self.name, pid=child.pid, how=info.describe())
+
+    def _make_workdir(self) -> str | None:
+        if self.config.sandbox.working_dir:
+            return self.config.sandbox.working_dir
+        os.makedirs(self._sandbox_dir, mode=0o700, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f"{self.name}-", dir=self._sandbox_dir)
+
+    def _remove_workdir(self, workdir: str | None) -> None:
+        if workdir and workdir != self.config.sandbox.working_dir:
+            deferToThread(shutil.rmtree, workdir, True).addErrback(
+                lambda f: log.failure("removing {dir}", f, dir=workdir)
+            )
+
+    # -- tools -----------------------------------------------------------------
+
+    def tools(self) -> Deferred[list[dict[str, Any]]]:
+        """
+        The service's tools, from the cache, or filled once for all waiting callers.
+
+        @return: Fires with the MCP C{Tool} objects of every page.
+        """
+        if self._tools is not None:
+            return succeed(self._tools)
+        if self._tools_fill is None:
+            self._tools_fill = observe(ensureDeferred(self._fill_tools(None)))
+        return self._tools_fill.wait()
+
+    async def _fill_tools(self, source: Child | None) -> list[dict[str, Any]]:
+        try:
+            while True:
+                generation = self._tools_generation
+                if source is not None and source.alive:
+                    tools = await source.list_tools()
+                else:
+                    lister = await self.spawn()
+                    try:
+                        tools = await lister.list_tools()
+                    finally:
+                        lister.close(self.config.close_grace)
+                if generation == self._tools_generation:
+                    self._tools = tools
+                    return tools
+                source = None
+        finally:
+            self._tools_fill = None
+
+    def _notified(self, holder: list[Child], method: str, params: dict[str, Any]) -> None:
+        if method != "notifications/tools/list_changed":
+            return
+        self._tools_generation += 1
+        if self._tools_fill is not None:
+            return  # the fill under way sees the new generation and fetches again
+        self._tools = None
+        source = holder[0] if holder else None
+        self._tools_fill = observe(ensureDeferred(self._fill_tools(source)))
+        self._tools_fill.wait().addErrback(
+            lambda f: log.warn("{service}: tool list refresh failed: {e}", service=self.name, e=f.value)
+        )
+
+    # -- shutdown ----------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """
+        Close every child of this service and refuse new ones.
+        """
+        self._stopping = True
+        for timer in self._stable_timers.values():
+            if timer.active():
+                timer.cancel()
+        self._stable_timers.clear()
+        await gatherResults([child.close(self.config.close_grace) for child in list(self.children)])

@@ -1,0 +1,175 @@
+"""
+Sessions: one per caller-chosen id (a phone call), holding one child per
+service it has used.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Iterator
+
+from twisted.internet.defer import Deferred
+
+from .child import Child
+from .config import SessionConfig
+from .deferreds import Shared
+from .errors import LimitReached
+
+__all__ = ["Session", "SessionRegistry"]
+
+
+class Session:
+    """
+    One session's state.
+
+    @ivar children: The live child of each service the session used.
+    @ivar spawning: Starts under way, shared by concurrent first calls.
+    @ivar calls: The L{Deferred}s its calls are waiting on, cancelled when it closes.
+    @ivar restarted: Services whose child died; their next call says so.
+    """
+
+    def __init__(self, session_id: str, now: float, timeout: float, metadata: dict[str, Any]) -> None:
+        self.id = session_id
+        self.created_at = now
+        self.last_accessed = now
+        self.timeout = timeout
+        self.metadata = metadata
+        self.children: dict[str, Child] = {}
+        self.spawning: dict[str, Shared[Child]] = {}
+        self.calls: set[Deferred[Any]] = set()
+        self.restarted: set[str] = set()
+        self.closed = False
+
+    @property
+    def busy(self) -> bool:
+        """
+        @return: Whether a call or a start is under way.
+        """
+        return bool(self.calls or self.spawning)
+
+    def holds(self, service: str) -> bool:
+        """
+        @param service: A service name.
+        @return: Whether this session has, or is starting, a child of it.
+        """
+        return service in self.children or service in self.spawning
+
+    def track(self, d: Deferred[Any]) -> Deferred[Any]:
+        """
+        Remember C{d} as something a call of this session waits on.
+
+        @param d: The awaited L{Deferred}.
+        @return: C{d}.
+        """
+        self.calls.add(d)
+
+        def untrack(result: object) -> object:
+            self.calls.discard(d)
+            return result
+
+        d.addBoth(untrack)
+        return d
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """
+        @param now: The clock's time.
+        @return: The public view for C{GET /sessions}.
+        """
+        return {
+            "created_at": now_iso(self.created_at),
+            "last_accessed": now_iso(self.last_accessed),
+            "timeout": self.timeout,
+            "time_remaining": round(max(0.0, self.last_accessed + self.timeout - now), 3),
+            "metadata": self.metadata,
+            "services": sorted(self.children),
+            "service_name": next(iter(sorted(self.children)), None),
+        }
+
+
+class SessionRegistry:
+    """
+    The live sessions and the limits on them.
+    """
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._sessions.values()))
+
+    def get(self, session_id: str) -> Session | None:
+        """
+        @param session_id: The id.
+        @return: The live session, or L{None}.
+        """
+        return self._sessions.get(session_id)
+
+    def open(self, session_id: str, now: float, timeout: float, metadata: dict[str, Any]) -> Session:
+        """
+        Find or create the session C{session_id} and mark it used now.
+
+        @raise LimitReached: If creating it would exceed C{max_total_sessions}.
+        """
+        session = self._sessions.get(session_id)
+        if session is None:
+            if len(self._sessions) >= self.config.max_total_sessions:
+                raise LimitReached(
+                    f"the gateway holds its maximum of {self.config.max_total_sessions} sessions",
+                    "session_limit",
+                    retry_after=1,
+                )
+            session = self._sessions[session_id] = Session(session_id, now, timeout, metadata)
+        else:
+            session.timeout = timeout
+            if metadata:
+                session.metadata = metadata
+        session.last_accessed = now
+        return session
+
+    def reserve(self, session: Session, service: str) -> None:
+        """
+        Check that C{session} may start a child of C{service}.
+
+        @raise LimitReached: If C{max_sessions_per_service} sessions already hold one.
+        """
+        holding = sum(1 for other in self._sessions.values() if other.holds(service))
+        if holding >= self.config.max_sessions_per_service:
+            raise LimitReached(
+                f"service {service!r} serves its maximum of {self.config.max_sessions_per_service} sessions",
+                "session_limit",
+                retry_after=1,
+            )
+
+    def remove(self, session: Session) -> None:
+        """
+        Forget C{session} (its children are the caller's to close).
+        """
+        if self._sessions.get(session.id) is session:
+            del self._sessions[session.id]
+
+    def discard_if_empty(self, session: Session) -> None:
+        """
+        Forget C{session} if it holds nothing and nothing is under way, so a
+        session whose first call failed neither leaks nor counts against limits.
+        """
+        if not session.children and not session.busy:
+            self.remove(session)
+
+    def expired(self, now: float) -> list[Session]:
+        """
+        @return: Idle sessions past their timeout (never one with a call in flight).
+        """
+        return [s for s in self._sessions.values() if not s.busy and now - s.last_accessed > s.timeout]
+
+
+def now_iso(seconds: float) -> str:
+    """
+    @param seconds: POSIX time.
+    @return: UTC ISO-8601 with a C{Z}, millisecond precision.
+    """
+    stamp = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"

@@ -1,0 +1,200 @@
+"""
+The REST API: HTTP in, calls on a L{Gateway}, JSON out.
+
+Routes only translate: they check credentials, read and validate the body,
+call the gateway, and render its answer or its L{GatewayError} as JSON
+C{{"error": ..., "code": ...}}.  Nothing else here knows about sessions or
+children.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Awaitable, Callable, Concatenate, ParamSpec, TypeVar
+
+from klein import Klein
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from .auth import CHALLENGES, Authenticator
+from .errors import BadRequest, GatewayError, Unauthorized, UnsupportedMediaType
+from .gateway import Gateway
+from .logs import logger
+from .site import SECURITY_HEADERS
+from .names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
+
+__all__ = ["GatewayApp"]
+
+log = logger(__name__)
+
+MAX_SESSION_TIMEOUT = 86400.0
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _render(request: IRequest, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    for name, value in SECURITY_HEADERS:
+        request.setHeader(name, value)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def authenticated(
+    route: Callable[Concatenate[GatewayApp, IRequest, P], Awaitable[Any] | Any],
+) -> Callable[Concatenate[GatewayApp, IRequest, P], Any]:
+    """
+    Answer 401 unless the request carries valid credentials.
+    """
+
+    def check(self: GatewayApp, request: IRequest, *args: P.args, **kwargs: P.kwargs) -> Any:
+        if not self.authenticator.check(request.getHeader(b"authorization")):
+            request.responseHeaders.setRawHeaders(b"WWW-Authenticate", list(CHALLENGES))
+            raise Unauthorized("missing or invalid credentials")
+        return route(self, request, *args, **kwargs)
+
+    check.__name__ = route.__name__
+    check.__doc__ = route.__doc__
+    return check
+
+
+class GatewayApp:
+    """
+    The Klein application of the REST API (no global state: one per gateway).
+    """
+
+    app = Klein()
+
+    def __init__(self, gateway: Gateway, authenticator: Authenticator) -> None:
+        """
+        @param gateway: What the routes call.
+        @param authenticator: Checks credentials.
+        """
+        self.gateway = gateway
+        self.authenticator = authenticator
+
+    def resource(self) -> Any:
+        """
+        @return: The L{twisted.web.resource.IResource} to serve.
+        """
+        return self.app.resource()
+
+    # -- routes ----------------------------------------------------------------
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: IRequest) -> bytes:
+        """
+        Liveness: no credentials, never rate limited.
+        """
+        return _render(request, 200, self.gateway.health())
+
+    @app.route("/services", methods=["GET"])
+    @authenticated
+    def services(self, request: IRequest) -> bytes:
+        return _render(request, 200, self.gateway.list_services())
+
+    @app.route("/services/<string:name>/tools", methods=["GET"])
+    @authenticated
+    async def tools(self, request: IRequest, name: str) -> bytes:
+        check_name(name, SERVICE_NAME, "the service name", "invalid_service_name")
+        return _render(request, 200, await self.gateway.list_tools(name))
+
+    @app.route("/services/<string:name>/call", methods=["POST"])
+    @authenticated
+    async def call(self, request: IRequest, name: str) -> bytes:
+        check_name(name, SERVICE_NAME, "the service name", "invalid_service_name")
+        self.gateway.service(name)  # 404 before reading the body
+        body = _json_body(request)
+        tool = check_name(body.get("tool"), TOOL_NAME, "tool", "invalid_tool_name")
+        session_id = check_name(body.get("session_id"), SESSION_ID, "session_id", "invalid_session_id")
+        arguments = _object(body, "arguments")
+        metadata = _object(body, "metadata")
+        timeout = body.get("timeout", self.gateway.config.session.default_timeout)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_SESSION_TIMEOUT:
+            raise BadRequest(
+                f"timeout must be a number of seconds above 0 and at most {MAX_SESSION_TIMEOUT:g}", "invalid_timeout"
+            )
+        answer = await self.gateway.call_tool(name, tool, session_id, arguments, float(timeout), metadata)
+        return _render(request, 200, answer)
+
+    @app.route("/sessions", methods=["GET"])
+    @authenticated
+    def sessions(self, request: IRequest) -> bytes:
+        return _render(request, 200, self.gateway.list_sessions())
+
+    @app.route("/sessions/<string:session_id>", methods=["DELETE"])
+    @authenticated
+    def close_session(self, request: IRequest, session_id: str) -> bytes:
+        check_name(session_id, SESSION_ID, "the session id", "invalid_session_id")
+        return _render(request, 200, self.gateway.close_session(session_id))
+
+    # -- errors ------------------------------------------------------------------
+
+    @app.handle_errors(GatewayError)
+    def gateway_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, GatewayError)
+        if error.retry_after is not None:
+            request.setHeader(b"Retry-After", str(max(1, round(error.retry_after + 0.4999))).encode())
+        return _render(request, error.status, error.body())
+
+    @app.handle_errors(RouteNotFound)
+    def no_route(self, request: IRequest, failure: Failure) -> bytes:
+        return _render(request, 404, {"error": "no such route", "code": "not_found"})
+
+    @app.handle_errors(MethodNotAllowed)
+    def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, MethodNotAllowed)
+        allowed = sorted(error.valid_methods or [])
+        request.setHeader(b"Allow", ", ".join(allowed).encode())
+        method = request.method.decode("ascii", "replace")
+        return _render(
+            request, 405, {"error": f"{method} is not allowed here (allowed: {', '.join(allowed)})", "code": "method_not_allowed"}
+        )
+
+    @app.handle_errors(HTTPException)
+    def other_http(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, HTTPException)
+        status = error.code or 400
+        return _render(request, status, {"error": error.description or "bad request", "code": "invalid_request"})
+
+    @app.handle_errors(Exception)
+    def unexpected(self, request: IRequest, failure: Failure) -> bytes:
+        log.failure("unexpected error answering {method} {path}", failure, method=request.method, path=request.path)
+        return _render(request, 500, {"error": "internal error (logged); the request may be retried", "code": "internal_error"})
+
+
+def _json_body(request: IRequest) -> dict[str, Any]:
+    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if content_type and content_type != b"application/json" and not content_type.endswith(b"+json"):
+        raise UnsupportedMediaType(f"the body must be application/json, not {content_type.decode('latin-1')}")
+    raw = request.content.read() if request.content is not None else b""
+    if not raw.strip():
+        raise BadRequest("the body is empty; send a JSON object", "invalid_json")
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:
+        message = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
+        raise BadRequest(f"the body is not valid JSON: {message}", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", "invalid_request")
+    return body
+
+
+def _object(body: dict[str, Any], field: str) -> dict[str, Any]:
+    value = body.get(field)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{field} must be a JSON object", f"invalid_{field}")
+    return value

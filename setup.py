@@ -1,0 +1,43 @@
+"""
+Packaging for mcpgateway.
+
+The twistd plugin lives in C{twisted/plugins/}, which must stay a namespace
+directory (no C{__init__.py}); it is listed in C{packages} so that a normal
+install copies it next to Twisted's own plugins.
+"""
+
+from setuptools import setup
+
+setup(
+    name="mcpgateway",
+    version="0.1.0",
+    description="A production MCP gateway on Twisted: supervised stdio MCP servers behind one HTTP front.",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["mcpgateway", "mcpgateway.examples", "twisted.plugins"],
+    package_data={"twisted.plugins": ["mcpgateway_plugin.py"], "mcpgateway": ["py.typed"]},
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "klein>=24.8",
+        "service-identity>=24.1",
+        "pyopenssl>=24.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "treq>=24.9",
+            "hypothesis>=6.100",
+            "signalwire-agents==1.1.0",
+            "mcp>=2.3,<3",
+        ],
+    },
+    entry_points={"console_scripts": ["mcp-gateway = mcpgateway.cli:main"]},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT License",
+    ],
+)
