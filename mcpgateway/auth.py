@@ -12,7 +12,7 @@ import hmac
 
 from .config import ServerConfig
 
-__all__ = ["Authenticator", "CHALLENGES"]
+__all__ = ["CHALLENGES", "Authenticator"]
 
 CHALLENGES = (b'Basic realm="mcpgateway", charset="UTF-8"', b'Bearer realm="mcpgateway"')
 

@@ -10,8 +10,9 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
@@ -259,9 +260,7 @@ async def _handshake(
     protocol.notify("notifications/initialized")
     version = result.get("protocolVersion")
     info = result.get("serverInfo")
-    return Era(False, version if isinstance(version, str) else LEGACY_VERSION), info if isinstance(
-        info, dict
-    ) else {}
+    return Era(False, version if isinstance(version, str) else LEGACY_VERSION), info if isinstance(info, dict) else {}
 
 
 async def spawn_child(
@@ -304,7 +303,7 @@ async def spawn_child(
     try:
         reactor.spawnProcess(protocol, executable, args, env=dict(env), path=workdir, usePTY=False)
     except OSError as error:
-        raise StartFailed(f"cannot start {command[0]!r}: {error}", None, "") from None
+        raise StartFailed(f"cannot start the program: {error.strerror or error}", None, "") from None
     handshake = ensureDeferred(_handshake(protocol, clock, discover_timeout, hint))
     handshake.addTimeout(handshake_timeout, clock)
     try:

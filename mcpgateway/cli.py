@@ -24,7 +24,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from twisted.scripts.twistd import run
 
-    sys.argv = ["twistd", "--nodaemon", "--pidfile=", f"--logfile={args.logfile}", "mcpgateway", "--config", args.config]
+    sys.argv = [
+        "twistd",
+        "--nodaemon",
+        "--pidfile=",
+        f"--logfile={args.logfile}",
+        "mcpgateway",
+        "--config",
+        args.config,
+    ]
     if args.listen:
         sys.argv += ["--listen", args.listen]
     run()

@@ -14,8 +14,11 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
+
+from .names import SERVICE_NAME
 
 __all__ = [
     "ConfigError",
@@ -31,7 +34,6 @@ __all__ = [
     "substitute",
 ]
 
-SERVICE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _VARIABLE = re.compile(r"\$\{([^}|]*)(?:\|([^}]*))?\}")
 
 
@@ -78,6 +80,7 @@ class ServiceConfig:
     description: str = ""
     enabled: bool = True
     env: Mapping[str, str] = field(default_factory=dict)
+    protocol: str = "auto"
     call_timeout: float = 25.0
     handshake_timeout: float = 30.0
     discover_timeout: float = 3.0
@@ -255,6 +258,13 @@ def _level(value: Any, path: str, environ: Mapping[str, str]) -> str:
     return level
 
 
+def _protocol(value: Any, path: str, environ: Mapping[str, str]) -> str:
+    era = _string(value, path, environ)
+    if era not in ("auto", "legacy", "modern"):
+        raise ConfigError(f"{path}: expected auto, legacy or modern, got {era!r}")
+    return era
+
+
 def _kind(value: Any) -> str:
     return {
         dict: "an object",
@@ -326,6 +336,7 @@ _SERVICE: dict[str, _Reader] = {
     "description": _string,
     "enabled": _boolean,
     "env": _string_map,
+    "protocol": _protocol,
     "call_timeout": _positive(_number),
     "handshake_timeout": _positive(_number),
     "discover_timeout": _positive(_number),
@@ -359,7 +370,7 @@ _LOGGING: dict[str, _Reader] = {"level": _level, "file": _string}
 
 def _service(name: str, raw: Any, environ: Mapping[str, str]) -> ServiceConfig:
     path = f"services.{name}"
-    if not SERVICE_NAME.match(name):
+    if not SERVICE_NAME.fullmatch(name):
         raise ConfigError(f"{path}: a service name is 1-64 of A-Z a-z 0-9 _ -")
     values = _section(raw, path, environ, _SERVICE, aliases={"sandbox_config": "sandbox"})
     if "command" not in values:

@@ -96,7 +96,9 @@ def wait_for(source: Shared[T], timeout: float, clock: IReactorTime) -> Deferred
     """
     waiter = source.wait()
     result: Deferred[T] = Deferred(lambda _: waiter.cancel())
-    timer = clock.callLater(timeout, lambda: result.errback(Failure(TimeoutError(timeout))) if not result.called else None)
+    timer = clock.callLater(
+        timeout, lambda: result.errback(Failure(TimeoutError(timeout))) if not result.called else None
+    )
 
     def done(outcome: T | Failure) -> None:
         if timer.active():

@@ -16,7 +16,6 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred, gatherResults
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.task import LoopingCall
-from .logs import logger
 from twisted.python.failure import Failure
 
 from . import __version__
@@ -24,6 +23,7 @@ from .child import Child
 from .config import GatewayConfig
 from .deferreds import observe
 from .errors import CallTimedOut, ChildFailed, NotFound, SessionClosed, ToolRPCError
+from .logs import logger
 from .protocol import ChildExited, RPCError
 from .results import result_text
 from .service import Service

@@ -9,9 +9,9 @@ from __future__ import annotations
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    Logger,
     globalLogPublisher,
     jsonFileLogObserver,
 )

@@ -11,22 +11,22 @@ nothing of MCP eras or sessions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .deferreds import Shared
 from .framing import LineBuffer, LineTooLong
-from twisted.logger import Logger
-
 from .logs import logger
 
 __all__ = ["ChildExited", "ChildProtocol", "ExitInfo", "RPCError", "StderrTail"]
@@ -63,9 +63,7 @@ class ExitInfo:
     @ivar stderr_tail: The last few KiB the child wrote to stderr.
     """
 
-    def __init__(
-        self, exit_code: int | None, signal: int | None, reason: str | None, stderr_tail: str
-    ) -> None:
+    def __init__(self, exit_code: int | None, signal: int | None, reason: str | None, stderr_tail: str) -> None:
         self.exit_code = exit_code
         self.signal = signal
         self.reason = reason
@@ -275,8 +273,10 @@ class ChildProtocol(ProcessProtocol):
             self.log.warn("stdout: skipped a JSON value that is not an object: {line!r}", line=line[:200])
             return
         method = message.get("method")
-        if isinstance(method, str):
-            if "id" in message:
+        if method is not None:
+            if not isinstance(method, str):
+                self.log.warn("stdout: skipped a message whose method is not a string: {line!r}", line=line[:200])
+            elif "id" in message:
                 self._answer(message["id"], method)
             elif self._on_notification is not None:
                 params = message.get("params")
@@ -345,10 +345,8 @@ class ChildProtocol(ProcessProtocol):
         """
         if self.pid is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def processEnded(self, reason: Failure) -> None:
         value = reason.value
@@ -370,5 +368,3 @@ class ChildProtocol(ProcessProtocol):
         pending, self._pending = self._pending, {}
         for waiting in pending.values():
             waiting.errback(ChildExited(info))
-
-

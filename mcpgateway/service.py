@@ -14,22 +14,25 @@ import os
 import random
 import shutil
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.threads import deferToThread
-from .logs import logger
 
-from .child import Child, Era, StartFailed, default_environment, spawn_child
+from .child import LEGACY, MODERN, Child, Era, StartFailed, default_environment, spawn_child
 from .config import ServiceConfig
 from .deferreds import Shared, observe
 from .errors import ServiceUnavailable
+from .logs import logger
 from .protocol import ExitInfo
 
 __all__ = ["Service"]
 
 log = logger(__name__)
+
+_MAX_REFETCH = 3
 
 
 class Service:
@@ -39,6 +42,7 @@ class Service:
     @ivar config: Its L{ServiceConfig}.
     @ivar era: The era its children speak, once one has started.
     @ivar children: Its live children (sessions' and the tool lister).
+    @ivar spawns: Children started so far (successfully or not).
     @ivar failures: Consecutive start failures.
     @ivar last_failure: The last start failure's L{ServiceUnavailable}.
     """
@@ -57,7 +61,9 @@ class Service:
         self._clock = clock
         self._sandbox_dir = sandbox_dir
         self._random = random_source
-        self.era: Era | None = None
+        self.era: Era | None = {"legacy": LEGACY, "modern": MODERN}.get(config.protocol)
+        self.spawns = 0
+        self._started_once = False
         self.children: set[Child] = set()
         self.failures = 0
         self.last_failure: ServiceUnavailable | None = None
@@ -80,9 +86,9 @@ class Service:
         """
         if self.failures and self._clock.seconds() < self._retry_at:
             return "failing"
-        if self._starting and self.era is None:
+        if self._starting and not self._started_once:
             return "starting"
-        return "ready" if self.era is not None else "idle"
+        return "ready" if self._started_once else "idle"
 
     def describe(self) -> dict[str, Any]:
         """
@@ -92,7 +98,7 @@ class Service:
             "description": self.config.description,
             "enabled": self.config.enabled,
             "state": self.state,
-            "protocol": self.era.name if self.era else None,
+            "protocol": self.era.name if self._started_once and self.era else None,
             "children": len(self.children),
         }
         if self.state == "failing" and self.last_failure is not None:
@@ -123,6 +129,7 @@ class Service:
         workdir = self._make_workdir()
         holder: list[Child] = []
         self._starting += 1
+        self.spawns += 1
         try:
             child = await spawn_child(
                 self._reactor,
@@ -145,6 +152,7 @@ class Service:
             self._starting -= 1
         holder.append(child)
         self.era = child.era
+        self._started_once = True
         self.children.add(child)
         self._stable_timers[child] = self._clock.callLater(self.config.backoff_reset, self._stable, child)
         child.when_ended().addCallback(self._ended, child)
@@ -160,7 +168,7 @@ class Service:
 
     def _start_failed(self, failure: StartFailed) -> ServiceUnavailable:
         self.failures += 1
-        delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** (self.failures - 1))
+        delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** min(self.failures - 1, 32))
         delay = delay / 2 + self._random() * delay / 2
         self._retry_at = self._clock.seconds() + delay
         details: dict[str, Any] = {"service": self.name, "stderr_tail": failure.stderr_tail[-2048:]}
@@ -183,7 +191,9 @@ class Service:
     def _stable(self, child: Child) -> None:
         self._stable_timers.pop(child, None)
         if self.failures:
-            log.info("{service}: child up for {s:g} s, failure count reset", service=self.name, s=self.config.backoff_reset)
+            log.info(
+                "{service}: child up for {s:g} s, failure count reset", service=self.name, s=self.config.backoff_reset
+            )
         self.failures = 0
 
     def _ended(self, info: ExitInfo, child: Child) -> None:
@@ -221,23 +231,28 @@ class Service:
         return self._tools_fill.wait()
 
     async def _fill_tools(self, source: Child | None) -> list[dict[str, Any]]:
+        """
+        Fetch the tool list from C{source}, or from a short-lived lister child.
+
+        A C{list_changed} that arrives during the fetch (a Node server sends
+        one before its first answer) makes it fetch once more from the same
+        child, a bounded number of times.
+        """
+        lister = None
         try:
-            while True:
+            if source is None or not source.alive:
+                source = lister = await self.spawn()
+            for _ in range(_MAX_REFETCH):
                 generation = self._tools_generation
-                if source is not None and source.alive:
-                    tools = await source.list_tools()
-                else:
-                    lister = await self.spawn()
-                    try:
-                        tools = await lister.list_tools()
-                    finally:
-                        lister.close(self.config.close_grace)
+                tools = await source.list_tools()
                 if generation == self._tools_generation:
-                    self._tools = tools
-                    return tools
-                source = None
+                    break
+            self._tools = tools
+            return tools
         finally:
             self._tools_fill = None
+            if lister is not None:
+                lister.close(self.config.close_grace)
 
     def _notified(self, holder: list[Child], method: str, params: dict[str, Any]) -> None:
         if method != "notifications/tools/list_changed":

@@ -6,7 +6,8 @@ service it has used.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from twisted.internet.defer import Deferred
 

@@ -41,7 +41,8 @@ class BoundedRequest(Request):
     _rejected = False
 
     def _limit(self) -> int:
-        return int(getattr(self.channel.site, "max_body_bytes", 10 * 1024 * 1024))
+        site = getattr(self.channel, "site", None)
+        return int(getattr(site, "max_body_bytes", 10 * 1024 * 1024))
 
     def gotLength(self, length: int | None) -> None:
         # Always in memory: the body is bounded, and a temporary file would
@@ -57,7 +58,8 @@ class BoundedRequest(Request):
         if self._received > self._limit():
             self._reject()
             return
-        self.content.write(data)
+        if self.content is not None:
+            self.content.write(data)
 
     def _reject(self) -> None:
         self._rejected = True
@@ -73,6 +75,8 @@ class BoundedRequest(Request):
         ]
         head += [name + b": " + value for name, value in SECURITY_HEADERS]
         transport = self.channel.transport
+        if transport is None:
+            return
         transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         transport.loseConnection()
 

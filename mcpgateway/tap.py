@@ -86,7 +86,7 @@ def makeService(options: dict[str, Any]) -> IService:
     from twisted.internet import reactor
 
     config: GatewayConfig = options["gateway_config"]
-    gateway = Gateway(config, reactor, reactor)  # type: ignore[arg-type]
+    gateway = Gateway(config, reactor, reactor)
     app = GatewayApp(gateway, Authenticator(config.server))
     site = GatewaySite(app.resource(), config.server.max_body_bytes)
     top = MultiService()

@@ -10,7 +10,8 @@ children.
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable, Concatenate, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from klein import Klein
 from twisted.python.failure import Failure
@@ -22,8 +23,8 @@ from .auth import CHALLENGES, Authenticator
 from .errors import BadRequest, GatewayError, Unauthorized, UnsupportedMediaType
 from .gateway import Gateway
 from .logs import logger
-from .site import SECURITY_HEADERS
 from .names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
+from .site import SECURITY_HEADERS
 
 __all__ = ["GatewayApp"]
 
@@ -55,7 +56,7 @@ def authenticated(
     Answer 401 unless the request carries valid credentials.
     """
 
-    def check(self: GatewayApp, request: IRequest, *args: P.args, **kwargs: P.kwargs) -> Any:
+    def check(self: GatewayApp, request: IRequest, /, *args: P.args, **kwargs: P.kwargs) -> Any:
         if not self.authenticator.check(request.getHeader(b"authorization")):
             request.responseHeaders.setRawHeaders(b"WWW-Authenticate", list(CHALLENGES))
             raise Unauthorized("missing or invalid credentials")
@@ -158,7 +159,9 @@ class GatewayApp:
         request.setHeader(b"Allow", ", ".join(allowed).encode())
         method = request.method.decode("ascii", "replace")
         return _render(
-            request, 405, {"error": f"{method} is not allowed here (allowed: {', '.join(allowed)})", "code": "method_not_allowed"}
+            request,
+            405,
+            {"error": f"{method} is not allowed here (allowed: {', '.join(allowed)})", "code": "method_not_allowed"},
         )
 
     @app.handle_errors(HTTPException)
@@ -171,7 +174,9 @@ class GatewayApp:
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
         log.failure("unexpected error answering {method} {path}", failure, method=request.method, path=request.path)
-        return _render(request, 500, {"error": "internal error (logged); the request may be retried", "code": "internal_error"})
+        return _render(
+            request, 500, {"error": "internal error (logged); the request may be retried", "code": "internal_error"}
+        )
 
 
 def _json_body(request: IRequest) -> dict[str, Any]:

@@ -1,0 +1,3 @@
+"""
+Example MCP servers that the gateway can supervise.
+"""

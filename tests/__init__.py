@@ -1,0 +1,1 @@
+"""mcpgateway tests."""
