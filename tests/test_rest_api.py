@@ -91,6 +91,26 @@ async def test_tools_list_changed_before_first_answer(live: Any) -> None:
     assert "echo" in [tool["name"] for tool in body["tools"]]
 
 
+@pytest_twisted.ensureDeferred
+async def test_list_changed_from_a_session_child_refreshes_the_cache(live: Any) -> None:
+    gw = live({"fx": fixture_service()})
+    _, before = await gw.request("GET", "/services/fx/tools")
+    assert "late_tool" not in [tool["name"] for tool in before["tools"]]
+    await gw.call("fx", "notify", "s")
+    spawns = gw.gateway.services["fx"].spawns
+
+    async def names() -> list[str]:
+        _, body = await gw.request("GET", "/services/fx/tools")
+        return [tool["name"] for tool in body["tools"]]
+
+    for _ in range(100):
+        if "late_tool" in await names():
+            break
+        await sleep(0.02)
+    assert "late_tool" in await names()
+    assert gw.gateway.services["fx"].spawns == spawns, "refreshed from the session's own child"
+
+
 # -- calls ------------------------------------------------------------------------------------
 
 

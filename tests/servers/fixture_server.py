@@ -117,7 +117,7 @@ class FixtureServer(Server):
                 no_args,
                 background=True,
             ),
-            Tool("notify", "Send notifications/tools/list_changed, then answer 'ok'.", self.notify_tool, no_args),
+            Tool("notify", "Add 'late_tool', send notifications/tools/list_changed, answer 'ok'.", self.notify_tool, no_args),
             Tool("counter", "Count the calls to this tool in this process and return the count.", self.count, no_args),
             Tool("pid", "Return this process's id and process group: 'pid=N pgrp=M'.", self.pid, no_args),
             Tool(
@@ -206,8 +206,13 @@ class FixtureServer(Server):
 
     def notify_tool(self, request: Request, arguments: dict[str, Any]) -> str:
         """
-        @return: C{"ok"}, after C{notifications/tools/list_changed}.
+        Add the tool C{late_tool}, then send C{notifications/tools/list_changed}.
+
+        @return: C{"ok"}.
         """
+        late = Tool("late_tool", "A tool added by 'notify'; returns its name.", self.named, {})
+        self.tools[late.name] = late
+        self.base_tools.add(late.name)
         self.notify("notifications/tools/list_changed")
         return "ok"
 
