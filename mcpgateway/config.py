@@ -55,6 +55,7 @@ class ServerConfig:
     auth_password: str = ""
     auth_token: str = ""
     max_body_bytes: int = 10 * 1024 * 1024
+    tls_cert: str = ""
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,7 @@ _SERVER: dict[str, _Reader] = {
     "auth_password": _string,
     "auth_token": _string,
     "max_body_bytes": _positive(_integer),
+    "tls_cert": _string,
 }
 
 _SANDBOX: dict[str, _Reader] = {

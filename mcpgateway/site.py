@@ -19,7 +19,7 @@ from twisted.web.server import Request, Site
 
 from .errors import PayloadTooLarge
 
-__all__ = ["SECURITY_HEADERS", "BoundedRequest", "GatewaySite"]
+__all__ = ["HSTS", "SECURITY_HEADERS", "BoundedRequest", "GatewaySite"]
 
 SERVER_NAME = b"mcpgateway"
 
@@ -30,6 +30,7 @@ SECURITY_HEADERS = (
     (b"Referrer-Policy", b"no-referrer"),
     (b"Cache-Control", b"no-store"),
 )
+HSTS = b"max-age=31536000; includeSubDomains"
 
 
 class BoundedRequest(Request):
@@ -74,6 +75,8 @@ class BoundedRequest(Request):
             b"Connection: close",
         ]
         head += [name + b": " + value for name, value in SECURITY_HEADERS]
+        if self.isSecure():
+            head.append(b"Strict-Transport-Security: " + HSTS)
         transport = self.channel.transport
         if transport is None:
             return

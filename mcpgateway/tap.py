@@ -8,11 +8,15 @@ C{startService}.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.ssl import CertificateOptions
 from twisted.python import usage
 
 from .auth import Authenticator
@@ -20,9 +24,22 @@ from .config import ConfigError, GatewayConfig, load_config
 from .gateway import Gateway
 from .logs import configure
 from .site import GatewaySite
+from .tls import TLSError, load_tls
 from .web import GatewayApp
 
-__all__ = ["GatewayService", "Options", "makeService"]
+DEFAULT_CERT = "certs/server.pem"
+
+__all__ = ["GatewayService", "Options", "StartRefused", "makeService"]
+
+
+class StartRefused(SystemExit):
+    """
+    The configuration cannot be used: twistd exits with status 1 and this one
+    line on stderr (a L{usage.UsageError} would print the whole usage first).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"mcpgateway: {message}")
 
 
 class Options(usage.Options):
@@ -41,12 +58,18 @@ class Options(usage.Options):
         try:
             self["gateway_config"] = load_config(self["config"])
         except ConfigError as error:
-            raise usage.UsageError(f"configuration error: {error}") from None
+            raise StartRefused(f"configuration error: {error}") from None
         server = self["gateway_config"].server
         if not (server.auth_token or (server.auth_user and server.auth_password)):
-            raise usage.UsageError(
+            raise StartRefused(
                 f"configuration error: {self['config']}: server: set auth_user and auth_password, or auth_token"
             )
+        # Read the certificate now, so a broken one stops the start with one line.
+        cert = server.tls_cert or (DEFAULT_CERT if os.path.exists(DEFAULT_CERT) else "")
+        try:
+            self["tls"] = load_tls(cert) if cert else None
+        except TLSError as error:
+            raise StartRefused(f"TLS error: {error}") from None
 
 
 class GatewayService(Service):
@@ -68,12 +91,20 @@ class GatewayService(Service):
         return ensureDeferred(self.gateway.stop())
 
 
-def endpoint_description(config: GatewayConfig) -> str:
+def listening_service(config: GatewayConfig, tls: CertificateOptions | None, site: GatewaySite) -> IService:
     """
-    @return: The strports description for C{server.host} and C{server.port}.
+    @return: A service listening on C{server.host}:C{server.port}, with TLS if configured.
     """
-    host = config.server.host.replace(":", "\\:")
-    return f"tcp:{config.server.port}:interface={host}"
+    from twisted.internet import reactor
+
+    server = config.server
+    if tls is None:
+        endpoint: Any = TCP4ServerEndpoint(reactor, server.port, interface=server.host)
+        if ":" in server.host:
+            endpoint = TCP6ServerEndpoint(reactor, server.port, interface=server.host)
+    else:
+        endpoint = SSL4ServerEndpoint(reactor, server.port, tls, interface=server.host)
+    return StreamServerEndpointService(endpoint, site)
 
 
 def makeService(options: dict[str, Any]) -> IService:
@@ -92,5 +123,8 @@ def makeService(options: dict[str, Any]) -> IService:
     top = MultiService()
     # The web server is stopped first (services stop in reverse order), then the gateway.
     GatewayService(gateway, config).setServiceParent(top)
-    strports.service(options["listen"] or endpoint_description(config), site).setServiceParent(top)
+    if options["listen"]:
+        strports.service(options["listen"], site).setServiceParent(top)
+    else:
+        listening_service(config, options["tls"], site).setServiceParent(top)
     return top

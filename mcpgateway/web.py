@@ -24,7 +24,7 @@ from .errors import BadRequest, GatewayError, Unauthorized, UnsupportedMediaType
 from .gateway import Gateway
 from .logs import logger
 from .names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
-from .site import SECURITY_HEADERS
+from .site import HSTS, SECURITY_HEADERS
 
 __all__ = ["GatewayApp"]
 
@@ -46,6 +46,8 @@ def _render(request: IRequest, status: int, body: Any) -> bytes:
     request.setHeader(b"Content-Type", b"application/json")
     for name, value in SECURITY_HEADERS:
         request.setHeader(name, value)
+    if request.isSecure():
+        request.setHeader(b"Strict-Transport-Security", HSTS)
     return json.dumps(body, separators=(",", ":")).encode()
 
 

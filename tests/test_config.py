@@ -25,7 +25,7 @@ from mcpgateway.config import (
     parse_config,
     substitute,
 )
-from mcpgateway.tap import GatewayService, Options, endpoint_description, makeService
+from mcpgateway.tap import GatewayService, Options, StartRefused, listening_service, makeService
 
 ROOT = Path(__file__).parent.parent
 SHIPPED = ROOT / "config" / "config.json"
@@ -474,7 +474,7 @@ def test_options_require_config() -> None:
 
 def test_options_bad_config_names_the_key_path(config_file: Callable[..., str]) -> None:
     path = config_file(services={"todo": {"command": []}})
-    with pytest.raises(usage.UsageError) as info:
+    with pytest.raises(StartRefused) as info:
         Options().parseOptions(["--config", path])
     assert "services.todo.command" in str(info.value)
     assert path in str(info.value)
@@ -482,7 +482,7 @@ def test_options_bad_config_names_the_key_path(config_file: Callable[..., str]) 
 
 def test_options_missing_file(tmp_path: Path) -> None:
     path = str(tmp_path / "nope.json")
-    with pytest.raises(usage.UsageError) as info:
+    with pytest.raises(StartRefused) as info:
         Options().parseOptions(["-c", path])
     assert path in str(info.value)
 
@@ -496,7 +496,7 @@ def test_options_refuse_config_without_credentials(
 ) -> None:
     monkeypatch.delenv("UNSET_PW_X", raising=False)
     path = config_file(server=server)
-    with pytest.raises(usage.UsageError) as info:
+    with pytest.raises(StartRefused) as info:
         Options().parseOptions(["--config", path])
     assert "auth_user and auth_password, or auth_token" in str(info.value)
 
@@ -547,8 +547,20 @@ def test_make_service_builds_but_starts_nothing(config_file: Callable[..., str],
     assert _child_pids() <= before
 
 
-def test_endpoint_description() -> None:
+def test_listening_service_picks_tcp_tcp6_or_tls(tmp_path: Path) -> None:
+    from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+
+    from mcpgateway.devcert import make_certificate
+    from mcpgateway.tls import load_tls
+
+    site = object()
     config = parse_config({"server": {"host": "127.0.0.1", "port": 8123}}, {})
-    assert endpoint_description(config) == "tcp:8123:interface=127.0.0.1"
+    plain = listening_service(config, None, site)  # type: ignore[arg-type]
+    assert isinstance(plain.endpoint, TCP4ServerEndpoint)
+    assert plain.endpoint._port == 8123
     ipv6 = parse_config({"server": {"host": "::1", "port": 80}}, {})
-    assert endpoint_description(ipv6) == "tcp:80:interface=\\:\\:1"
+    assert isinstance(listening_service(ipv6, None, site).endpoint, TCP6ServerEndpoint)  # type: ignore[arg-type]
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(make_certificate(["localhost"]))
+    tls = listening_service(config, load_tls(str(pem)), site)  # type: ignore[arg-type]
+    assert isinstance(tls.endpoint, SSL4ServerEndpoint)
