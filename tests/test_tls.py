@@ -48,13 +48,15 @@ def _https_get(port: int, cafile: str, path: str, *, tls_max: ssl.TLSVersion | N
             warnings.simplefilter("ignore", DeprecationWarning)  # offering old TLS is the point
             context.minimum_version = ssl.TLSVersion.TLSv1
             context.maximum_version = tls_max
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-            return tls.version() or "", tls.selected_alpn_protocol() or "", data
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+        return tls.version() or "", tls.selected_alpn_protocol() or "", data
 
 
 @pytest_twisted.ensureDeferred

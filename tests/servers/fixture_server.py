@@ -117,7 +117,12 @@ class FixtureServer(Server):
                 no_args,
                 background=True,
             ),
-            Tool("notify", "Add 'late_tool', send notifications/tools/list_changed, answer 'ok'.", self.notify_tool, no_args),
+            Tool(
+                "notify",
+                "Add 'late_tool', send notifications/tools/list_changed, answer 'ok'.",
+                self.notify_tool,
+                no_args,
+            ),
             Tool("counter", "Count the calls to this tool in this process and return the count.", self.count, no_args),
             Tool("pid", "Return this process's id and process group: 'pid=N pgrp=M'.", self.pid, no_args),
             Tool(
