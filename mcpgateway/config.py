@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "GatewayConfig",
     "LoggingConfig",
+    "PrincipalConfig",
     "RateLimitConfig",
     "SandboxConfig",
     "ServerConfig",
@@ -44,6 +45,18 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class PrincipalConfig:
+    """
+    One entry of C{server.principals}: a caller with a role and a hashed credential.
+    """
+
+    name: str
+    role: str = "agent"
+    password_hash: str = ""
+    token_hash: str = ""
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """
     The C{server} section: where to listen and who may call.
@@ -56,6 +69,7 @@ class ServerConfig:
     auth_token: str = ""
     max_body_bytes: int = 10 * 1024 * 1024
     tls_cert: str = ""
+    principals: tuple[PrincipalConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,7 @@ class LoggingConfig:
 
     level: str = "INFO"
     file: str = ""
+    security_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -312,7 +327,45 @@ _SERVER: dict[str, _Reader] = {
     "auth_token": _string,
     "max_body_bytes": _positive(_integer),
     "tls_cert": _string,
+    "principals": lambda v, p, e: _principals(v, p, e),
 }
+
+_PRINCIPAL: dict[str, _Reader] = {
+    "name": _string,
+    "role": _string,
+    "password_hash": _string,
+    "token_hash": _string,
+}
+
+
+def _principals(value: Any, path: str, environ: Mapping[str, str]) -> tuple[PrincipalConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list of principals, got {_kind(value)}")
+    result: list[PrincipalConfig] = []
+    names: set[str] = set()
+    for index, raw in enumerate(value):
+        where = f"{path}[{index}]"
+        entry = PrincipalConfig(**{"name": "", **_section(raw, where, environ, _PRINCIPAL)})
+        if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,128}", entry.name):
+            raise ConfigError(f"{where}.name: 1-128 of A-Z a-z 0-9 _ . @ -")
+        if entry.name in names:
+            raise ConfigError(f"{where}.name: {entry.name!r} is given twice")
+        names.add(entry.name)
+        if entry.role not in ("admin", "agent"):
+            raise ConfigError(f"{where}.role: expected admin or agent, got {entry.role!r}")
+        if not entry.password_hash and not entry.token_hash:
+            raise ConfigError(f"{where}: give password_hash and/or token_hash")
+        if entry.password_hash and not re.fullmatch(
+            r"scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+", entry.password_hash
+        ):
+            raise ConfigError(
+                f"{where}.password_hash: expected scrypt$n$r$p$salt$hash (python -m mcpgateway.auth password)"
+            )
+        if entry.token_hash and not re.fullmatch(r"sha256\$[0-9a-f]{64}", entry.token_hash):
+            raise ConfigError(f"{where}.token_hash: expected sha256$<64 hex digits> (python -m mcpgateway.auth token)")
+        result.append(entry)
+    return tuple(result)
+
 
 _SANDBOX: dict[str, _Reader] = {
     "enabled": _boolean,
@@ -367,7 +420,7 @@ _RATE_LIMITING: dict[str, _Reader] = {
     "storage_uri": _string,
 }
 
-_LOGGING: dict[str, _Reader] = {"level": _level, "file": _string}
+_LOGGING: dict[str, _Reader] = {"level": _level, "file": _string, "security_file": _string}
 
 
 def _service(name: str, raw: Any, environ: Mapping[str, str]) -> ServiceConfig:

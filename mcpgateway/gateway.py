@@ -19,6 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from . import __version__
+from .auth import Principal
 from .child import Child
 from .config import GatewayConfig
 from .deferreds import observe
@@ -124,16 +125,19 @@ class Gateway:
         arguments: dict[str, Any],
         timeout: float,
         metadata: dict[str, Any],
+        principal: Principal,
     ) -> dict[str, Any]:
         """
         Call C{tool} of service C{name} in session C{session_id}.
 
         @param timeout: The session's idle timeout, in seconds.
+        @param principal: The caller; it owns a session it creates, and a
+            non-admin cannot use another's.
         @return: The C{POST /services/<name>/call} body.
         @raise GatewayError: With the status and code for what went wrong.
         """
         service = self.service(name)
-        session = self.sessions.open(session_id, self.clock.seconds(), timeout, metadata)
+        session = self.sessions.open(session_id, principal, self.clock.seconds(), timeout, metadata)
         try:
             child, restarted = await self._child_for(session, service)
             try:
@@ -219,21 +223,23 @@ class Gateway:
 
     # -- sessions ------------------------------------------------------------------
 
-    def list_sessions(self) -> dict[str, Any]:
+    def list_sessions(self, principal: Principal) -> dict[str, Any]:
         """
+        @param principal: The caller: an admin sees every session, an agent its own.
         @return: The C{GET /sessions} body, keyed by session id.
         """
         now = self.clock.seconds()
-        return {session.id: session.describe(now) for session in self.sessions}
+        return {session.id: session.describe(now) for session in self.sessions.visible_to(principal)}
 
-    def close_session(self, session_id: str) -> dict[str, Any]:
+    def close_session(self, session_id: str, principal: Principal) -> dict[str, Any]:
         """
         Close a session now: its calls in flight fail at once with
         L{SessionClosed}; its children are stopped in the background.
 
-        @raise NotFound: If there is no such session.
+        @param principal: The caller (an agent may close only its own sessions).
+        @raise NotFound: If there is no such session visible to C{principal}.
         """
-        session = self.sessions.get(session_id)
+        session = self.sessions.get(session_id, principal)
         if session is None:
             raise NotFound(f"no session {session_id!r}", "session_not_found")
         self._close(session)

@@ -11,10 +11,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from .auth import Principal
 from .child import Child
 from .config import SessionConfig
 from .deferreds import Shared
-from .errors import LimitReached
+from .errors import LimitReached, NotFound
 
 __all__ = ["Session", "SessionRegistry"]
 
@@ -27,10 +28,12 @@ class Session:
     @ivar spawning: Starts under way, shared by concurrent first calls.
     @ivar calls: The L{Deferred}s its calls are waiting on, cancelled when it closes.
     @ivar restarted: Services whose child died; their next call says so.
+    @ivar owner: The principal that created it.
     """
 
-    def __init__(self, session_id: str, now: float, timeout: float, metadata: dict[str, Any]) -> None:
+    def __init__(self, session_id: str, owner: str, now: float, timeout: float, metadata: dict[str, Any]) -> None:
         self.id = session_id
+        self.owner = owner
         self.created_at = now
         self.last_accessed = now
         self.timeout = timeout
@@ -82,6 +85,7 @@ class Session:
             "timeout": self.timeout,
             "time_remaining": round(max(0.0, self.last_accessed + self.timeout - now), 3),
             "metadata": self.metadata,
+            "owner": self.owner,
             "services": sorted(self.children),
             "service_name": next(iter(sorted(self.children)), None),
         }
@@ -102,20 +106,36 @@ class SessionRegistry:
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))
 
-    def get(self, session_id: str) -> Session | None:
+    def get(self, session_id: str, principal: Principal | None = None) -> Session | None:
         """
         @param session_id: The id.
+        @param principal: Who asks; a session of another owner is invisible
+            to a non-admin.  L{None} sees everything.
         @return: The live session, or L{None}.
         """
-        return self._sessions.get(session_id)
+        session = self._sessions.get(session_id)
+        if session is not None and principal is not None and not visible(session, principal):
+            return None
+        return session
 
-    def open(self, session_id: str, now: float, timeout: float, metadata: dict[str, Any]) -> Session:
+    def visible_to(self, principal: Principal) -> list[Session]:
+        """
+        @return: The sessions C{principal} may see.
+        """
+        return [s for s in self._sessions.values() if visible(s, principal)]
+
+    def open(
+        self, session_id: str, principal: Principal, now: float, timeout: float, metadata: dict[str, Any]
+    ) -> Session:
         """
         Find or create the session C{session_id} and mark it used now.
 
+        @raise NotFound: If it belongs to another principal and C{principal} is no admin.
         @raise LimitReached: If creating it would exceed C{max_total_sessions}.
         """
         session = self._sessions.get(session_id)
+        if session is not None and not visible(session, principal):
+            raise NotFound(f"no session {session_id!r}", "session_not_found")
         if session is None:
             if len(self._sessions) >= self.config.max_total_sessions:
                 raise LimitReached(
@@ -123,7 +143,7 @@ class SessionRegistry:
                     "session_limit",
                     retry_after=1,
                 )
-            session = self._sessions[session_id] = Session(session_id, now, timeout, metadata)
+            session = self._sessions[session_id] = Session(session_id, principal.name, now, timeout, metadata)
         else:
             session.timeout = timeout
             if metadata:
@@ -165,6 +185,13 @@ class SessionRegistry:
         @return: Idle sessions past their timeout (never one with a call in flight).
         """
         return [s for s in self._sessions.values() if not s.busy and now - s.last_accessed > s.timeout]
+
+
+def visible(session: Session, principal: Principal) -> bool:
+    """
+    @return: Whether C{principal} may use, see and close C{session}.
+    """
+    return principal.admin or session.owner == principal.name
 
 
 def now_iso(seconds: float) -> str:

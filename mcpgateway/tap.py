@@ -8,6 +8,7 @@ C{startService}.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
@@ -20,9 +21,10 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.python import usage
 
 from .auth import Authenticator
-from .config import ConfigError, GatewayConfig, load_config
+from .config import ConfigError, GatewayConfig, ServerConfig, load_config
 from .gateway import Gateway
 from .logs import configure
+from .security import SecurityFile
 from .site import GatewaySite
 from .tls import TLSError, load_tls
 from .web import GatewayApp
@@ -60,16 +62,49 @@ class Options(usage.Options):
         except ConfigError as error:
             raise StartRefused(f"configuration error: {error}") from None
         server = self["gateway_config"].server
-        if not (server.auth_token or (server.auth_user and server.auth_password)):
-            raise StartRefused(
-                f"configuration error: {self['config']}: server: set auth_user and auth_password, or auth_token"
-            )
+        problem = credential_problem(server)
+        if problem:
+            raise StartRefused(f"configuration error: {self['config']}: {problem}")
         # Read the certificate now, so a broken one stops the start with one line.
         cert = server.tls_cert or (DEFAULT_CERT if os.path.exists(DEFAULT_CERT) else "")
         try:
             self["tls"] = load_tls(cert) if cert else None
         except TLSError as error:
             raise StartRefused(f"TLS error: {error}") from None
+
+
+PLACEHOLDER_PASSWORDS = frozenset({"changeme", "change-me", "password", "admin"})
+
+
+def is_loopback(host: str) -> bool:
+    """
+    @return: Whether C{host} is a loopback address or C{localhost}.
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def credential_problem(server: ServerConfig) -> str:
+    """
+    @return: Why these credentials must not be served, or C{""}.
+    """
+    seeds = bool(server.auth_token or (server.auth_user and server.auth_password))
+    if not seeds and not server.principals:
+        return "server: set auth_user and auth_password, auth_token, or principals"
+    if is_loopback(server.host):
+        return ""
+    if (server.auth_user or server.auth_password) and not (server.auth_user and server.auth_password):
+        return f"server: an empty auth_user or auth_password is refused on the non-loopback address {server.host}"
+    if server.auth_password.lower() in PLACEHOLDER_PASSWORDS:
+        return (
+            f"server.auth_password: the placeholder password {server.auth_password!r} is refused on the "
+            f"non-loopback address {server.host}; set a real one (e.g. MCP_AUTH_PASSWORD)"
+        )
+    return ""
 
 
 class GatewayService(Service):
@@ -83,6 +118,8 @@ class GatewayService(Service):
 
     def startService(self) -> None:
         configure(self.config.logging.level, self.config.logging.file)
+        if self.config.logging.security_file:
+            SecurityFile.open(self.config.logging.security_file)
         super().startService()
         self.gateway.start()
 

@@ -49,9 +49,9 @@ def load_tls(path: str) -> CertificateOptions:
     except crypto.Error:
         raise TLSError(f"{path}: a certificate in the file cannot be read") from None
     options = CertificateOptions(
-        privateKey=key,
-        certificate=leaf,
-        extraCertChain=chain,
+        privateKey=key.to_cryptography_key(),  # type: ignore[arg-type]
+        certificate=leaf.to_cryptography(),  # type: ignore[arg-type]
+        extraCertChain=[certificate.to_cryptography() for certificate in chain],  # type: ignore[misc]
         raiseMinimumTo=TLSVersion.TLSv1_2,
         acceptableProtocols=[b"http/1.1"],
     )

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from inspect import isawaitable
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
-from .auth import CHALLENGES, Authenticator
-from .errors import BadRequest, GatewayError, Unauthorized, UnsupportedMediaType
+from .auth import CHALLENGES, Authenticator, Principal
+from .errors import BadRequest, GatewayError, LimitReached, Unauthorized, UnsupportedMediaType
 from .gateway import Gateway
 from .logs import logger
 from .names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
+from .security import security_event
 from .site import HSTS, SECURITY_HEADERS
 
 __all__ = ["GatewayApp"]
@@ -51,22 +54,61 @@ def _render(request: IRequest, status: int, body: Any) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def authenticated(
-    route: Callable[Concatenate[GatewayApp, IRequest, P], Awaitable[Any] | Any],
-) -> Callable[Concatenate[GatewayApp, IRequest, P], Any]:
+class Limiter(Protocol):
     """
-    Answer 401 unless the request carries valid credentials.
+    What the routes need of a rate limiter (L{mcpgateway.ratelimit.RateLimiter}).
     """
 
-    def check(self: GatewayApp, request: IRequest, /, *args: P.args, **kwargs: P.kwargs) -> Any:
-        if not self.authenticator.check(request.getHeader(b"authorization")):
-            request.responseHeaders.setRawHeaders(b"WWW-Authenticate", list(CHALLENGES))
-            raise Unauthorized("missing or invalid credentials")
-        return route(self, request, *args, **kwargs)
+    def hit(self, group: str, key: str) -> Deferred[Any]:
+        """
+        Count one request of C{group} for C{key}; fires with a decision
+        having C{allowed}, C{retry_after} and C{headers()}.
+        """
 
-    check.__name__ = route.__name__
-    check.__doc__ = route.__doc__
-    return check
+
+def client_address(request: IRequest) -> str:
+    """
+    @return: The peer's IP address (or C{"-"} for a non-IP transport).
+    """
+    return str(getattr(request.getClientAddress(), "host", "-"))
+
+
+def guarded(
+    group: str,
+) -> Callable[
+    [Callable[Concatenate[GatewayApp, IRequest, Principal, P], Awaitable[Any] | Any]],
+    Callable[Concatenate[GatewayApp, IRequest, P], Deferred[Any]],
+]:
+    """
+    Authenticate the request (401 otherwise) and count it against the rate
+    limit of C{group} for its principal; the route gets the L{Principal}.
+
+    Requests without valid credentials count against C{auth_failure} for the
+    client's address, so password guessing is limited too.
+    """
+
+    def decorate(
+        route: Callable[Concatenate[GatewayApp, IRequest, Principal, P], Awaitable[Any] | Any],
+    ) -> Callable[Concatenate[GatewayApp, IRequest, P], Deferred[Any]]:
+        async def guard(self: GatewayApp, request: IRequest, /, *args: P.args, **kwargs: P.kwargs) -> Any:
+            principal = await self.authenticator.authenticate(request.getHeader(b"authorization"))
+            if principal is None:
+                self.security("auth_failure", request, None)
+                await self.limit(request, "auth_failure", f"addr:{client_address(request)}", None)
+                request.responseHeaders.setRawHeaders(b"WWW-Authenticate", list(CHALLENGES))
+                raise Unauthorized("missing or invalid credentials")
+            await self.limit(request, group, f"principal:{principal.name}", principal)
+            result = route(self, request, principal, *args, **kwargs)
+            return (await result) if isawaitable(result) else result
+
+        def start(self: GatewayApp, request: IRequest, /, *args: P.args, **kwargs: P.kwargs) -> Deferred[Any]:
+            return Deferred.fromCoroutine(guard(self, request, *args, **kwargs))
+
+        start.__name__ = route.__name__
+        start.__doc__ = route.__doc__
+        return start
+
+    return decorate
 
 
 class GatewayApp:
@@ -76,13 +118,47 @@ class GatewayApp:
 
     app = Klein()
 
-    def __init__(self, gateway: Gateway, authenticator: Authenticator) -> None:
+    def __init__(self, gateway: Gateway, authenticator: Authenticator, limiter: Limiter | None = None) -> None:
         """
         @param gateway: What the routes call.
         @param authenticator: Checks credentials.
+        @param limiter: Rate limits, or L{None} for none.
         """
         self.gateway = gateway
         self.authenticator = authenticator
+        self.limiter = limiter
+
+    async def limit(self, request: IRequest, group: str, key: str, principal: Principal | None) -> None:
+        """
+        Count the request against C{group}'s limit for C{key}.
+
+        @raise LimitReached: With C{Retry-After} when over the limit.
+        """
+        if self.limiter is None:
+            return
+        decision = await self.limiter.hit(group, key)
+        for name, value in decision.headers():
+            request.setHeader(name, value)
+        if not decision.allowed:
+            self.security("rate_limited", request, principal, group=group)
+            raise LimitReached(
+                f"rate limit reached for {group} requests; retry after {decision.retry_after:.0f} s",
+                "rate_limited",
+                retry_after=decision.retry_after,
+            )
+
+    def security(self, kind: str, request: IRequest, principal: Principal | None, **fields: Any) -> None:
+        """
+        Record a security event about C{request}.
+        """
+        route = f"{request.method.decode('latin-1')} {request.path.decode('latin-1')}"
+        security_event(
+            kind,
+            address=client_address(request),
+            principal=principal.name if principal else None,
+            route=route,
+            **fields,
+        )
 
     def resource(self) -> Any:
         """
@@ -100,19 +176,19 @@ class GatewayApp:
         return _render(request, 200, self.gateway.health())
 
     @app.route("/services", methods=["GET"])
-    @authenticated
-    def services(self, request: IRequest) -> bytes:
+    @guarded("default")
+    def services(self, request: IRequest, principal: Principal) -> bytes:
         return _render(request, 200, self.gateway.list_services())
 
     @app.route("/services/<string:name>/tools", methods=["GET"])
-    @authenticated
-    async def tools(self, request: IRequest, name: str) -> bytes:
+    @guarded("tools")
+    async def tools(self, request: IRequest, principal: Principal, name: str) -> bytes:
         check_name(name, SERVICE_NAME, "the service name", "invalid_service_name")
         return _render(request, 200, await self.gateway.list_tools(name))
 
     @app.route("/services/<string:name>/call", methods=["POST"])
-    @authenticated
-    async def call(self, request: IRequest, name: str) -> bytes:
+    @guarded("call")
+    async def call(self, request: IRequest, principal: Principal, name: str) -> bytes:
         check_name(name, SERVICE_NAME, "the service name", "invalid_service_name")
         self.gateway.service(name)  # 404 before reading the body
         body = _json_body(request)
@@ -125,19 +201,19 @@ class GatewayApp:
             raise BadRequest(
                 f"timeout must be a number of seconds above 0 and at most {MAX_SESSION_TIMEOUT:g}", "invalid_timeout"
             )
-        answer = await self.gateway.call_tool(name, tool, session_id, arguments, float(timeout), metadata)
+        answer = await self.gateway.call_tool(name, tool, session_id, arguments, float(timeout), metadata, principal)
         return _render(request, 200, answer)
 
     @app.route("/sessions", methods=["GET"])
-    @authenticated
-    def sessions(self, request: IRequest) -> bytes:
-        return _render(request, 200, self.gateway.list_sessions())
+    @guarded("default")
+    def sessions(self, request: IRequest, principal: Principal) -> bytes:
+        return _render(request, 200, self.gateway.list_sessions(principal))
 
     @app.route("/sessions/<string:session_id>", methods=["DELETE"])
-    @authenticated
-    def close_session(self, request: IRequest, session_id: str) -> bytes:
+    @guarded("session_delete")
+    def close_session(self, request: IRequest, principal: Principal, session_id: str) -> bytes:
         check_name(session_id, SESSION_ID, "the session id", "invalid_session_id")
-        return _render(request, 200, self.gateway.close_session(session_id))
+        return _render(request, 200, self.gateway.close_session(session_id, principal))
 
     # -- errors ------------------------------------------------------------------
 
@@ -145,6 +221,8 @@ class GatewayApp:
     def gateway_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, GatewayError)
+        if error.status == 400:
+            self.security("invalid_input", request, None, code=error.code)
         if error.retry_after is not None:
             request.setHeader(b"Retry-After", str(max(1, round(error.retry_after + 0.4999))).encode())
         return _render(request, error.status, error.body())

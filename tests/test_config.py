@@ -498,7 +498,7 @@ def test_options_refuse_config_without_credentials(
     path = config_file(server=server)
     with pytest.raises(StartRefused) as info:
         Options().parseOptions(["--config", path])
-    assert "auth_user and auth_password, or auth_token" in str(info.value)
+    assert "set auth_user and auth_password, auth_token, or principals" in str(info.value)
 
 
 def test_options_accept_a_token_alone(config_file: Callable[..., str]) -> None:
@@ -564,3 +564,29 @@ def test_listening_service_picks_tcp_tcp6_or_tls(tmp_path: Path) -> None:
     pem.write_bytes(make_certificate(["localhost"]))
     tls = listening_service(config, load_tls(str(pem)), site)  # type: ignore[arg-type]
     assert isinstance(tls.endpoint, SSL4ServerEndpoint)
+
+
+@pytest.mark.parametrize(
+    ("server", "refused"),
+    [
+        ({"host": "0.0.0.0", "auth_user": "admin", "auth_password": "changeme"}, "placeholder password"),
+        ({"host": "0.0.0.0", "auth_user": "admin", "auth_password": "CHANGEME"}, "placeholder password"),
+        ({"host": "192.0.2.1", "auth_user": "admin", "auth_password": "", "auth_token": "t"}, "empty auth_user"),
+        ({"host": "::", "auth_user": "", "auth_password": "p", "auth_token": "t"}, "empty auth_user"),
+        ({"host": "0.0.0.0", "auth_user": "admin", "auth_password": "a-real-secret"}, None),
+        ({"host": "0.0.0.0", "auth_token": "t0ken"}, None),
+        ({"host": "127.0.0.1", "auth_user": "admin", "auth_password": "changeme"}, None),
+        ({"host": "localhost", "auth_user": "admin", "auth_password": "changeme"}, None),
+        ({"host": "::1", "auth_user": "admin", "auth_password": "changeme"}, None),
+    ],
+)
+def test_non_loopback_refuses_placeholder_and_empty_credentials(
+    config_file: Callable[..., str], server: dict[str, str], refused: str | None
+) -> None:
+    path = config_file(server=server)
+    if refused is None:
+        Options().parseOptions(["--config", path])
+        return
+    with pytest.raises(StartRefused) as info:
+        Options().parseOptions(["--config", path])
+    assert refused in str(info.value)

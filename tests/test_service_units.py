@@ -18,16 +18,21 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
 import mcpgateway.service
+from mcpgateway.auth import Principal
 from mcpgateway.child import LEGACY, StartFailed
 from mcpgateway.config import SandboxConfig, ServiceConfig, SessionConfig
 from mcpgateway.deferreds import Shared
-from mcpgateway.errors import LimitReached, ServiceUnavailable
+from mcpgateway.errors import LimitReached, NotFound, ServiceUnavailable
 from mcpgateway.protocol import ExitInfo
 from mcpgateway.service import Service
 from mcpgateway.sessions import Session, SessionRegistry
 
 SECRET_PROGRAM = "/opt/secret-bin/tool"
 SECRET_ARGUMENT = "--api-key=hunter2"
+
+ALICE = Principal("alice", "agent")
+BOB = Principal("bob", "agent")
+ROOT = Principal("root", "admin")
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -355,25 +360,25 @@ def registry(**settings: Any) -> SessionRegistry:
 
 def test_open_creates_then_finds() -> None:
     sessions = registry()
-    first = sessions.open("s1", 100.0, 60.0, {"caller": "x"})
+    first = sessions.open("s1", ALICE, 100.0, 60.0, {"caller": "x"})
     assert len(sessions) == 1
     assert sessions.get("s1") is first
-    again = sessions.open("s1", 130.0, 90.0, {})
+    again = sessions.open("s1", ALICE, 130.0, 90.0, {})
     assert again is first
     assert again.last_accessed == 130.0
     assert again.created_at == 100.0
     assert again.timeout == 90.0
     assert again.metadata == {"caller": "x"}  # empty metadata keeps the old
-    sessions.open("s1", 131.0, 90.0, {"caller": "y"})
+    sessions.open("s1", ALICE, 131.0, 90.0, {"caller": "y"})
     assert first.metadata == {"caller": "y"}
 
 
 def test_total_limit_raises_before_creating() -> None:
     sessions = registry(max_total_sessions=2)
-    sessions.open("a", 0, 60, {})
-    sessions.open("b", 0, 60, {})
+    sessions.open("a", ALICE, 0, 60, {})
+    sessions.open("b", ALICE, 0, 60, {})
     with pytest.raises(LimitReached) as info:
-        sessions.open("c", 0, 60, {})
+        sessions.open("c", ALICE, 0, 60, {})
     assert info.value.code == "session_limit"
     assert info.value.status == 429
     assert info.value.retry_after == 1
@@ -381,22 +386,22 @@ def test_total_limit_raises_before_creating() -> None:
     assert len(sessions) == 2
     assert sessions.get("c") is None
     # An existing session is still found at the limit.
-    assert sessions.open("a", 5, 60, {}).last_accessed == 5
+    assert sessions.open("a", ALICE, 5, 60, {}).last_accessed == 5
 
 
 def test_total_limit_frees_after_remove() -> None:
     sessions = registry(max_total_sessions=1)
-    only = sessions.open("a", 0, 60, {})
+    only = sessions.open("a", ALICE, 0, 60, {})
     sessions.remove(only)
-    assert sessions.open("b", 0, 60, {}).id == "b"
+    assert sessions.open("b", ALICE, 0, 60, {}).id == "b"
 
 
 def test_reserve_counts_holding_and_spawning_sessions() -> None:
     sessions = registry(max_sessions_per_service=2)
-    a = sessions.open("a", 0, 60, {})
-    b = sessions.open("b", 0, 60, {})
-    c = sessions.open("c", 0, 60, {})
-    other = sessions.open("other", 0, 60, {})
+    a = sessions.open("a", ALICE, 0, 60, {})
+    b = sessions.open("b", ALICE, 0, 60, {})
+    c = sessions.open("c", ALICE, 0, 60, {})
+    other = sessions.open("other", ALICE, 0, 60, {})
     a.children["todo"] = object()  # type: ignore[assignment]
     other.children["notes"] = object()  # type: ignore[assignment]
     sessions.reserve(c, "todo")  # one holds it
@@ -411,7 +416,7 @@ def test_reserve_counts_holding_and_spawning_sessions() -> None:
 
 
 def test_holds() -> None:
-    session = Session("s", 0, 60, {})
+    session = Session("s", "alice", 0, 60, {})
     assert not session.holds("todo")
     session.spawning["todo"] = Shared()
     assert session.holds("todo")
@@ -422,8 +427,8 @@ def test_holds() -> None:
 
 def test_expired_only_idle_sessions_past_their_timeout() -> None:
     sessions = registry()
-    old = sessions.open("old", 0, 10, {})
-    sessions.open("fresh", 5, 10, {})
+    old = sessions.open("old", ALICE, 0, 10, {})
+    sessions.open("fresh", ALICE, 5, 10, {})
     assert sessions.expired(10) == []  # exactly at the timeout: not yet
     assert sessions.expired(10.5) == [old]
     assert {s.id for s in sessions.expired(16)} == {"old", "fresh"}
@@ -431,8 +436,8 @@ def test_expired_only_idle_sessions_past_their_timeout() -> None:
 
 def test_expired_never_returns_a_busy_session() -> None:
     sessions = registry()
-    calling = sessions.open("calling", 0, 10, {})
-    starting = sessions.open("starting", 0, 10, {})
+    calling = sessions.open("calling", ALICE, 0, 10, {})
+    starting = sessions.open("starting", ALICE, 0, 10, {})
     call: Deferred[str] = Deferred()
     assert calling.track(call) is call
     starting.spawning["todo"] = Shared()
@@ -446,7 +451,7 @@ def test_expired_never_returns_a_busy_session() -> None:
 
 
 def test_track_untracks_on_failure() -> None:
-    session = Session("s", 0, 10, {})
+    session = Session("s", "alice", 0, 10, {})
     call: Deferred[str] = Deferred()
     session.track(call)
     call.errback(RuntimeError("x"))
@@ -456,10 +461,10 @@ def test_track_untracks_on_failure() -> None:
 
 def test_discard_if_empty() -> None:
     sessions = registry()
-    empty = sessions.open("empty", 0, 10, {})
-    holding = sessions.open("holding", 0, 10, {})
+    empty = sessions.open("empty", ALICE, 0, 10, {})
+    holding = sessions.open("holding", ALICE, 0, 10, {})
     holding.children["todo"] = object()  # type: ignore[assignment]
-    busy = sessions.open("busy", 0, 10, {})
+    busy = sessions.open("busy", ALICE, 0, 10, {})
     busy.track(Deferred())
     for session in (empty, holding, busy):
         sessions.discard_if_empty(session)
@@ -471,9 +476,9 @@ def test_discard_if_empty() -> None:
 
 def test_remove_forgets_only_the_same_session() -> None:
     sessions = registry()
-    old = sessions.open("s", 0, 10, {})
+    old = sessions.open("s", ALICE, 0, 10, {})
     sessions.remove(old)
-    new = sessions.open("s", 1, 10, {})
+    new = sessions.open("s", ALICE, 1, 10, {})
     sessions.remove(old)  # a stale object does not remove its successor
     assert sessions.get("s") is new
     sessions.discard_if_empty(old)
@@ -481,7 +486,7 @@ def test_remove_forgets_only_the_same_session() -> None:
 
 
 def test_session_describe() -> None:
-    session = Session("s", 1_700_000_000.25, 60, {"k": "v"})
+    session = Session("s", "alice", 1_700_000_000.25, 60, {"k": "v"})
     session.children["b"] = object()  # type: ignore[assignment]
     session.children["a"] = object()  # type: ignore[assignment]
     view = session.describe(1_700_000_020.25)
@@ -491,3 +496,19 @@ def test_session_describe() -> None:
     assert view["service_name"] == "a"
     assert view["metadata"] == {"k": "v"}
     assert session.describe(1_700_001_000)["time_remaining"] == 0.0
+
+
+def test_sessions_belong_to_their_principal() -> None:
+    sessions = SessionRegistry(SessionConfig())
+    mine = sessions.open("mine", ALICE, 0, 60, {})
+    assert mine.owner == "alice"
+    with pytest.raises(NotFound) as info:
+        sessions.open("mine", BOB, 1, 60, {})
+    assert info.value.code == "session_not_found"
+    assert sessions.get("mine", BOB) is None
+    assert sessions.get("mine", ALICE) is mine
+    assert sessions.get("mine", ROOT) is mine
+    assert sessions.open("mine", ROOT, 2, 60, {}) is mine, "an admin may use any session"
+    sessions.open("theirs", BOB, 0, 60, {})
+    assert [s.id for s in sessions.visible_to(ALICE)] == ["mine"]
+    assert sorted(s.id for s in sessions.visible_to(ROOT)) == ["mine", "theirs"]

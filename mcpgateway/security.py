@@ -1,0 +1,89 @@
+"""
+The security-event log: authentication failures, rate-limit hits, invalid
+input, children killed by a resource limit.  Each event is a structured log
+event in the C{mcpgateway.security} namespace (so it shows in the gateway's
+log) and, with C{logging.security_file}, one JSON line in that file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from zope.interface import implementer
+
+from .logs import logger
+from .sessions import now_iso
+
+__all__ = ["SecurityFile", "security_event"]
+
+log = logger("mcpgateway.security")
+_MAX_FIELD = 256
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return "".join(ch for ch in value[:_MAX_FIELD] if ch.isprintable())
+    return value
+
+
+def security_event(kind: str, *, address: str, principal: str | None, route: str, **fields: Any) -> None:
+    """
+    Record a security event.
+
+    @param kind: C{auth_failure}, C{rate_limited}, C{invalid_input}, C{child_limit}, ...
+    @param address: The client's address (or C{"-"}).
+    @param principal: The authenticated principal, if any.
+    @param route: The method and path, or the service for child events.
+    @param fields: More JSON-safe detail (strings are truncated and stripped
+        of control characters: they may come from the client).
+    """
+    details = {key: _clean(value) for key, value in fields.items()}
+    log.warn(
+        "security event {security_event} from {address} ({principal}) on {route}: {details}",
+        security_event=kind,
+        address=_clean(address),
+        principal=_clean(principal) if principal else "-",
+        route=_clean(route),
+        details=details,
+    )
+
+
+@implementer(ILogObserver)
+class SecurityFile:
+    """
+    Writes each security event as one JSON line to a file.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        """
+        @param stream: An open text file (line-buffered appends).
+        """
+        self._stream = stream
+
+    def __call__(self, event: LogEvent) -> None:
+        kind = event.get("security_event")
+        if kind is None:
+            return
+        line = {
+            "time": now_iso(event.get("log_time", 0.0)),
+            "event": kind,
+            "address": event.get("address"),
+            "principal": None if event.get("principal") == "-" else event.get("principal"),
+            "route": event.get("route"),
+            **event.get("details", {}),
+        }
+        self._stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+        self._stream.flush()
+
+    @classmethod
+    def open(cls, path: str) -> SecurityFile:
+        """
+        Start writing events to C{path} (appending).
+
+        @return: The observer, already added to the global log publisher.
+        """
+        observer = cls(open(path, "a", encoding="utf-8"))  # noqa: SIM115 - lives as long as the process
+        globalLogPublisher.addObserver(observer)
+        return observer
