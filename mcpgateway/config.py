@@ -69,6 +69,9 @@ class ServerConfig:
     auth_token: str = ""
     max_body_bytes: int = 10 * 1024 * 1024
     tls_cert: str = ""
+    idle_timeout: float = 60.0
+    request_timeout: float = 30.0
+    max_header_bytes: int = 16384
     principals: tuple[PrincipalConfig, ...] = ()
 
 
@@ -327,6 +330,9 @@ _SERVER: dict[str, _Reader] = {
     "auth_token": _string,
     "max_body_bytes": _positive(_integer),
     "tls_cert": _string,
+    "idle_timeout": _positive(_number),
+    "request_timeout": _positive(_number),
+    "max_header_bytes": _positive(_integer),
     "principals": lambda v, p, e: _principals(v, p, e),
 }
 

@@ -144,6 +144,20 @@ def listening_service(config: GatewayConfig, tls: CertificateOptions | None, sit
     return StreamServerEndpointService(endpoint, site)
 
 
+def make_site(app: GatewayApp, config: GatewayConfig) -> GatewaySite:
+    """
+    @return: The HTTP server for C{app} with the C{server} section's limits.
+    """
+    server = config.server
+    return GatewaySite(
+        app.resource(),
+        server.max_body_bytes,
+        idle_timeout=server.idle_timeout,
+        request_timeout=server.request_timeout,
+        max_header_bytes=server.max_header_bytes,
+    )
+
+
 def makeService(options: dict[str, Any]) -> IService:
     """
     Build (but do not start) the gateway's service tree.
@@ -156,7 +170,7 @@ def makeService(options: dict[str, Any]) -> IService:
     config: GatewayConfig = options["gateway_config"]
     gateway = Gateway(config, reactor, reactor)
     app = GatewayApp(gateway, Authenticator(config.server))
-    site = GatewaySite(app.resource(), config.server.max_body_bytes)
+    site = make_site(app, config)
     top = MultiService()
     # The web server is stopped first (services stop in reverse order), then the gateway.
     GatewayService(gateway, config).setServiceParent(top)

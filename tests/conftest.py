@@ -28,7 +28,7 @@ from twisted.logger import globalLogPublisher
 from mcpgateway.auth import Authenticator
 from mcpgateway.config import parse_config
 from mcpgateway.gateway import Gateway
-from mcpgateway.site import GatewaySite
+from mcpgateway.tap import make_site
 from mcpgateway.web import GatewayApp
 
 HERE = Path(__file__).parent
@@ -209,7 +209,7 @@ async def live(make_config: Callable[..., dict[str, Any]]) -> AsyncIterator[Call
         tag = next(iter(raw["services"].values()))["env"]["MCPGATEWAY_TEST_TAG"] if services else uuid.uuid4().hex
         config = parse_config(raw)
         gateway = Gateway(config, reactor, reactor)
-        site = GatewaySite(GatewayApp(gateway, Authenticator(config.server)).resource(), config.server.max_body_bytes)
+        site = make_site(GatewayApp(gateway, Authenticator(config.server)), config)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         gateway.start()
         running = LiveGateway(gateway, f"http://127.0.0.1:{port.getHost().port}", tag, port)

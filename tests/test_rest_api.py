@@ -26,7 +26,7 @@ from .conftest import AUTH, PASSWORD, USER, fixture_service, sleep, wait_until
 async def test_health_needs_no_credentials(live: Any) -> None:
     gw = live({"echo": fixture_service()})
     response, body = await gw.request("GET", "/health", auth=None)
-    assert response.code == 200
+    assert (response.code, body["status"]) == (200, "healthy")
     assert body["status"] == "healthy"
     assert body["timestamp"].endswith("Z")
     assert body["version"]
@@ -484,3 +484,29 @@ async def test_oversized_bodies_are_413_before_buffering(live: Any) -> None:
     # Within the limit still works.
     response, body = await gw.call("fx", "echo", "s", {"text": "small"})
     assert (response.code, body["result"]) == (200, "small")
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_clients_and_malformed_http_get_json_errors(live: Any) -> None:
+    gw = live({"fx": fixture_service()}, server={"request_timeout": 0.5, "max_header_bytes": 2000})
+    # slowloris: a request that never completes is answered 408 and closed.
+    port = gw.port.getHost().port
+    protocol = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), _Collect())
+    protocol.transport.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    for _ in range(3):
+        await sleep(0.2)
+        if not protocol.done.called:
+            protocol.transport.write(b"X-Drip: 1\r\n")
+    answer = await protocol.done
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b'"code": "request_timeout"' in answer
+    # Too many header bytes, and a request line that is not HTTP: JSON 400s.
+    answer = await _raw_http(gw, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 3000 + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b'"code": "bad_http"' in answer
+    answer = await _raw_http(gw, b"NONSENSE\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b"application/json" in answer
+    # A normal request still works, and keep-alive is untouched by the deadline.
+    response, body = await gw.request("GET", "/health", auth=None)
+    assert (response.code, body["status"]) == (200, "healthy")
