@@ -23,6 +23,8 @@ setup(
         "klein>=24.8",
         "service-identity>=24.1",
         "pyopenssl>=24.0",
+        # Metrics: the reference client library, rendered inline (no thread pool).
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "test": [

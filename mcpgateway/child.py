@@ -128,6 +128,13 @@ class Child:
         """
         return self.protocol.alive and self._closing is None
 
+    @property
+    def closing(self) -> bool:
+        """
+        @return: Whether the gateway asked it to stop (so its end is no crash).
+        """
+        return self._closing is not None
+
     def when_ended(self) -> Deferred[ExitInfo]:
         """
         @return: Fires with the L{ExitInfo} once the process is gone.

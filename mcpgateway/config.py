@@ -107,6 +107,7 @@ class ServiceConfig:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     backoff_reset: float = 30.0
+    prewarm: int = 0
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
 
@@ -263,6 +264,16 @@ def _positive(reader: _Reader) -> _Reader:
     return check
 
 
+def _non_negative(reader: _Reader) -> _Reader:
+    def check(value: Any, path: str, environ: Mapping[str, str]) -> Any:
+        result = reader(value, path, environ)
+        if result < 0:
+            raise ConfigError(f"{path}: must not be negative, got {result}")
+        return result
+
+    return check
+
+
 def _port(value: Any, path: str, environ: Mapping[str, str]) -> int:
     port = _integer(value, path, environ)
     if not 0 <= port <= 65535:
@@ -406,6 +417,7 @@ _SERVICE: dict[str, _Reader] = {
     "backoff_initial": _positive(_number),
     "backoff_max": _positive(_number),
     "backoff_reset": _positive(_number),
+    "prewarm": _non_negative(_integer),
     "sandbox": _sandbox,
 }
 

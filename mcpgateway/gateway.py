@@ -11,6 +11,7 @@ timeout, and maps what comes back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred, gatherResults
@@ -54,17 +55,34 @@ class Gateway:
             if service.enabled
         }
         self.sessions = SessionRegistry(config.session)
+        for service in self.services.values():
+            service.pool_room = self._pool_room(service)
         self._reaper = LoopingCall(self.sweep)
         self._reaper.clock = clock
         self._closing: set[Deferred[None]] = set()
+        self.restarts: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
         """
-        Start the reaper.
+        Start the reaper and fill the warm pools.
         """
         self._reaper.start(self.config.session.cleanup_interval, now=False)
+        for service in self.services.values():
+            service.refill_pool()
+
+    def _pool_room(self, service: Service) -> Callable[[], bool]:
+        """
+        Pool children count against C{max_sessions_per_service}.
+        """
+        limit = self.config.session.max_sessions_per_service
+
+        def room() -> bool:
+            holding = sum(1 for session in self.sessions if session.holds(service.name))
+            return holding + service.pool_pending + 1 <= limit
+
+        return room
 
     async def stop(self) -> None:
         """
@@ -72,10 +90,12 @@ class Gateway:
         """
         if self._reaper.running:
             self._reaper.stop()
+        # Services first: they stop refilling pools and close every child they have.
+        stopping = [ensureDeferred(service.stop()) for service in self.services.values()]
         for session in self.sessions:
             self._close(session)
         await gatherResults(list(self._closing))
-        await gatherResults([ensureDeferred(service.stop()) for service in self.services.values()])
+        await gatherResults(stopping)
 
     def sweep(self) -> None:
         """
@@ -198,11 +218,14 @@ class Gateway:
         shared = session.spawning.get(name)
         if shared is None:
             self.sessions.reserve(session, name)
-            shared = session.spawning[name] = observe(ensureDeferred(service.spawn()))
+            shared = session.spawning[name] = observe(service.acquire())
             shared.wait().addBoth(self._spawned, session, name)
+            service.refill_pool()
         child = await session.track(shared.wait())
         restarted = name in session.restarted
-        session.restarted.discard(name)
+        if restarted:
+            session.restarted.discard(name)
+            self.restarts[name] = self.restarts.get(name, 0) + 1
         return child, restarted
 
     def _spawned(self, outcome: Child | Failure, session: Session, name: str) -> None:
@@ -253,6 +276,8 @@ class Gateway:
         for name, child in session.children.items():
             self._closing_child(child, name)
         session.children.clear()
+        for service in self.services.values():
+            service.refill_pool()
 
     def _closing_child(self, child: Child, name: str) -> None:
         grace = self.services[name].config.close_grace

@@ -20,6 +20,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 
 from .child import LEGACY, MODERN, Child, Era, StartFailed, default_environment, spawn_child
 from .config import ServiceConfig
@@ -43,6 +44,11 @@ class Service:
     @ivar era: The era its children speak, once one has started.
     @ivar children: Its live children (sessions' and the tool lister).
     @ivar spawns: Children started so far (successfully or not).
+    @ivar start_failures: Failed starts so far.
+    @ivar crashes: Children that ended without the gateway asking them to.
+    @ivar pool_room: Whether the warm pool may grow now (the gateway counts
+        pool children against the session limits).
+    @ivar on_handshake: Told each successful start's spawn-to-ready seconds.
     @ivar failures: Consecutive start failures.
     @ivar last_failure: The last start failure's L{ServiceUnavailable}.
     """
@@ -72,8 +78,17 @@ class Service:
         self._tools: list[dict[str, Any]] | None = None
         self._tools_fill: Shared[list[dict[str, Any]]] | None = None
         self._tools_generation = 0
+        self._tool_names: frozenset[str] = frozenset()
         self._stable_timers: dict[Child, IDelayedCall] = {}
         self._stopping = False
+        self.start_failures = 0
+        self.crashes = 0
+        self._ended_stderr_bytes = 0
+        self._pool: list[Child] = []
+        self._pool_starting = 0
+        self._pool_retry: IDelayedCall | None = None
+        self.pool_room: Callable[[], bool] = lambda: True
+        self.on_handshake: Callable[[float], None] | None = None
 
     # -- state ---------------------------------------------------------------
 
@@ -156,6 +171,8 @@ class Service:
         self.children.add(child)
         self._stable_timers[child] = self._clock.callLater(self.config.backoff_reset, self._stable, child)
         child.when_ended().addCallback(self._ended, child)
+        if self.on_handshake is not None:
+            self.on_handshake(child.ready_at - child.started_at)
         log.info(
             "{service}: child {pid} ready ({era} {version}) in {ms:.1f} ms",
             service=self.name,
@@ -166,8 +183,71 @@ class Service:
         )
         return child
 
+    @property
+    def stderr_bytes(self) -> int:
+        """
+        @return: Bytes its children (live and ended) wrote to stderr.
+        """
+        return self._ended_stderr_bytes + sum(child.protocol.stderr.total_bytes for child in self.children)
+
+    @property
+    def pool_size(self) -> int:
+        """
+        @return: Ready children waiting in the warm pool.
+        """
+        return len(self._pool)
+
+    @property
+    def pool_pending(self) -> int:
+        """
+        @return: Pool children ready or starting.
+        """
+        return len(self._pool) + self._pool_starting
+
+    def acquire(self) -> Deferred[Child]:
+        """
+        A child for a new session: a warm one from the pool if there is one,
+        else a fresh spawn.  The caller refills the pool (L{refill_pool}) once
+        the new session counts against the limits.
+
+        @return: Fires with a ready child, already counted in L{children}.
+        """
+        while self._pool:
+            child = self._pool.pop(0)
+            if child.alive:
+                return succeed(child)
+        return ensureDeferred(self.spawn())
+
+    def refill_pool(self) -> None:
+        """
+        Start children until C{prewarm} are ready or starting, as far as the
+        limits allow; never waits.
+        """
+        while (
+            not self._stopping
+            and len(self._pool) + self._pool_starting < self.config.prewarm
+            and self.pool_room()
+            and not (self._pool_retry is not None and self._pool_retry.active())
+        ):
+            self._pool_starting += 1
+            ensureDeferred(self.spawn()).addBoth(self._pooled)
+
+    def _pooled(self, outcome: Child | Failure) -> None:
+        self._pool_starting -= 1
+        if isinstance(outcome, Failure):
+            error = outcome.value
+            delay = error.retry_after if isinstance(error, ServiceUnavailable) and error.retry_after else 1.0
+            if not self._stopping and (self._pool_retry is None or not self._pool_retry.active()):
+                self._pool_retry = self._clock.callLater(delay, self.refill_pool)
+            return
+        if self._stopping:
+            outcome.close(self.config.close_grace)
+            return
+        self._pool.append(outcome)
+
     def _start_failed(self, failure: StartFailed) -> ServiceUnavailable:
         self.failures += 1
+        self.start_failures += 1
         delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** min(self.failures - 1, 32))
         delay = delay / 2 + self._random() * delay / 2
         self._retry_at = self._clock.seconds() + delay
@@ -198,6 +278,12 @@ class Service:
 
     def _ended(self, info: ExitInfo, child: Child) -> None:
         self.children.discard(child)
+        self._ended_stderr_bytes += child.protocol.stderr.total_bytes
+        if not child.closing:
+            self.crashes += 1
+        if child in self._pool:
+            self._pool.remove(child)
+            self.refill_pool()
         timer = self._stable_timers.pop(child, None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -217,6 +303,12 @@ class Service:
             )
 
     # -- tools -----------------------------------------------------------------
+
+    def declares(self, tool: str) -> bool:
+        """
+        @return: Whether C{tool} is in the cached tool list the service declared.
+        """
+        return tool in self._tool_names
 
     def tools(self) -> Deferred[list[dict[str, Any]]]:
         """
@@ -241,6 +333,8 @@ class Service:
         lister = None
         try:
             if source is None or not source.alive:
+                source = next((child for child in self._pool if child.alive), None)
+            if source is None:
                 source = lister = await self.spawn()
             for _ in range(_MAX_REFETCH):
                 generation = self._tools_generation
@@ -248,6 +342,7 @@ class Service:
                 if generation == self._tools_generation:
                     break
             self._tools = tools
+            self._tool_names = frozenset(str(tool.get("name")) for tool in tools)
             return tools
         finally:
             self._tools_fill = None
@@ -274,6 +369,9 @@ class Service:
         Close every child of this service and refuse new ones.
         """
         self._stopping = True
+        if self._pool_retry is not None and self._pool_retry.active():
+            self._pool_retry.cancel()
+        self._pool.clear()
         for timer in self._stable_timers.values():
             if timer.active():
                 timer.cancel()

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from twisted.web.http import Request as HTTPRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -175,6 +177,16 @@ class GatewaySite(Site):
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
         self.max_header_bytes = max_header_bytes
+
+    on_response: Callable[[HTTPRequest], None] | None = None
+    """
+    Told about every answered request (for metrics), after the access log line.
+    """
+
+    def log(self, request: HTTPRequest) -> None:
+        super().log(request)
+        if self.on_response is not None:
+            self.on_response(request)
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)

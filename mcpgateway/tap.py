@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.ssl import CertificateOptions
 from twisted.python import usage
+from twisted.web.http import Request
 
 from .auth import Authenticator
 from .config import ConfigError, GatewayConfig, ServerConfig, load_config
@@ -149,13 +150,20 @@ def make_site(app: GatewayApp, config: GatewayConfig) -> GatewaySite:
     @return: The HTTP server for C{app} with the C{server} section's limits.
     """
     server = config.server
-    return GatewaySite(
+    site = GatewaySite(
         app.resource(),
         server.max_body_bytes,
         idle_timeout=server.idle_timeout,
         request_timeout=server.request_timeout,
         max_header_bytes=server.max_header_bytes,
     )
+    metrics = app.metrics
+
+    def count(request: Request) -> None:
+        metrics.request(request.path.decode("latin-1"), request.method.decode("latin-1"), request.code)
+
+    site.on_response = count
+    return site
 
 
 def makeService(options: dict[str, Any]) -> IService:

@@ -10,12 +10,13 @@ children.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from inspect import isawaitable
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -25,6 +26,7 @@ from .auth import CHALLENGES, Authenticator, Principal
 from .errors import BadRequest, GatewayError, LimitReached, Unauthorized, UnsupportedMediaType
 from .gateway import Gateway
 from .logs import logger
+from .metrics import CONTENT_TYPE, GatewayMetrics
 from .names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
 from .security import security_event
 from .site import HSTS, SECURITY_HEADERS
@@ -32,6 +34,7 @@ from .site import HSTS, SECURITY_HEADERS
 __all__ = ["GatewayApp"]
 
 log = logger(__name__)
+access = logger("mcpgateway.access")
 
 MAX_SESSION_TIMEOUT = 86400.0
 
@@ -93,6 +96,7 @@ def guarded(
         async def guard(self: GatewayApp, request: IRequest, /, *args: P.args, **kwargs: P.kwargs) -> Any:
             principal = await self.authenticator.authenticate(request.getHeader(b"authorization"))
             if principal is None:
+                self.metrics.auth_failures.inc()
                 self.security("auth_failure", request, None)
                 await self.limit(request, "auth_failure", f"addr:{client_address(request)}", None)
                 request.responseHeaders.setRawHeaders(b"WWW-Authenticate", list(CHALLENGES))
@@ -118,15 +122,23 @@ class GatewayApp:
 
     app = Klein()
 
-    def __init__(self, gateway: Gateway, authenticator: Authenticator, limiter: Limiter | None = None) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        authenticator: Authenticator,
+        limiter: Limiter | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         """
         @param gateway: What the routes call.
         @param authenticator: Checks credentials.
         @param limiter: Rate limits, or L{None} for none.
+        @param metrics: Where to record requests and calls (a new one if L{None}).
         """
         self.gateway = gateway
         self.authenticator = authenticator
         self.limiter = limiter
+        self.metrics = metrics if metrics is not None else GatewayMetrics(gateway)
 
     async def limit(self, request: IRequest, group: str, key: str, principal: Principal | None) -> None:
         """
@@ -140,6 +152,7 @@ class GatewayApp:
         for name, value in decision.headers():
             request.setHeader(name, value)
         if not decision.allowed:
+            self.metrics.rate_limited.labels(group).inc()
             self.security("rate_limited", request, principal, group=group)
             raise LimitReached(
                 f"rate limit reached for {group} requests; retry after {decision.retry_after:.0f} s",
@@ -201,8 +214,42 @@ class GatewayApp:
             raise BadRequest(
                 f"timeout must be a number of seconds above 0 and at most {MAX_SESSION_TIMEOUT:g}", "invalid_timeout"
             )
-        answer = await self.gateway.call_tool(name, tool, session_id, arguments, float(timeout), metadata, principal)
+        started = time.perf_counter()
+        outcome, status = "internal_error", 500
+        try:
+            answer = await self.gateway.call_tool(
+                name, tool, session_id, arguments, float(timeout), metadata, principal
+            )
+            outcome, status = ("tool_error" if answer["is_error"] else "ok"), 200
+        except GatewayError as error:
+            outcome, status = error.code, error.status
+            raise
+        except CancelledError:
+            outcome, status = "client_gone", 499
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            self.metrics.tool_call(name, tool, outcome, seconds)
+            access.info(
+                "call {principal} {service} {tool} session={session} status={status} {outcome} {ms:.2f} ms",
+                principal=principal.name,
+                service=name,
+                tool=tool,
+                session=session_id,
+                status=status,
+                outcome=outcome,
+                ms=seconds * 1000,
+            )
         return _render(request, 200, answer)
+
+    @app.route("/metrics", methods=["GET"])
+    @guarded("default")
+    def metrics_text(self, request: IRequest, principal: Principal) -> bytes:
+        """
+        Prometheus text exposition (rendered inline: no thread pool).
+        """
+        request.setHeader(b"Content-Type", CONTENT_TYPE)
+        return self.metrics.render()
 
     @app.route("/sessions", methods=["GET"])
     @guarded("default")

@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -67,11 +68,15 @@ class FakeChild:
         self.ready_at = now + 0.01
         self.workdir = workdir
         self.ended: Shared[ExitInfo] = Shared()
+        self.closing = False
+        self.alive = True
+        self.protocol = SimpleNamespace(stderr=SimpleNamespace(total_bytes=10))
 
     def when_ended(self) -> Deferred[ExitInfo]:
         return self.ended.wait()
 
     def end(self) -> None:
+        self.alive = False
         self.ended.fire(ExitInfo(0, None, None, ""))
 
 

@@ -1,0 +1,160 @@
+"""
+Prometheus metrics, via C{prometheus_client}, in a registry of the
+gateway's own (no global state).
+
+Counts and sizes that the gateway keeps anyway (sessions, children, spawns,
+crashes, backoff, stderr bytes, pool size) are read when scraped by a custom
+collector, so they cost nothing per call; only latencies and request counts
+are recorded as they happen.  Label values come only from the configuration
+and from the tool lists the services themselves declared: any other name is
+counted as C{other}, so a client cannot mint label values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = ["CONTENT_TYPE", "GatewayMetrics", "route_of"]
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60)
+_ROUTES = (
+    (re.compile(r"/services/[^/]+/tools"), "/services/<name>/tools"),
+    (re.compile(r"/services/[^/]+/call"), "/services/<name>/call"),
+    (re.compile(r"/services/[^/]+/mcp"), "/services/<name>/mcp"),
+    (re.compile(r"/sessions/[^/]+"), "/sessions/<id>"),
+)
+_FIXED = frozenset({"/health", "/services", "/sessions", "/metrics", "/mcp"})
+_METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})
+
+
+def route_of(path: str) -> str:
+    """
+    @param path: A request path.
+    @return: The route pattern it matches, or C{"other"}.
+    """
+    if path in _FIXED:
+        return path
+    for pattern, name in _ROUTES:
+        if pattern.fullmatch(path):
+            return name
+    return "other"
+
+
+class GatewayMetrics:
+    """
+    The gateway's metrics and their text rendering.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        """
+        @param gateway: Whose state is collected at scrape time.
+        """
+        self.gateway = gateway
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "mcpgateway_http_requests",
+            "HTTP requests answered, by route pattern, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.tool_calls = Histogram(
+            "mcpgateway_tool_call_seconds",
+            "Tool calls through the gateway, by service, tool and outcome (ok, tool_error, or an error code).",
+            ["service", "tool", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.handshakes = Histogram(
+            "mcpgateway_handshake_seconds",
+            "Spawn-to-ready time of children, by service.",
+            ["service"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "mcpgateway_rate_limited", "Requests refused by a rate limit, by group.", ["group"], registry=self.registry
+        )
+        self.auth_failures = Counter(
+            "mcpgateway_auth_failures", "Requests with missing or wrong credentials.", registry=self.registry
+        )
+        self.registry.register(_StateCollector(gateway))
+        for name, service in gateway.services.items():
+            service.on_handshake = self.handshakes.labels(name).observe
+
+    def request(self, path: str, method: str, status: int) -> None:
+        """
+        Count one answered HTTP request.
+        """
+        self.requests.labels(route_of(path), method if method in _METHODS else "other", str(status)).inc()
+
+    def tool_call(self, service: str, tool: str, outcome: str, seconds: float) -> None:
+        """
+        Record one tool call through the REST API or the MCP endpoint.
+
+        @param outcome: C{ok}, C{tool_error} or the error code.
+        """
+        known = self.gateway.services.get(service)
+        if known is None:
+            service = tool = "other"
+        elif not known.declares(tool):
+            tool = "other"
+        self.tool_calls.labels(service, tool, outcome).observe(seconds)
+
+    def render(self) -> bytes:
+        """
+        @return: The Prometheus text exposition of every metric.
+        """
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    """
+    Reads the gateway's own counters and sizes at scrape time.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        gateway = self.gateway
+        yield GaugeMetricFamily("mcpgateway_sessions", "Live sessions.", value=len(gateway.sessions))
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "children": GaugeMetricFamily("mcpgateway_children", "Live children, by service.", labels=["service"]),
+            "pool": GaugeMetricFamily("mcpgateway_pool_size", "Ready children in the warm pool.", labels=["service"]),
+            "failing": GaugeMetricFamily(
+                "mcpgateway_service_backoff", "1 while a service backs off after failed starts.", labels=["service"]
+            ),
+            "spawns": CounterMetricFamily("mcpgateway_spawns", "Children started (or tried).", labels=["service"]),
+            "failures": CounterMetricFamily(
+                "mcpgateway_start_failures", "Children that failed to start.", labels=["service"]
+            ),
+            "crashes": CounterMetricFamily(
+                "mcpgateway_crashes", "Children that ended without being asked to.", labels=["service"]
+            ),
+            "restarts": CounterMetricFamily(
+                "mcpgateway_session_restarts", "Session children replaced after a crash.", labels=["service"]
+            ),
+            "stderr": CounterMetricFamily(
+                "mcpgateway_stderr_bytes", "Bytes children wrote to stderr.", labels=["service"]
+            ),
+        }
+        for name, service in gateway.services.items():
+            families["children"].add_metric([name], len(service.children))
+            families["pool"].add_metric([name], service.pool_size)
+            families["failing"].add_metric([name], 1 if service.state == "failing" else 0)
+            families["spawns"].add_metric([name], service.spawns)
+            families["failures"].add_metric([name], service.start_failures)
+            families["crashes"].add_metric([name], service.crashes)
+            families["restarts"].add_metric([name], gateway.restarts.get(name, 0))
+            families["stderr"].add_metric([name], service.stderr_bytes)
+        yield from families.values()
