@@ -34,7 +34,10 @@ setup(
             "hypothesis>=6.100",
             "signalwire-agents==1.1.0",
             "mcp>=2.3,<3",
+            "opentelemetry-sdk>=1.20",
         ],
+        # Optional: a span per tool call, traceparent passed to the child.
+        "otel": ["opentelemetry-api>=1.20"],
     },
     entry_points={"console_scripts": ["mcp-gateway = mcpgateway.cli:main"]},
     classifiers=[

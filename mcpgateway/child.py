@@ -151,13 +151,19 @@ class Child:
         """
         return self.protocol.request(method, with_envelope(params) if self.era.modern else params)
 
-    def call_tool(self, name: str, arguments: dict[str, Any]) -> Deferred[dict[str, Any]]:
+    def call_tool(
+        self, name: str, arguments: dict[str, Any], meta: dict[str, Any] | None = None
+    ) -> Deferred[dict[str, Any]]:
         """
         @param name: The tool.
         @param arguments: Its arguments.
+        @param meta: C{params._meta} entries (e.g. the W3C C{traceparent}).
         @return: Fires with the MCP C{CallToolResult}.
         """
-        return self.request("tools/call", {"name": name, "arguments": arguments})
+        params: dict[str, Any] = {"name": name, "arguments": arguments}
+        if meta:
+            params["_meta"] = meta
+        return self.request("tools/call", params)
 
     async def list_tools(self) -> list[dict[str, Any]]:
         """

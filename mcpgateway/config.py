@@ -72,7 +72,9 @@ class ServerConfig:
     idle_timeout: float = 60.0
     request_timeout: float = 30.0
     max_header_bytes: int = 16384
+    metrics_listen: str = ""
     principals: tuple[PrincipalConfig, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ class LoggingConfig:
     level: str = "INFO"
     file: str = ""
     security_file: str = ""
+    http_access: bool = False
 
 
 @dataclass(frozen=True)
@@ -344,7 +347,9 @@ _SERVER: dict[str, _Reader] = {
     "idle_timeout": _positive(_number),
     "request_timeout": _positive(_number),
     "max_header_bytes": _positive(_integer),
+    "metrics_listen": _string,
     "principals": lambda v, p, e: _principals(v, p, e),
+    "allowed_origins": _string_list,
 }
 
 _PRINCIPAL: dict[str, _Reader] = {
@@ -438,7 +443,12 @@ _RATE_LIMITING: dict[str, _Reader] = {
     "storage_uri": _string,
 }
 
-_LOGGING: dict[str, _Reader] = {"level": _level, "file": _string, "security_file": _string}
+_LOGGING: dict[str, _Reader] = {
+    "level": _level,
+    "file": _string,
+    "security_file": _string,
+    "http_access": _boolean,
+}
 
 
 def _service(name: str, raw: Any, environ: Mapping[str, str]) -> ServiceConfig:

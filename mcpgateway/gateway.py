@@ -60,6 +60,9 @@ class Gateway:
         self._reaper = LoopingCall(self.sweep)
         self._reaper.clock = clock
         self._closing: set[Deferred[None]] = set()
+        #: Told of each session as it closes (DELETE, expiry, stop), e.g. by
+        #: the MCP front door to end the session's streams.
+        self.session_closed: list[Callable[[Session], None]] = []
         self.restarts: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------------
@@ -146,6 +149,7 @@ class Gateway:
         timeout: float,
         metadata: dict[str, Any],
         principal: Principal,
+        meta: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """
         Call C{tool} of service C{name} in session C{session_id}.
@@ -153,6 +157,7 @@ class Gateway:
         @param timeout: The session's idle timeout, in seconds.
         @param principal: The caller; it owns a session it creates, and a
             non-admin cannot use another's.
+        @param meta: C{params._meta} entries for the child (e.g. C{traceparent}).
         @return: The C{POST /services/<name>/call} body.
         @raise GatewayError: With the status and code for what went wrong.
         """
@@ -162,7 +167,7 @@ class Gateway:
             child, restarted = await self._child_for(session, service)
             try:
                 result = await session.track(
-                    child.call_tool(tool, arguments).addTimeout(service.config.call_timeout, self.clock)
+                    child.call_tool(tool, arguments, meta).addTimeout(service.config.call_timeout, self.clock)
                 )
             except RPCError as error:
                 raise ToolRPCError(
@@ -268,9 +273,30 @@ class Gateway:
         self._close(session)
         return {"message": "session closed", "session_id": session_id}
 
+    def open_session(self, session_id: str, principal: Principal, timeout: float, metadata: dict[str, Any]) -> Session:
+        """
+        Find or create session C{session_id} (as C{call_tool} does) and mark it used now.
+
+        @raise NotFound: If it belongs to another principal.
+        @raise LimitReached: If creating it would exceed C{max_total_sessions}.
+        """
+        return self.sessions.open(session_id, principal, self.clock.seconds(), timeout, metadata)
+
+    async def child_for(self, session: Session, name: str) -> tuple[Child, bool]:
+        """
+        The session's live child of service C{name}, starting one if needed,
+        under the same limits as a REST call.
+
+        @return: The child, and whether it replaces one that died.
+        @raise NotFound: If C{name} is no enabled service.
+        """
+        return await self._child_for(session, self.service(name))
+
     def _close(self, session: Session) -> None:
         session.closed = True
         self.sessions.remove(session)
+        for listener in list(self.session_closed):
+            listener(session)
         for waiting in list(session.calls):
             waiting.cancel()
         for name, child in session.children.items():

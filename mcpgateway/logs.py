@@ -16,7 +16,7 @@ from twisted.logger import (
     jsonFileLogObserver,
 )
 
-__all__ = ["configure", "logger"]
+__all__ = ["configure", "json_logger", "logger"]
 
 _levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 _observer = FilteringLogObserver(globalLogPublisher, [_levels])
@@ -45,3 +45,16 @@ def configure(level: str, file: str = "") -> ILogObserver | None:
     observer = jsonFileLogObserver(open(file, "a", encoding="utf-8"))  # noqa: SIM115 - lives as long as the process
     globalLogPublisher.addObserver(observer)
     return observer
+
+
+def json_logger() -> ILogObserver:
+    """
+    A log observer factory for twistd: C{twistd --logger mcpgateway.logs.json_logger ...}
+    writes every log event as one JSON object per line to standard output
+    (for containers and log shippers).
+
+    @return: The observer.
+    """
+    import sys
+
+    return jsonFileLogObserver(sys.stdout)

@@ -173,7 +173,9 @@ class GatewaySite(Site):
         @param request_timeout: Seconds to receive a whole request (line, headers, body).
         @param max_header_bytes: Largest request line plus headers.
         """
-        super().__init__(resource, timeout=idle_timeout, **kwargs)
+        # Bodies are JSON: never parse form submissions (twisted.web would
+        # parse every POST's Content-Type with the email package to find out).
+        super().__init__(resource, timeout=idle_timeout, parsePOSTFormSubmission=False, **kwargs)
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
         self.max_header_bytes = max_header_bytes
@@ -183,8 +185,15 @@ class GatewaySite(Site):
     Told about every answered request (for metrics), after the access log line.
     """
 
+    http_access_log = False
+    """
+    Whether to write twisted.web's combined access-log line for every
+    request (C{logging.http_access}); tool calls have their own access log.
+    """
+
     def log(self, request: HTTPRequest) -> None:
-        super().log(request)
+        if self.http_access_log:
+            super().log(request)
         if self.on_response is not None:
             self.on_response(request)
 

@@ -28,7 +28,7 @@ from .logs import configure
 from .security import SecurityFile
 from .site import GatewaySite
 from .tls import TLSError, load_tls
-from .web import GatewayApp
+from .web import GatewayApp, MetricsPage
 
 DEFAULT_CERT = "certs/server.pem"
 
@@ -157,6 +157,7 @@ def make_site(app: GatewayApp, config: GatewayConfig) -> GatewaySite:
         request_timeout=server.request_timeout,
         max_header_bytes=server.max_header_bytes,
     )
+    site.http_access_log = config.logging.http_access
     metrics = app.metrics
 
     def count(request: Request) -> None:
@@ -182,6 +183,9 @@ def makeService(options: dict[str, Any]) -> IService:
     top = MultiService()
     # The web server is stopped first (services stop in reverse order), then the gateway.
     GatewayService(gateway, config).setServiceParent(top)
+    if config.server.metrics_listen:
+        page = GatewaySite(MetricsPage(app.metrics), 1024)
+        strports.service(config.server.metrics_listen, page).setServiceParent(top)
     if options["listen"]:
         strports.service(options["listen"], site).setServiceParent(top)
     else:

@@ -19,6 +19,7 @@ from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
@@ -30,8 +31,9 @@ from .metrics import CONTENT_TYPE, GatewayMetrics
 from .names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
 from .security import security_event
 from .site import HSTS, SECURITY_HEADERS
+from .tracing import CallSpan
 
-__all__ = ["GatewayApp"]
+__all__ = ["GatewayApp", "MetricsPage"]
 
 log = logger(__name__)
 access = logger("mcpgateway.access")
@@ -54,7 +56,9 @@ def _render(request: IRequest, status: int, body: Any) -> bytes:
         request.setHeader(name, value)
     if request.isSecure():
         request.setHeader(b"Strict-Transport-Security", HSTS)
-    return json.dumps(body, separators=(",", ":")).encode()
+    data = json.dumps(body, separators=(",", ":")).encode()
+    request.setHeader(b"Content-Length", b"%d" % len(data))
+    return data
 
 
 class Limiter(Protocol):
@@ -216,9 +220,10 @@ class GatewayApp:
             )
         started = time.perf_counter()
         outcome, status = "internal_error", 500
+        span = CallSpan(name, tool, session_id)
         try:
             answer = await self.gateway.call_tool(
-                name, tool, session_id, arguments, float(timeout), metadata, principal
+                name, tool, session_id, arguments, float(timeout), metadata, principal, span.meta()
             )
             outcome, status = ("tool_error" if answer["is_error"] else "ok"), 200
         except GatewayError as error:
@@ -229,6 +234,7 @@ class GatewayApp:
             raise
         finally:
             seconds = time.perf_counter() - started
+            span.end(outcome)
             self.metrics.tool_call(name, tool, outcome, seconds)
             access.info(
                 "call {principal} {service} {tool} session={session} status={status} {outcome} {ms:.2f} ms",
@@ -330,3 +336,20 @@ def _object(body: dict[str, Any], field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest(f"{field} must be a JSON object", f"invalid_{field}")
     return value
+
+
+class MetricsPage(Resource):
+    """
+    C{/metrics} without credentials, for a separate listen address
+    (C{server.metrics_listen}) that only the monitoring system can reach.
+    """
+
+    isLeaf = True
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE)
+        return self.metrics.render()

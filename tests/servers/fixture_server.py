@@ -125,6 +125,7 @@ class FixtureServer(Server):
             ),
             Tool("counter", "Count the calls to this tool in this process and return the count.", self.count, no_args),
             Tool("pid", "Return this process's id and process group: 'pid=N pgrp=M'.", self.pid, no_args),
+            Tool("meta", "Return the request's params._meta as JSON text.", self.meta, no_args),
             Tool(
                 "spawn_grandchild",
                 "Start 'sleep 300' as a child of this server and return its pid.",
@@ -227,6 +228,12 @@ class FixtureServer(Server):
         """
         self.calls += 1
         return str(self.calls)
+
+    def meta(self, request: Request, arguments: dict[str, Any]) -> str:
+        """
+        @return: The request's C{params._meta} as JSON (C{{}} when absent).
+        """
+        return json.dumps(request.params.get("_meta") or {}, sort_keys=True)
 
     def pid(self, request: Request, arguments: dict[str, Any]) -> str:
         """

@@ -1,0 +1,87 @@
+"""
+OpenTelemetry (optional): a span per tool call, its W3C traceparent in the
+child's C{params._meta}; the JSON log observer for twistd's C{--logger}; the
+access log line of every call.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.logger import globalLogPublisher
+
+from .conftest import fixture_service
+
+trace = pytest.importorskip("opentelemetry.trace")
+sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
+in_memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
+export = pytest.importorskip("opentelemetry.sdk.trace.export")
+
+
+@pytest.fixture(scope="module")
+def spans() -> Any:
+    exporter = in_memory.InMemorySpanExporter()
+    provider = sdk_trace.TracerProvider()
+    provider.add_span_processor(export.SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+@pytest_twisted.ensureDeferred
+async def test_tool_call_span_and_traceparent_reach_the_child(live: Any, spans: Any) -> None:
+    gw = live({"fx": fixture_service()})
+    spans.clear()
+    response, body = await gw.call("fx", "meta", "traced")
+    assert response.code == 200, body
+    meta = json.loads(body["result"])
+    finished = [span for span in spans.get_finished_spans() if span.name == "tools/call fx.meta"]
+    assert len(finished) == 1
+    span = finished[0]
+    trace_id = format(span.context.trace_id, "032x")
+    span_id = format(span.context.span_id, "016x")
+    assert meta["traceparent"].startswith(f"00-{trace_id}-{span_id}-")
+    assert span.attributes["mcpgateway.outcome"] == "ok"
+    assert span.attributes["mcp.session.id"] == "traced"
+
+    response, body = await gw.call("fx", "rpc_error", "traced")
+    failed = [span for span in spans.get_finished_spans() if span.name == "tools/call fx.rpc_error"]
+    assert failed[0].attributes["mcpgateway.outcome"] == "mcp_error"
+    assert failed[0].status.status_code == trace.StatusCode.ERROR
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_log_line_per_call(live: Any) -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        gw = live({"fx": fixture_service()})
+        await gw.call("fx", "echo", "logged", {"text": "x"})
+        await gw.call("fx", "crash", "logged")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    calls = [event for event in events if event.get("log_namespace") == "mcpgateway.access"]
+    assert [(event["tool"], event["status"], event["outcome"]) for event in calls] == [
+        ("echo", 200, "ok"),
+        ("crash", 502, "child_failed"),
+    ]
+    assert all(event["principal"] == "tester" and event["session"] == "logged" for event in calls)
+    assert all(event["ms"] > 0 for event in calls)
+
+
+def test_json_logger_writes_one_object_per_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.logger import Logger
+
+    from mcpgateway.logs import json_logger
+
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stdout", stream)
+    observer = json_logger()
+    Logger(namespace="mcpgateway.test", observer=observer).info("hello {who}", who="world")
+    lines = [line for line in stream.getvalue().split("\x1e") if line.strip()]
+    record = json.loads(lines[0])
+    assert record["who"] == "world"
+    assert record["log_namespace"] == "mcpgateway.test"
