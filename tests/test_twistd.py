@@ -1,0 +1,431 @@
+"""
+The gateway as a user runs it: a real C{twistd -n mcpgateway --config PATH}
+(or C{mcp-gateway}) subprocess, spoken to over HTTP on 127.0.0.1, stopped
+with a signal.  Every test kills what it started.
+
+The subprocesses get the repository root first on C{PYTHONPATH}, so they run
+the code under test even when a strict editable install's link tree predates
+a module added since.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import FIXTURE_SERVER, kill_tagged, tagged_processes
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 20.0
+
+
+def twistd() -> list[str]:
+    """
+    @return: The command running twistd: the script next to the interpreter,
+        else twistd's C{run} (C{python -m twisted.scripts.twistd} does nothing).
+    """
+    script = BIN / "twistd"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
+
+
+def mcp_gateway() -> list[str]:
+    """
+    @return: The command running the C{mcp-gateway} console script.
+    """
+    script = BIN / "mcp-gateway"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from mcpgateway.cli import main; main()"]
+
+
+def environment(tag: str | None = None, **extra: str) -> dict[str, str]:
+    """
+    @return: This process's environment without the gateway's C{MCP_*}
+        overrides, with the repository first on C{PYTHONPATH}.
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MCP_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env.pop("MCPGATEWAY_TEST_TAG", None)
+    if tag is not None:
+        env["MCPGATEWAY_TEST_TAG"] = tag
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    auth: tuple[str, str] | None = None,
+    timeout: float = 15.0,
+) -> tuple[int, Any]:
+    """
+    @return: C{(status, decoded JSON body)}.
+    """
+    headers = {}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    assert url.startswith("http://127.0.0.1:"), url
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310 (checked above)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+class Running:
+    """
+    A gateway subprocess, its output file and its URL.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], output: Path, url: str) -> None:
+        self.process = process
+        self.output = output
+        self.url = url
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def call(self, service: str, tool: str, session: str, auth: tuple[str, str], **arguments: Any) -> tuple[int, Any]:
+        body = {"tool": tool, "session_id": session, "arguments": arguments}
+        return http("POST", f"{self.url}/services/{service}/call", body, auth)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 5.0) -> tuple[int, float]:
+        """
+        Send C{signum}; wait for the exit.
+
+        @return: The exit status and how long it took.
+        """
+        started = time.monotonic()
+        self.process.send_signal(signum)
+        status = self.process.wait(timeout=timeout)
+        return status, time.monotonic() - started
+
+
+@contextlib.contextmanager
+def running(command: list[str], cwd: Path, port: int, env: dict[str, str], tag: str | None = None) -> Iterator[Running]:
+    """
+    Start C{command}, wait until C{/health} answers on C{port}, and on the
+    way out kill it (and every process carrying C{tag}) if still there.
+    """
+    output = cwd / f"gateway-{uuid.uuid4().hex[:8]}.log"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
+    gateway = Running(process, output, f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the gateway exited with {process.returncode}:\n{gateway.text()}")
+            try:
+                status, body = http("GET", gateway.url + "/health", timeout=2)
+            except OSError:
+                status, body = 0, None
+            if status == 200:
+                assert body["status"] == "healthy"
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"the gateway did not answer /health within {START_TIMEOUT} s:\n{gateway.text()}")
+            time.sleep(0.05)
+        yield gateway
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        if tag is not None:
+            kill_tagged(tag)
+
+
+def write_config(path: Path, port: int, services: dict[str, Any], **server: Any) -> Path:
+    config = {
+        "server": {"host": "127.0.0.1", "port": port, "auth_user": "admin", "auth_password": "s3cret", **server},
+        "services": services,
+        "session": {"sandbox_dir": str(path.parent / "sandbox")},
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
+def assert_orderly_exit(gateway: Running, status: int, signum: int = signal.SIGTERM) -> None:
+    """
+    The process shut down in order, then ended the way twistd ends on a
+    signal: it re-raises it once the reactor has stopped
+    (C{twisted/scripts/twistd.py} C{runApp}), so the status is C{-signum}
+    (143 or 130 in a shell), not 0; see L{test_signal_exit_status_is_zero}.
+    """
+    log = gateway.text()
+    assert status == -signum, log
+    assert "Main loop terminated." in log
+    assert "Server Shut Down." in log
+    assert "Traceback" not in log
+    assert "Unhandled" not in log
+
+
+def assert_no_tagged_processes(tag: str, within: float = 2.0) -> None:
+    """
+    SIGKILL is delivered asynchronously: allow a moment, then insist.
+    """
+    deadline = time.monotonic() + within
+    while tagged_processes(tag) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = tagged_processes(tag)
+    if left:
+        kill_tagged(tag)
+        pytest.fail(f"processes left behind: {left}")
+
+
+# -- (a) the plugin is installed ---------------------------------------------------------------
+
+
+def test_twistd_help_lists_the_plugin(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*twistd(), "--help"], cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert any(words[:1] == ["mcpgateway"] for words in lines), result.stdout
+    sub = subprocess.run(
+        [*twistd(), "mcpgateway", "--help"], cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=60
+    )
+    assert sub.returncode == 0, sub.stderr
+    assert "--config=" in sub.stdout
+    assert "--listen=" in sub.stdout
+
+
+# -- (b) unusable configurations ---------------------------------------------------------------
+
+BAD_CONFIGS = [
+    pytest.param(None, "cannot read the configuration file", id="missing-file"),
+    pytest.param('{"server": {"port": 8080,}', "not valid JSON", id="invalid-json"),
+    pytest.param(
+        {"server": {"port": "abc", "auth_user": "u", "auth_password": "p"}},
+        "server.port: expected an integer, got 'abc'",
+        id="port-not-a-number",
+    ),
+    pytest.param(
+        {"server": {"auth_user": "u", "auth_password": 123456}},
+        "server.auth_password: expected a string, got an integer",
+        id="password-not-a-string",
+    ),
+    pytest.param(
+        {"server": {"auth_user": "u", "auth_password": "p"}, "services": {"todo": {"command": []}}},
+        "services.todo.command",
+        id="empty-command",
+    ),
+    pytest.param(
+        {"server": {"host": "0.0.0.0", "auth_user": "admin", "auth_password": "changeme"}},
+        "server.auth_password: the placeholder password 'changeme' is refused",
+        id="placeholder-password-on-all-interfaces",
+    ),
+]
+
+
+@pytest.mark.parametrize(("content", "expected"), BAD_CONFIGS)
+def test_unusable_configuration_exits_with_one_clear_line(tmp_path: Path, content: Any, expected: str) -> None:
+    config = tmp_path / "gateway.json"
+    if content is not None:
+        config.write_text(content if isinstance(content, str) else json.dumps(content))
+    before = config.read_bytes() if config.exists() else None
+    listing = sorted(os.listdir(tmp_path))
+    started = time.monotonic()
+    result = subprocess.run(
+        [*twistd(), "-n", "--pidfile=", "mcpgateway", "--config", str(config)],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("mcpgateway: configuration error: "), output
+    assert str(config) in lines[0]
+    assert expected in lines[0]
+    # Nothing was written on the user's behalf: no config, no pid file, no sandbox.
+    assert (config.read_bytes() if config.exists() else None) == before
+    assert sorted(os.listdir(tmp_path)) == listing
+
+
+# -- (c) the shipped configuration -------------------------------------------------------------
+
+
+def test_shipped_config_serves_the_todo_example(tmp_path: Path) -> None:
+    shutil.copy(REPO / "config" / "config.json", tmp_path / "config.json")
+    shipped = (tmp_path / "config.json").read_bytes()
+    port = free_port()
+    tag = uuid.uuid4().hex
+    env = environment(tag, MCP_PORT=str(port))
+    command = [*twistd(), "-n", "--pidfile=", "mcpgateway", "--config", "config.json"]
+    with running(command, tmp_path, port, env, tag) as gateway:
+        status, body = http("GET", gateway.url + "/health")
+        assert (status, body["status"]) == (200, "healthy")
+        status, services = http("GET", gateway.url + "/services", auth=("admin", "changeme"))
+        assert status == 200
+        assert set(services) == {"todo"}
+        admin = ("admin", "changeme")
+        status, body = gateway.call("todo", "add_todo", "call-1", admin, text="buy milk")
+        assert status == 200, body
+        assert body["result"] == "Added todo #1: buy milk"
+        status, body = gateway.call("todo", "list_todos", "call-1", admin)
+        assert body["result"] == "#1 [ ] buy milk"
+        assert body["structured_content"] == {"todos": [{"id": 1, "text": "buy milk", "done": False}]}
+        status, body = http("GET", gateway.url + "/services", auth=("admin", "wrong"))
+        assert (status, body["code"]) == (401, "unauthorized")
+        status, tools = http("GET", gateway.url + "/services/todo/tools", auth=admin)
+        assert {tool["name"] for tool in tools["tools"]} == {"add_todo", "list_todos", "complete_todo", "delete_todo"}
+        assert len(tagged_processes(tag)) >= 2, "twistd and the session's child"
+        # The relative sandbox_dir is under the working directory.
+        assert (tmp_path / "sandbox").is_dir()
+        exit_status, took = gateway.stop(signal.SIGTERM)
+        assert took < 5
+        assert_orderly_exit(gateway, exit_status, signal.SIGTERM)
+        assert "todo: child" in gateway.text()
+    assert_no_tagged_processes(tag)
+    assert (tmp_path / "config.json").read_bytes() == shipped
+
+
+# -- (d, e) shutdown by signal -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_the_gateway_and_every_child(tmp_path: Path, signum: int) -> None:
+    port = free_port()
+    tag = uuid.uuid4().hex
+    stubborn = {
+        "command": [sys.executable, FIXTURE_SERVER, "--ignore-eof", "--ignore-sigterm"],
+        "env": {"MCPGATEWAY_TEST_TAG": tag},
+        "close_grace": 0.3,
+    }
+    config = write_config(tmp_path / "gateway.json", port, {"stubborn": stubborn})
+    auth = ("admin", "s3cret")
+    command = [*twistd(), "-n", "--pidfile=", "mcpgateway", "--config", str(config)]
+    with running(command, tmp_path, port, environment(), tag) as gateway:
+        status, body = gateway.call("stubborn", "spawn_grandchild", "one", auth)
+        assert status == 200, body
+        grandchild = int(body["result"])
+        for session in ("two", "three"):
+            status, body = gateway.call("stubborn", "counter", session, auth)
+            assert (status, body["result"]) == (200, "1")
+        assert gateway.call("stubborn", "counter", "two", auth)[1]["result"] == "2"
+        status, sessions = http("GET", gateway.url + "/sessions", auth=auth)
+        assert set(sessions) == {"one", "two", "three"}
+        census = tagged_processes(tag)
+        assert len(census) == 4, "three children and a grandchild"
+        assert grandchild in census
+
+        exit_status, took = gateway.stop(signum, timeout=5)
+        assert took < 5
+        assert_orderly_exit(gateway, exit_status, signum)
+        # The stubborn children outlived stdin and SIGTERM: SIGKILL to their groups ended them.
+        assert gateway.text().count("killed by signal 9") == 3
+    assert_no_tagged_processes(tag)
+
+
+def test_mcp_gateway_script_with_listen_override(tmp_path: Path) -> None:
+    port = free_port()
+    configured = free_port()
+    tag = uuid.uuid4().hex
+    todo = {"command": [sys.executable, "-m", "mcpgateway.examples.todo_server"]}
+    config = write_config(tmp_path / "gateway.json", configured, {"todo": todo})
+    command = [*mcp_gateway(), "-c", str(config), "--listen", f"tcp:{port}:interface=127.0.0.1"]
+    with running(command, tmp_path, port, environment(tag), tag) as gateway:
+        status, body = http("GET", gateway.url + "/health")
+        assert (status, body["status"]) == (200, "healthy")
+        status, body = gateway.call("todo", "add_todo", "s", ("admin", "s3cret"), text="via mcp-gateway")
+        assert (status, body["result"]) == (200, "Added todo #1: via mcp-gateway")
+        # --listen replaces server.host/port: nothing listens on the configured port.
+        with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
+            probe.connect(("127.0.0.1", configured))
+        # It logs to standard output by default.
+        assert "GatewaySite starting on" in gateway.text()
+        exit_status, _ = gateway.stop(signal.SIGTERM)
+        assert_orderly_exit(gateway, exit_status, signal.SIGTERM)
+    assert_no_tagged_processes(tag)
+
+
+def test_mcp_gateway_script_bad_config_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*mcp_gateway(), "-c", str(tmp_path / "absent.json")],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Traceback" not in output
+    assert [line for line in output.splitlines() if line.strip()] == [
+        f"mcpgateway: configuration error: {tmp_path / 'absent.json'}: "
+        "cannot read the configuration file: No such file or directory"
+    ]
+    assert not (tmp_path / "absent.json").exists()
+
+
+# -- (g) digit-only passwords stay strings ------------------------------------------------------
+
+
+def test_numeric_password_in_the_file_works_for_basic_auth(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "gateway.json", port, {}, auth_password="123456")
+    command = [*twistd(), "-n", "--pidfile=", "mcpgateway", "--config", str(config)]
+    with running(command, tmp_path, port, environment()) as gateway:
+        status, body = http("GET", gateway.url + "/services", auth=("admin", "123456"))
+        assert (status, body) == (200, {})
+        status, body = http("GET", gateway.url + "/sessions", auth=("admin", "123456"))
+        assert (status, body) == (200, {})
+        status, body = http("GET", gateway.url + "/services", auth=("admin", "1234567"))
+        assert (status, body["code"]) == (401, "unauthorized")
+        assert_orderly_exit(gateway, gateway.stop()[0])
+
+
+def test_numeric_password_from_the_environment_keeps_leading_zeros(tmp_path: Path) -> None:
+    shutil.copy(REPO / "config" / "config.json", tmp_path / "config.json")
+    port = free_port()
+    tag = uuid.uuid4().hex
+    env = environment(tag, MCP_PORT=str(port), MCP_AUTH_PASSWORD="000123")
+    command = [*twistd(), "-n", "--pidfile=", "mcpgateway", "--config", "config.json"]
+    with running(command, tmp_path, port, env, tag) as gateway:
+        status, _ = http("GET", gateway.url + "/services", auth=("admin", "000123"))
+        assert status == 200
+        for wrong in ("123", "changeme"):
+            status, body = http("GET", gateway.url + "/services", auth=("admin", wrong))
+            assert (status, body["code"]) == (401, "unauthorized"), wrong
+        assert_orderly_exit(gateway, gateway.stop()[0])
+    assert_no_tagged_processes(tag)
