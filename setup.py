@@ -6,13 +6,15 @@ directory (no C{__init__.py}); it is listed in C{packages} so that a normal
 install copies it next to Twisted's own plugins.
 """
 
+from pathlib import Path
+
 from setuptools import setup
 
 setup(
     name="mcpgateway",
     version="0.1.0",
     description="A production MCP gateway on Twisted: supervised stdio MCP servers behind one HTTP front.",
-    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.10",
@@ -25,6 +27,10 @@ setup(
         "pyopenssl>=24.0",
         # Metrics: the reference client library, rendered inline (no thread pool).
         "prometheus_client>=0.20",
+        # Rate limits: the seeds' syntax and storages (flask-limiter's engine);
+        # redis-py for redis:// storage, always called through deferToThread.
+        "limits>=5.8",
+        "redis>=5",
     ],
     extras_require={
         "test": [

@@ -129,14 +129,25 @@ class SessionConfig:
 @dataclass(frozen=True)
 class RateLimitConfig:
     """
-    The seeds' C{rate_limiting} section (validated; see README for enforcement).
+    The seeds' C{rate_limiting} section, enforced by L{mcpgateway.ratelimit}.
+
+    The defaults are sized for a voice agent: one principal carries every
+    live phone call of an agent deployment, each conversation turn may call
+    several tools, and a 429 in the middle of a call is a caller hearing
+    silence.  They stop a runaway loop or a stolen credential, not normal peaks.
     """
 
     enabled: bool = True
-    default_limits: tuple[str, ...] = ()
-    tools_limit: str = ""
-    call_limit: str = ""
-    session_delete_limit: str = ""
+    #: listings, metrics, and any group without its own limit (100/s)
+    default_limits: tuple[str, ...] = ("6000 per minute",)
+    #: tool discovery, about once per conversation (10 new conversations/s)
+    tools_limit: str = "600 per minute"
+    #: tool calls, e.g. 100 concurrent calls each calling a tool every 5 s (20/s)
+    call_limit: str = "1200 per minute"
+    #: one per ended conversation
+    session_delete_limit: str = "600 per minute"
+    #: wrong or missing credentials, per client address (password guessing)
+    auth_failure_limit: str = "20 per minute"
     storage_uri: str = "memory://"
 
 
@@ -440,6 +451,7 @@ _RATE_LIMITING: dict[str, _Reader] = {
     "tools_limit": _string,
     "call_limit": _string,
     "session_delete_limit": _string,
+    "auth_failure_limit": _string,
     "storage_uri": _string,
 }
 

@@ -25,6 +25,7 @@ from .auth import Authenticator
 from .config import ConfigError, GatewayConfig, ServerConfig, load_config
 from .gateway import Gateway
 from .logs import configure
+from .ratelimit import RateLimiter
 from .security import SecurityFile
 from .site import GatewaySite
 from .tls import TLSError, load_tls
@@ -66,6 +67,10 @@ class Options(usage.Options):
         problem = credential_problem(server)
         if problem:
             raise StartRefused(f"configuration error: {self['config']}: {problem}")
+        try:
+            self["limiter"] = RateLimiter(self["gateway_config"].rate_limiting)
+        except ConfigError as error:
+            raise StartRefused(f"configuration error: {self['config']}: {error}") from None
         # Read the certificate now, so a broken one stops the start with one line.
         cert = server.tls_cert or (DEFAULT_CERT if os.path.exists(DEFAULT_CERT) else "")
         try:
@@ -113,9 +118,10 @@ class GatewayService(Service):
     Runs the L{Gateway}: starts its reaper, and on stop closes every child.
     """
 
-    def __init__(self, gateway: Gateway, config: GatewayConfig) -> None:
+    def __init__(self, gateway: Gateway, config: GatewayConfig, limiter: RateLimiter | None = None) -> None:
         self.gateway = gateway
         self.config = config
+        self.limiter = limiter
 
     def startService(self) -> None:
         configure(self.config.logging.level, self.config.logging.file)
@@ -126,6 +132,8 @@ class GatewayService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self.limiter is not None:
+            self.limiter.close()
         return ensureDeferred(self.gateway.stop())
 
 
@@ -178,11 +186,12 @@ def makeService(options: dict[str, Any]) -> IService:
 
     config: GatewayConfig = options["gateway_config"]
     gateway = Gateway(config, reactor, reactor)
-    app = GatewayApp(gateway, Authenticator(config.server))
+    limiter: RateLimiter = options["limiter"]
+    app = GatewayApp(gateway, Authenticator(config.server), limiter)
     site = make_site(app, config)
     top = MultiService()
     # The web server is stopped first (services stop in reverse order), then the gateway.
-    GatewayService(gateway, config).setServiceParent(top)
+    GatewayService(gateway, config, limiter).setServiceParent(top)
     if config.server.metrics_listen:
         page = GatewaySite(MetricsPage(app.metrics), 1024)
         strports.service(config.server.metrics_listen, page).setServiceParent(top)

@@ -29,6 +29,7 @@ from .gateway import Gateway
 from .logs import logger
 from .metrics import CONTENT_TYPE, GatewayMetrics
 from .names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
+from .ratelimit import Decision
 from .security import security_event
 from .site import HSTS, SECURITY_HEADERS
 from .tracing import CallSpan
@@ -66,10 +67,14 @@ class Limiter(Protocol):
     What the routes need of a rate limiter (L{mcpgateway.ratelimit.RateLimiter}).
     """
 
-    def hit(self, group: str, key: str) -> Deferred[Any]:
+    def hit(self, group: str, key: str) -> Deferred[Decision]:
         """
-        Count one request of C{group} for C{key}; fires with a decision
-        having C{allowed}, C{retry_after} and C{headers()}.
+        Count one request of C{group} for C{key}.
+        """
+
+    def peek(self, group: str, key: str) -> Deferred[Decision]:
+        """
+        Would a request of C{group} for C{key} be allowed?  (Counts nothing.)
         """
 
 
@@ -98,11 +103,15 @@ def guarded(
         route: Callable[Concatenate[GatewayApp, IRequest, Principal, P], Awaitable[Any] | Any],
     ) -> Callable[Concatenate[GatewayApp, IRequest, P], Deferred[Any]]:
         async def guard(self: GatewayApp, request: IRequest, /, *args: P.args, **kwargs: P.kwargs) -> Any:
+            address = f"addr:{client_address(request)}"
+            # An address that used up its failures is refused before its
+            # credentials are even checked, so a right guess gains nothing.
+            await self.limit(request, "auth_failure", address, None, count=False)
             principal = await self.authenticator.authenticate(request.getHeader(b"authorization"))
             if principal is None:
                 self.metrics.auth_failures.inc()
                 self.security("auth_failure", request, None)
-                await self.limit(request, "auth_failure", f"addr:{client_address(request)}", None)
+                await self.limit(request, "auth_failure", address, None)
                 request.responseHeaders.setRawHeaders(b"WWW-Authenticate", list(CHALLENGES))
                 raise Unauthorized("missing or invalid credentials")
             await self.limit(request, group, f"principal:{principal.name}", principal)
@@ -144,17 +153,21 @@ class GatewayApp:
         self.limiter = limiter
         self.metrics = metrics if metrics is not None else GatewayMetrics(gateway)
 
-    async def limit(self, request: IRequest, group: str, key: str, principal: Principal | None) -> None:
+    async def limit(
+        self, request: IRequest, group: str, key: str, principal: Principal | None, *, count: bool = True
+    ) -> None:
         """
-        Count the request against C{group}'s limit for C{key}.
+        Count the request against C{group}'s limit for C{key} (or, with
+        C{count=False}, only check that the limit is not used up).
 
         @raise LimitReached: With C{Retry-After} when over the limit.
         """
         if self.limiter is None:
             return
-        decision = await self.limiter.hit(group, key)
-        for name, value in decision.headers():
-            request.setHeader(name, value)
+        decision = await (self.limiter.hit(group, key) if count else self.limiter.peek(group, key))
+        if count or not decision.allowed:
+            for name, value in decision.headers():
+                request.setHeader(name, value)
         if not decision.allowed:
             self.metrics.rate_limited.labels(group).inc()
             self.security("rate_limited", request, principal, group=group)

@@ -28,6 +28,7 @@ from twisted.logger import globalLogPublisher
 from mcpgateway.auth import Authenticator
 from mcpgateway.config import parse_config
 from mcpgateway.gateway import Gateway
+from mcpgateway.ratelimit import RateLimiter
 from mcpgateway.tap import make_site
 from mcpgateway.web import GatewayApp
 
@@ -209,7 +210,8 @@ async def live(make_config: Callable[..., dict[str, Any]]) -> AsyncIterator[Call
         tag = next(iter(raw["services"].values()))["env"]["MCPGATEWAY_TEST_TAG"] if services else uuid.uuid4().hex
         config = parse_config(raw)
         gateway = Gateway(config, reactor, reactor)
-        site = make_site(GatewayApp(gateway, Authenticator(config.server)), config)
+        limiter = RateLimiter(config.rate_limiting)
+        site = make_site(GatewayApp(gateway, Authenticator(config.server), limiter), config)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         gateway.start()
         running = LiveGateway(gateway, f"http://127.0.0.1:{port.getHost().port}", tag, port)

@@ -1,0 +1,496 @@
+"""
+Rate limits: the C{rate_limiting} section enforced with the C{limits} library
+(the one flask-limiter uses), so the seeds' strings (C{"200 per day"},
+C{"30 per minute"}, C{"10/second"}, C{"1/second; 50/hour"}) and storage URIs
+(C{memory://}, C{redis://host:port/db}) mean what they mean there.
+
+Groups and keys
+===============
+
+Every request is counted in one group, for one key built by the caller:
+
+  - C{tools}: C{GET /services/<n>/tools}, per principal;
+  - C{call}: C{POST /services/<n>/call}, per principal;
+  - C{session_delete}: C{DELETE /sessions/<id>}, per principal;
+  - C{default}: every other authenticated route, per principal;
+  - C{mcp}: every request to C{/mcp} and C{/services/<n>/mcp}, per
+    principal (C{default_limits});
+  - C{auth_failure}: requests with missing or wrong credentials, per client
+    address (C{"addr:<ip>"}), so that password guessing is limited.
+
+A group's limits are its own key (C{tools_limit}, C{call_limit},
+C{session_delete_limit}, C{auth_failure_limit}) when that is not empty, and
+C{default_limits} otherwise: as in flask-limiter, a group with its own limit
+does B{not} also get the defaults.  A group whose limits end up empty is not
+limited.  A limit string may hold several limits (C{"10/second; 600/minute"})
+and C{default_limits} is a list of them; the request is refused as soon as one
+is exhausted, and the headers describe the tightest.
+
+A counter is named C{LIMITER/<group>/<key>/<amount>/<multiples>/<unit>} (in
+Redis under the prefix C{mcpgateway:}), so groups and keys never share a
+budget, and changing a limit starts a fresh counter.
+
+Strategy
+========
+
+Fixed window (flask-limiter's default): one counter per limit, key and window,
+starting at the first hit.  It is exact, costs one small Redis key per
+principal and limit, and is the same on every storage; its known weakness, up
+to twice the amount across a window boundary, does not matter for limits meant
+to catch a runaway agent.  Limits are tried from the shortest window to the
+longest and the first refusal stops counting, so requests refused by a
+per-second limit do not eat a per-day budget.
+
+Storage and the reactor
+=======================
+
+C{memory://} counts in this process, inline on the reactor (it is a dict).
+Any other storage (C{redis://}, C{rediss://}, C{redis+unix://}) shares the
+budget between gateway processes; C{limits} talks to it with blocking
+redis-py, so every hit runs in the reactor's thread pool
+(L{twisted.internet.threads.deferToThread}) and the reactor is never blocked.
+Each Redis operation is bounded by L{REDIS_SOCKET_TIMEOUT} (connect and read;
+one immediate retry for a stale pooled connection) and a whole hit by
+L{HIT_TIMEOUT}.  Query parameters of the URI (e.g. C{?socket_timeout=2}) take
+precedence over these defaults.
+
+When the storage fails
+======================
+
+A failing storage (Redis down, unreachable, too slow) never turns into an
+error response or a hang.  The limiter I{fails open to per-process limits}:
+the request is counted in an in-memory storage of this process, the same
+limits apply per process (so with N gateways up to N times the budget), a
+warning is logged (again at most every L{WARNING_INTERVAL} seconds while it
+lasts), and the shared storage is tried again after L{STORAGE_RETRY_INTERVAL}
+seconds (one probe at a time; meanwhile no thread is spent on it).  Its
+recovery is logged.  Failing closed would turn a Redis outage into a gateway
+outage for every call of a live phone conversation; failing fully open would
+lift the limit on password guessing exactly when nobody is watching.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from limits import RateLimitItem, parse_many
+from limits.errors import ConfigurationError
+from limits.storage import MemoryStorage, RedisStorage, Storage
+from limits.strategies import FixedWindowRateLimiter
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
+
+from .config import ConfigError, RateLimitConfig
+from .logs import logger
+
+__all__ = [
+    "AUTH_FAILURE_LIMIT",
+    "CALL_LIMIT",
+    "DEFAULT_LIMITS",
+    "GROUPS",
+    "SESSION_DELETE_LIMIT",
+    "STORAGE_URI",
+    "TOOLS_LIMIT",
+    "UNLIMITED",
+    "Decision",
+    "RateLimiter",
+]
+
+log = logger(__name__)
+
+# -- defaults (RateLimitConfig's; see its docstring for why) ----------------------
+
+_DEFAULTS = RateLimitConfig()
+DEFAULT_LIMITS: tuple[str, ...] = _DEFAULTS.default_limits
+TOOLS_LIMIT = _DEFAULTS.tools_limit
+CALL_LIMIT = _DEFAULTS.call_limit
+SESSION_DELETE_LIMIT = _DEFAULTS.session_delete_limit
+AUTH_FAILURE_LIMIT = _DEFAULTS.auth_failure_limit
+STORAGE_URI = _DEFAULTS.storage_uri
+
+#: The groups a request can be counted in.
+GROUPS: tuple[str, ...] = ("default", "tools", "call", "session_delete", "auth_failure", "mcp")
+
+#: Redis connect and read timeout, seconds (Redis answers in well under a millisecond).
+REDIS_SOCKET_TIMEOUT = 0.5
+#: The longest a hit may take before it is counted in this process instead, seconds.
+HIT_TIMEOUT = 2.0
+#: After a storage failure, how long to count in this process before trying it again, seconds.
+STORAGE_RETRY_INTERVAL = 5.0
+#: While the storage keeps failing, how often to repeat the warning, seconds.
+WARNING_INTERVAL = 60.0
+#: Prefix of every Redis key.
+REDIS_KEY_PREFIX = "mcpgateway"
+
+_MEMORY_SCHEMES = ("memory",)
+_REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
+_SYNTAX = (
+    "expected e.g. '30 per minute', '10/second' or '1/second; 50/hour' (units: second, minute, hour, day, month, year)"
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """
+    Whether one request may proceed, and what its limit looks like now.
+
+    @ivar allowed: Whether the request is within every limit of its group.
+    @ivar limit: The amount of the tightest limit (the one with the fewest
+        requests left; when refused, the exhausted one that resets last);
+        C{0} when no limit applies (limiting disabled, or none configured for
+        the group).
+    @ivar remaining: Requests left in that limit's window.
+    @ivar reset_at: When that window ends (POSIX time).
+    @ivar retry_after: Seconds until a request may succeed; C{0} if allowed.
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: float
+    retry_after: float = 0.0
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """
+        @return: C{X-RateLimit-Limit}, C{X-RateLimit-Remaining} and
+            C{X-RateLimit-Reset} (POSIX seconds, rounded up), and C{Retry-After}
+            (whole seconds, at least 1) when refused; nothing when no limit applies.
+        """
+        if self.limit <= 0:
+            return []
+        headers = [
+            (b"X-RateLimit-Limit", str(self.limit).encode()),
+            (b"X-RateLimit-Remaining", str(self.remaining).encode()),
+            (b"X-RateLimit-Reset", str(math.ceil(self.reset_at)).encode()),
+        ]
+        if not self.allowed:
+            headers.append((b"Retry-After", str(max(1, math.ceil(self.retry_after))).encode()))
+        return headers
+
+
+#: The decision when no limit applies.
+UNLIMITED = Decision(allowed=True, limit=0, remaining=0, reset_at=0.0)
+
+
+class _Abandoned(Exception):
+    """
+    The hit timed out before its thread started; the storage was not touched.
+    """
+
+
+class _Flag:
+    """
+    Set on the reactor when a hit is given up, read by its thread.
+    """
+
+    given_up = False
+
+
+def _parse(text: str, path: str) -> list[RateLimitItem]:
+    """
+    @param text: A limit string, possibly several separated by C{;}, C{,} or C{|}.
+    @param path: Its configuration key, for the error.
+    @return: Its limits (none for an empty string).
+    @raise ConfigError: Naming C{path} if it cannot be parsed or allows nothing.
+    """
+    if not text.strip():
+        return []
+    try:
+        items = parse_many(text.strip())
+    except ValueError:
+        raise ConfigError(f"{path}: cannot parse {text!r} ({_SYNTAX})") from None
+    for item in items:
+        if item.amount <= 0:
+            raise ConfigError(f"{path}: {text!r} allows no request at all; the amount must be at least 1")
+    return items
+
+
+def _redact(uri: str) -> str:
+    """
+    @return: C{uri} without its password, for messages.
+    """
+    try:
+        parts = urlsplit(uri)
+        if parts.password is None:
+            return uri
+        host = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        return urlunsplit(parts._replace(netloc=user + host))
+    except ValueError:
+        return "<unparsable URI>"
+
+
+def _escape(key: str) -> str:
+    """
+    @return: C{key} with C{/} (the separator of counter names) escaped.
+    """
+    return key.replace("%", "%25").replace("/", "%2F")
+
+
+def _decide(
+    limiter: FixedWindowRateLimiter, items: Sequence[RateLimitItem], identifiers: tuple[str, str], consume: bool
+) -> Decision:
+    """
+    Count one request against C{items} (shortest window first, stopping at
+    the first refusal) and describe the tightest limit.  Blocking on a
+    remote storage: call it in a thread.
+
+    @param consume: C{False} to only look (would a request be allowed?).
+    """
+    refused = False
+    if consume:
+        for item in items:
+            if not limiter.hit(item, *identifiers):
+                refused = True
+                break
+    stats = [(item, limiter.get_window_stats(item, *identifiers)) for item in items]
+    now = time.time()
+    exhausted = [(item, stat) for item, stat in stats if stat.remaining <= 0]
+    if not consume:
+        refused = bool(exhausted)
+    if refused and exhausted:
+        item, stat = max(exhausted, key=lambda pair: pair[1].reset_time)
+        return Decision(False, item.amount, 0, stat.reset_time, max(0.0, stat.reset_time - now))
+    item, stat = min(stats, key=lambda pair: (pair[1].remaining, -pair[1].reset_time))
+    if refused:  # the window ended between the hit and the look
+        return Decision(False, item.amount, stat.remaining, stat.reset_time, max(0.0, stat.reset_time - now))
+    return Decision(True, item.amount, stat.remaining, stat.reset_time)
+
+
+def _group_limits(config: RateLimitConfig) -> dict[str, tuple[RateLimitItem, ...]]:
+    """
+    @return: Each group's limits, shortest window first, duplicates dropped.
+    @raise ConfigError: Naming the key of a limit string that is wrong.
+    """
+    defaults: list[RateLimitItem] = []
+    for index, text in enumerate(config.default_limits):
+        defaults.extend(_parse(text, f"rate_limiting.default_limits[{index}]"))
+    auth_failure = config.auth_failure_limit
+    own: Mapping[str, tuple[str, str]] = {
+        "default": ("", ""),
+        "tools": ("tools_limit", config.tools_limit),
+        "call": ("call_limit", config.call_limit),
+        "session_delete": ("session_delete_limit", config.session_delete_limit),
+        "auth_failure": ("auth_failure_limit", auth_failure),
+        "mcp": ("", ""),  # the MCP endpoints: default_limits
+    }
+    groups: dict[str, tuple[RateLimitItem, ...]] = {}
+    for group, (name, text) in own.items():
+        items = _parse(text, f"rate_limiting.{name}") if name else []
+        unique = {(item.amount, item.get_expiry()): item for item in items or defaults}
+        groups[group] = tuple(sorted(unique.values(), key=lambda item: (item.get_expiry(), item.amount)))
+    return groups
+
+
+def _storage(uri: str) -> Storage:
+    """
+    @return: The storage for C{uri}, not yet connected.
+    @raise ConfigError: If C{uri} is not a supported storage.
+    """
+    shown = _redact(uri)
+    try:
+        scheme = urlsplit(uri).scheme
+    except ValueError:
+        scheme = ""
+    if scheme in _MEMORY_SCHEMES:
+        return MemoryStorage()
+    if scheme not in _REDIS_SCHEMES:
+        supported = ", ".join(f"{name}://" for name in (*_MEMORY_SCHEMES, *_REDIS_SCHEMES))
+        raise ConfigError(f"rate_limiting.storage_uri: unsupported storage {shown!r} (supported: {supported})")
+    try:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        raise ConfigError(f"rate_limiting.storage_uri: {shown} needs the redis package (pip install redis)") from None
+    options: dict[str, Any] = {
+        "socket_timeout": REDIS_SOCKET_TIMEOUT,
+        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+        "retry": Retry(NoBackoff(), 1),
+    }
+    try:
+        return RedisStorage(uri, key_prefix=REDIS_KEY_PREFIX, **options)
+    except ConfigurationError as error:
+        raise ConfigError(f"rate_limiting.storage_uri: {shown}: {error}") from None
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"rate_limiting.storage_uri: cannot use {shown!r}: {error}") from None
+
+
+class RateLimiter:
+    """
+    Counts requests per group and key against the configured limits.
+
+    Only L{hit} and L{peek} are called per request; both fire with a
+    L{Decision} and never fail because of the storage.
+    """
+
+    def __init__(
+        self,
+        config: RateLimitConfig,
+        *,
+        clock: IReactorTime | None = None,
+        storage_retry_interval: float = STORAGE_RETRY_INTERVAL,
+        hit_timeout: float = HIT_TIMEOUT,
+    ) -> None:
+        """
+        Check the configuration and prepare the storage (nothing is
+        connected yet: a Redis that is down at start-up is handled like one
+        that goes down later).
+
+        @param config: The C{rate_limiting} section.  An empty storage URI
+            means C{memory://}.  C{auth_failure_limit} is read if the section
+            has it (L{AUTH_FAILURE_LIMIT} otherwise).
+        @param clock: Times the shared storage's hits and retries; the
+            global reactor if L{None}.
+        @param storage_retry_interval: After a storage failure, seconds
+            before it is tried again.
+        @param hit_timeout: Seconds after which a hit on the shared storage
+            is counted in this process instead.
+        @raise ConfigError: Naming the key of a limit or storage URI that is wrong.
+        """
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self._clock: IReactorTime = clock
+        self._enabled = config.enabled
+        self._limits = _group_limits(config)
+        self._uri = config.storage_uri.strip() or STORAGE_URI
+        self._shown = _redact(self._uri)
+        self._retry_interval = storage_retry_interval
+        self._hit_timeout = hit_timeout
+        self._storages: list[Storage] = []
+        self._primary: FixedWindowRateLimiter | None = None
+        self._fallback: FixedWindowRateLimiter | None = None
+        self._down = False
+        self._probing = False
+        self._retry_at = 0.0
+        self._last_warning = -math.inf
+        storage = _storage(self._uri)  # checked even when disabled
+        if not self._enabled:
+            self._close_storage(storage)
+            return
+        self._storages.append(storage)
+        self._primary = FixedWindowRateLimiter(storage)
+        if not isinstance(storage, MemoryStorage):
+            fallback = MemoryStorage()
+            self._storages.append(fallback)
+            self._fallback = FixedWindowRateLimiter(fallback)
+
+    @property
+    def shared(self) -> bool:
+        """
+        Whether the budget is shared between processes (a non-memory storage).
+        """
+        return self._fallback is not None
+
+    def limits(self, group: str) -> tuple[RateLimitItem, ...]:
+        """
+        @param group: One of L{GROUPS}.
+        @return: Its limits, shortest window first (empty: not limited).
+        @raise ValueError: For an unknown group.
+        """
+        try:
+            return self._limits[group]
+        except KeyError:
+            raise ValueError(f"unknown rate-limit group {group!r} (known: {', '.join(GROUPS)})") from None
+
+    def hit(self, group: str, key: str) -> Deferred[Decision]:
+        """
+        Count one request of C{group} for C{key}.
+
+        @param group: One of L{GROUPS}.
+        @param key: Whom to count it for, e.g. C{"principal:alice"} or C{"addr:192.0.2.7"}.
+        @return: Fires with the L{Decision}; never fails because of the storage.
+        @raise ValueError: For an unknown group (a programming error).
+        """
+        return self._run(group, key, consume=True)
+
+    def peek(self, group: str, key: str) -> Deferred[Decision]:
+        """
+        Tell whether a request of C{group} for C{key} would be allowed,
+        without counting it: e.g. refuse a client address that has exhausted
+        C{auth_failure} I{before} checking its credentials, so that a guessed
+        password is not confirmed.
+
+        @return: Fires with the L{Decision}.
+        @raise ValueError: For an unknown group.
+        """
+        return self._run(group, key, consume=False)
+
+    def close(self) -> None:
+        """
+        Disconnect from the storage (call when the gateway stops).
+        """
+        for storage in self._storages:
+            self._close_storage(storage)
+        self._storages = []
+
+    # -- internals -------------------------------------------------------------
+
+    @staticmethod
+    def _close_storage(storage: Storage) -> None:
+        if isinstance(storage, RedisStorage):
+            storage.storage.close()  # the redis.Redis client and its pool
+        elif isinstance(storage, MemoryStorage):
+            storage.timer.cancel()
+
+    def _run(self, group: str, key: str, consume: bool) -> Deferred[Decision]:
+        items = self.limits(group)
+        if not self._enabled or not items or self._primary is None:
+            return succeed(UNLIMITED)
+        identifiers = (group, _escape(key))
+        fallback = self._fallback
+        if fallback is None:  # memory: a dict, counted inline
+            return succeed(_decide(self._primary, items, identifiers, consume))
+        if self._down and (self._probing or self._clock.seconds() < self._retry_at):
+            return succeed(_decide(fallback, items, identifiers, consume))
+        probe = self._down  # the first try after a failure: the only one until it answers
+        if probe:
+            self._probing = True
+        flag = _Flag()
+        primary = self._primary
+
+        def remote() -> Decision:
+            if flag.given_up:
+                raise _Abandoned("given up before it started")
+            return _decide(primary, items, identifiers, consume)
+
+        def succeeded(decision: Decision) -> Decision:
+            if probe:
+                self._probing = False
+            if self._down:
+                self._down = False
+                log.info("rate-limit storage {storage} is back; limits are shared again", storage=self._shown)
+            return decision
+
+        def failed(failure: Failure) -> Decision:
+            flag.given_up = True
+            if probe:
+                self._probing = False
+            self._storage_failed(failure)
+            return _decide(fallback, items, identifiers, consume)
+
+        result = deferToThread(remote)
+        result.addTimeout(self._hit_timeout, self._clock)
+        return result.addCallbacks(succeeded, failed)
+
+    def _storage_failed(self, failure: Failure) -> None:
+        now = self._clock.seconds()
+        self._retry_at = now + self._retry_interval
+        if not self._down or now - self._last_warning >= WARNING_INTERVAL:
+            self._last_warning = now
+            log.warn(
+                "rate-limit storage {storage} failed ({error}); counting in this process only "
+                "(each gateway process allows the full limit) and retrying in {retry:g} s",
+                storage=self._shown,
+                error=f"{type(failure.value).__name__}: {failure.value}",
+                retry=self._retry_interval,
+            )
+        self._down = True
