@@ -426,6 +426,14 @@ class GatewayProcess:
                 "sandbox_dir": str(workdir / "sandbox"),
             },
             "logging": {"level": "INFO"},
+            # Limits stay on (their cost is part of every call) but high enough
+            # that the benchmark's own load is never refused.
+            "rate_limiting": {
+                "call_limit": "100000000 per minute",
+                "tools_limit": "100000000 per minute",
+                "session_delete_limit": "100000000 per minute",
+                "default_limits": ["100000000 per minute"],
+            },
         }
         self.config_path.write_text(json.dumps(config, indent=2))
         token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

@@ -598,3 +598,30 @@ async def test_hit_timeout_bounds_a_hit(
     assert len(warnings) == 1
     # let the threads give up on the socket; their late answers are ignored (no logged failure)
     await sleep(1.2)
+
+
+def test_inline_memory_storage_expires_lazily_and_sweeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from mcpgateway.ratelimit import InlineMemoryStorage
+
+    threads = threading.active_count()
+    now = [1000.0]
+    monkeypatch.setattr("mcpgateway.ratelimit.time.time", lambda: now[0])
+    storage = InlineMemoryStorage()
+    assert storage.incr("a", 10) == 1
+    assert storage.incr("a", 10, amount=2) == 3
+    assert storage.get("a") == 3
+    assert storage.get_expiry("a") == 1010.0
+    now[0] = 1010.0
+    assert storage.get("a") == 0, "expired at the window's end"
+    assert storage.incr("a", 10) == 1, "a new window"
+    for number in range(2000):
+        storage.incr(f"k{number}", 1)
+    now[0] = 2000.0
+    for number in range(100):
+        storage.incr(f"fresh{number}", 1)
+    assert len(storage._counts) < 200, "expired keys were swept once the dict doubled"
+    assert storage.reset() is not None
+    assert storage.get("fresh0") == 0
+    assert threading.active_count() == threads, "no thread was started"
