@@ -161,6 +161,7 @@ class LoggingConfig:
     file: str = ""
     security_file: str = ""
     http_access: bool = False
+    access_log: str = "log"
 
 
 @dataclass(frozen=True)
@@ -460,6 +461,7 @@ _LOGGING: dict[str, _Reader] = {
     "file": _string,
     "security_file": _string,
     "http_access": _boolean,
+    "access_log": _string,
 }
 
 

@@ -21,6 +21,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.python import usage
 from twisted.web.http import Request
 
+from .access import AccessLog
 from .auth import Authenticator
 from .config import ConfigError, GatewayConfig, ServerConfig, load_config
 from .gateway import Gateway
@@ -118,22 +119,33 @@ class GatewayService(Service):
     Runs the L{Gateway}: starts its reaper, and on stop closes every child.
     """
 
-    def __init__(self, gateway: Gateway, config: GatewayConfig, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        config: GatewayConfig,
+        limiter: RateLimiter | None = None,
+        access: AccessLog | None = None,
+    ) -> None:
         self.gateway = gateway
         self.config = config
         self.limiter = limiter
+        self.access = access
 
     def startService(self) -> None:
         configure(self.config.logging.level, self.config.logging.file)
         if self.config.logging.security_file:
             SecurityFile.open(self.config.logging.security_file)
         super().startService()
+        if self.access is not None:
+            self.access.start()
         self.gateway.start()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         if self.limiter is not None:
             self.limiter.close()
+        if self.access is not None:
+            self.access.stop()
         return ensureDeferred(self.gateway.stop())
 
 
@@ -187,11 +199,12 @@ def makeService(options: dict[str, Any]) -> IService:
     config: GatewayConfig = options["gateway_config"]
     gateway = Gateway(config, reactor, reactor)
     limiter: RateLimiter = options["limiter"]
-    app = GatewayApp(gateway, Authenticator(config.server), limiter)
+    access = AccessLog(config.logging.access_log or "log", reactor)
+    app = GatewayApp(gateway, Authenticator(config.server), limiter, access=access)
     site = make_site(app, config)
     top = MultiService()
     # The web server is stopped first (services stop in reverse order), then the gateway.
-    GatewayService(gateway, config, limiter).setServiceParent(top)
+    GatewayService(gateway, config, limiter, access).setServiceParent(top)
     if config.server.metrics_listen:
         page = GatewaySite(MetricsPage(app.metrics), 1024)
         strports.service(config.server.metrics_listen, page).setServiceParent(top)

@@ -23,6 +23,7 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
+from .access import AccessLog
 from .auth import CHALLENGES, Authenticator, Principal
 from .errors import BadRequest, GatewayError, LimitReached, Unauthorized, UnsupportedMediaType
 from .gateway import Gateway
@@ -37,7 +38,6 @@ from .tracing import CallSpan
 __all__ = ["GatewayApp", "MetricsPage"]
 
 log = logger(__name__)
-access = logger("mcpgateway.access")
 
 MAX_SESSION_TIMEOUT = 86400.0
 
@@ -141,17 +141,20 @@ class GatewayApp:
         authenticator: Authenticator,
         limiter: Limiter | None = None,
         metrics: GatewayMetrics | None = None,
+        access: AccessLog | None = None,
     ) -> None:
         """
         @param gateway: What the routes call.
         @param authenticator: Checks credentials.
         @param limiter: Rate limits, or L{None} for none.
         @param metrics: Where to record requests and calls (a new one if L{None}).
+        @param access: The access log of tool calls (the Twisted log if L{None}).
         """
         self.gateway = gateway
         self.authenticator = authenticator
         self.limiter = limiter
         self.metrics = metrics if metrics is not None else GatewayMetrics(gateway)
+        self.access = access if access is not None else AccessLog()
 
     async def limit(
         self, request: IRequest, group: str, key: str, principal: Principal | None, *, count: bool = True
@@ -249,15 +252,14 @@ class GatewayApp:
             seconds = time.perf_counter() - started
             span.end(outcome)
             self.metrics.tool_call(name, tool, outcome, seconds)
-            access.info(
-                "call {principal} {service} {tool} session={session} status={status} {outcome} {ms:.2f} ms",
+            self.access.call(
                 principal=principal.name,
                 service=name,
                 tool=tool,
                 session=session_id,
                 status=status,
                 outcome=outcome,
-                ms=seconds * 1000,
+                seconds=seconds,
             )
         return _render(request, 200, answer)
 

@@ -85,3 +85,28 @@ def test_json_logger_writes_one_object_per_line(monkeypatch: pytest.MonkeyPatch)
     record = json.loads(lines[0])
     assert record["who"] == "world"
     assert record["log_namespace"] == "mcpgateway.test"
+
+
+def test_access_log_file_is_buffered_and_flushed_by_the_clock(tmp_path: Any) -> None:
+    from twisted.internet.task import Clock
+
+    from mcpgateway.access import AccessLog
+
+    clock = Clock()
+    path = tmp_path / "access.jsonl"
+    access = AccessLog(str(path), clock)
+    access.start()
+    access.call(principal="p", service="s", tool="t", session="x", status=200, outcome="ok", seconds=0.00123)
+    assert path.read_text() == "", "buffered, not written per call"
+    clock.advance(1)
+    record = json.loads(path.read_text())
+    assert record["principal"] == "p"
+    assert record["ms"] == 1.23
+    assert (record["status"], record["outcome"]) == (200, "ok")
+    access.call(principal="p", service="s", tool="t", session="x", status=502, outcome="child_failed", seconds=0.5)
+    access.stop()
+    assert len(path.read_text().splitlines()) == 2, "stop() flushes"
+    assert not clock.getDelayedCalls()
+    off = AccessLog("off")
+    off.call(principal="p", service="s", tool="t", session="x", status=200, outcome="ok", seconds=0.1)
+    off.stop()
