@@ -1,6 +1,9 @@
 """
 C{mcp-gateway -c config.json}: run the gateway in the foreground, as
 C{twistd -n mcpgateway --config config.json} does.
+
+C{mcp-gateway bridge URL ...}: run the stdio bridge to a remote gateway
+(L{mcpgateway.bridge}).
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ def main(argv: list[str] | None = None) -> None:
 
     @param argv: Arguments (without the program name); C{sys.argv[1:]} if L{None}.
     """
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["bridge"]:
+        from .bridge import main as bridge
+
+        bridge(arguments[1:])
+        return
     parser = argparse.ArgumentParser(prog="mcp-gateway", description="Run the MCP gateway in the foreground.")
     parser.add_argument("-c", "--config", default="config.json", help="JSON configuration file (default: config.json)")
     parser.add_argument("-l", "--listen", help="strports endpoint overriding server.host/port")

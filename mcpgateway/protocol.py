@@ -34,6 +34,8 @@ __all__ = ["ChildExited", "ChildProtocol", "ExitInfo", "RPCError", "StderrTail"]
 METHOD_NOT_FOUND = -32601
 
 NotificationHandler = Callable[[str, dict[str, Any]], None]
+RequestHandler = Callable[[str, dict[str, Any]], "Deferred[dict[str, Any]] | None"]
+ProgressRoute = Callable[[dict[str, Any]], None]
 
 
 class RPCError(Exception):
@@ -189,6 +191,18 @@ class ChildProtocol(ProcessProtocol):
         self._pending: dict[int, Deferred[dict[str, Any]]] = {}
         self._next_id = 1
         self._on_notification = on_notification
+        # Optional hooks (see mcpgateway.front); with none set the behaviour is
+        # the default one: ping answered, other child requests -32601, every
+        # notification to on_notification.
+        #: Consulted first for each request of the child: a Deferred of the
+        #: result (or failing with RPCError) answers it; None means "use the
+        #: built-in answer".
+        self.request_handler: RequestHandler | None = None
+        #: notifications/progress whose progressToken is a key here go to that
+        #: route only (the gateway mints the tokens it registers).
+        self.progress_routes: dict[str | int, ProgressRoute] = {}
+        #: Also told of every other notification, after on_notification.
+        self.listeners: list[NotificationHandler] = []
         self._violation: str | None = None
         self.pid: int | None = None
 
@@ -277,10 +291,10 @@ class ChildProtocol(ProcessProtocol):
             if not isinstance(method, str):
                 self.log.warn("stdout: skipped a message whose method is not a string: {line!r}", line=line[:200])
             elif "id" in message:
-                self._answer(message["id"], method)
-            elif self._on_notification is not None:
+                self._answer(message["id"], method, message.get("params"))
+            else:
                 params = message.get("params")
-                self._on_notification(method, params if isinstance(params, dict) else {})
+                self._notified(method, params if isinstance(params, dict) else {})
             return
         request_id = message.get("id")
         waiting = self._pending.pop(request_id, None) if type(request_id) is int else None
@@ -303,7 +317,27 @@ class ChildProtocol(ProcessProtocol):
             result = message.get("result")
             waiting.callback(result if isinstance(result, dict) else {"value": result})
 
-    def _answer(self, request_id: Any, method: str) -> None:
+    def _notified(self, method: str, params: dict[str, Any]) -> None:
+        if method == "notifications/progress":
+            token = params.get("progressToken")
+            route = self.progress_routes.get(token) if isinstance(token, (str, int)) else None
+            if route is not None:
+                route(params)
+                return
+        if self._on_notification is not None:
+            self._on_notification(method, params)
+        for listener in list(self.listeners):
+            listener(method, params)
+
+    def _answer(self, request_id: Any, method: str, params: Any = None) -> None:
+        if self.request_handler is not None:
+            answer = self.request_handler(method, params if isinstance(params, dict) else {})
+            if answer is not None:
+                answer.addCallbacks(
+                    lambda result: self._send({"jsonrpc": "2.0", "id": request_id, "result": result}),
+                    lambda failure: self._send({"jsonrpc": "2.0", "id": request_id, "error": _error_of(failure)}),
+                )
+                return
         if method == "ping":
             self._send({"jsonrpc": "2.0", "id": request_id, "result": {}})
             return
@@ -368,3 +402,16 @@ class ChildProtocol(ProcessProtocol):
         pending, self._pending = self._pending, {}
         for waiting in pending.values():
             waiting.errback(ChildExited(info))
+
+
+def _error_of(failure: Failure) -> dict[str, Any]:
+    """
+    @return: The JSON-RPC C{error} member answering a request with C{failure}.
+    """
+    error = failure.value
+    if isinstance(error, RPCError):
+        body: dict[str, Any] = {"code": error.code, "message": error.message}
+        if error.data is not None:
+            body["data"] = error.data
+        return body
+    return {"code": -32603, "message": f"the gateway could not answer: {error}"}

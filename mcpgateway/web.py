@@ -283,6 +283,20 @@ class GatewayApp:
         check_name(session_id, SESSION_ID, "the session id", "invalid_session_id")
         return _render(request, 200, self.gateway.close_session(session_id, principal))
 
+    # -- MCP (Streamable HTTP; see mcpgateway.streamable) ------------------------
+
+    @app.route("/mcp", methods=["GET", "POST", "DELETE"])
+    def mcp(self, request: IRequest) -> Any:
+        from .streamable import serve
+
+        return serve(self, request, None)
+
+    @app.route("/services/<string:name>/mcp", methods=["GET", "POST", "DELETE"])
+    def service_mcp(self, request: IRequest, name: str) -> Any:
+        from .streamable import serve
+
+        return serve(self, request, name)
+
     # -- errors ------------------------------------------------------------------
 
     @app.handle_errors(GatewayError)

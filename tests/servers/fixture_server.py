@@ -7,7 +7,8 @@ flags.  By default it speaks only the legacy era (C{server/discover} gets
 
 Tools: echo, add, sleep (in the background, cancellable), crash, big, fail,
 rpc_error, image, ask (server-to-client requests), notify, counter, pid,
-spawn_grandchild; with C{--tools-pages N} also C{page{k}_tool{j}}.
+spawn_grandchild, slow_progress (progress notifications); with
+C{--tools-pages N} also C{page{k}_tool{j}}.
 """
 
 from __future__ import annotations
@@ -132,6 +133,16 @@ class FixtureServer(Server):
                 self.spawn,
                 no_args,
             ),
+            Tool(
+                "slow_progress",
+                "Send notifications/progress (steps of the request's progressToken), then answer; cancellable.",
+                self.slow_progress,
+                {
+                    "steps": {"type": "integer", "description": "How many progress notifications (default 3)."},
+                    "delay": {"type": "number", "description": "Seconds between them (default 0.05)."},
+                },
+                background=True,
+            ),
         ]
         self.base_tools = {tool.name for tool in tools}
         for page in range(1, options.tools_pages + 1):
@@ -251,6 +262,26 @@ class FixtureServer(Server):
         # (npx -> node) it keeps the server's pipes open until it dies.
         child = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
         return str(child.pid)
+
+    def slow_progress(self, request: Request, arguments: dict[str, Any]) -> str:
+        """
+        Runs on its own thread: C{steps} progress notifications carrying the
+        request's C{params._meta.progressToken} (none without one), C{delay}
+        seconds apart; a cancellation stops it.
+
+        @return: C{"done <steps>"}.
+        """
+        steps = int(arguments.get("steps", 3))
+        delay = float(arguments.get("delay", 0.05))
+        meta = request.params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        for step in range(1, steps + 1):
+            if request.cancelled.wait(delay):
+                return "cancelled"
+            if token is not None:
+                params = {"progressToken": token, "progress": step, "total": steps, "message": f"step {step}"}
+                self.notify("notifications/progress", params)
+        return f"done {steps}"
 
     def named(self, request: Request, arguments: dict[str, Any]) -> str:
         """

@@ -12,6 +12,8 @@ Tools:
   - C{recall} {key}: return the value stored under C{key}.
   - C{shout} {text}: return C{text} in upper case.
 
+Prompt C{greet} {name}; resource C{memo://notes} (what C{remember} stored).
+
 Run it as C{python tests/servers/sdk_server.py}.
 """
 
@@ -60,6 +62,27 @@ async def shout(text: str) -> str:
     @return: C{text.upper()}.
     """
     return text.upper()
+
+
+@app.prompt(description="A greeting prompt for a name.")
+def greet(name: str) -> str:
+    """
+    A prompt asking to greet someone.
+
+    @param name: Who to greet.
+    @return: The prompt text.
+    """
+    return f"Please greet {name}."
+
+
+@app.resource("memo://notes", name="notes", description="What remember stored so far.", mime_type="text/plain")
+def notes() -> str:
+    """
+    The remembered keys and values, one per line.
+
+    @return: The text.
+    """
+    return "\n".join(f"{key}={value}" for key, value in sorted(_memory.items()))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,591 @@
+"""
+Streamable HTTP, the MCP transport of C{/mcp} and C{/services/<name>/mcp},
+in both protocol eras.  The MCP logic lives in L{mcpgateway.front}.
+
+Every request: a foreign C{Origin} gets 403 (before authentication); then the
+REST API's authentication (401 with C{WWW-Authenticate}) and rate limits
+(group C{mcp}).  C{MCP-Protocol-Version} picks the era: 2026-07-28 is the
+modern one, a 2024-11-05..2025-11-25 value or none the legacy one, anything
+else is answered 400.
+
+Legacy (2025-03-26 .. 2025-11-25):
+  - C{POST} an C{initialize} request: a new session, its id in the
+    C{Mcp-Session-Id} response header.  Every later message names it: 400
+    without, 404 for an unknown or ended session.
+  - C{POST} a request: answered C{application/json}, or C{text/event-stream}
+    as soon as anything must reach the client before the result (progress,
+    a child's sampling request...).  C{POST} a notification or a response:
+    202.  C{Accept} must cover both C{application/json} and
+    C{text/event-stream} (406), the body must be C{application/json} (415)
+    holding one JSON-RPC message (400).
+  - C{GET} (C{Accept: text/event-stream}, else 406): the session's stream of
+    server-initiated messages (C{list_changed}...); a new one replaces the old.
+    A comment is sent every 15 s, and marks the session used: a client that
+    keeps its stream open keeps its session.
+  - C{DELETE}: ends the session and stops its children.
+
+Modern (2026-07-28): C{POST} only (C{GET}/C{DELETE}: 405), no session; the
+C{_meta} envelope is required (-32602), the C{MCP-Protocol-Version},
+C{Mcp-Method} and C{Mcp-Name} headers must match the body (-32020), JSON
+errors carry the status of the specification's table (400, 404 for -32601).
+A notification is acknowledged with 202 and dropped; closing the response
+stream cancels the request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import weakref
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.web.iweb import IRequest
+
+from .auth import Principal
+from .errors import GatewayError
+from .front import (
+    CAPABILITIES_KEY,
+    HEADER_MISMATCH,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    LEGACY_VERSIONS,
+    METHOD_NOT_FOUND,
+    MODERN_VERSION,
+    MODERN_VERSIONS,
+    PARSE_ERROR,
+    REQUEST_CANCELLED,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    VERSION_KEY,
+    Context,
+    McpClient,
+    McpError,
+    McpFront,
+    gateway_error,
+)
+from .logs import logger
+from .names import SERVICE_NAME
+from .sessions import Session
+from .site import HSTS, SECURITY_HEADERS
+from .web import GatewayApp, guarded
+
+__all__ = ["EventStream", "Exchange", "McpEndpoint", "serve"]
+
+log = logger(__name__)
+
+SESSION_HEADER = b"Mcp-Session-Id"
+VERSION_HEADER = b"MCP-Protocol-Version"
+METHOD_HEADER = b"Mcp-Method"
+NAME_HEADER = b"Mcp-Name"
+KEEPALIVE_SECONDS = 15.0
+
+#: The 2026-07-28 table: HTTP status of a JSON error response by JSON-RPC code.
+ERROR_STATUS = {
+    PARSE_ERROR: 400,
+    INVALID_REQUEST: 400,
+    INVALID_PARAMS: 400,
+    HEADER_MISMATCH: 400,
+    -32021: 400,
+    UNSUPPORTED_PROTOCOL_VERSION: 400,
+    METHOD_NOT_FOUND: 404,
+}
+#: Methods whose name (or URI) the Mcp-Name header mirrors.
+NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_B64 = re.compile(r"^=\?base64\?(?P<payload>.*)\?=$")
+
+_endpoints: weakref.WeakKeyDictionary[GatewayApp, McpEndpoint] = weakref.WeakKeyDictionary()
+
+
+def serve(app: GatewayApp, request: IRequest, service: str | None) -> Any:
+    """
+    Answer a request to C{/mcp} (C{service} L{None}) or C{/services/<service>/mcp}.
+    """
+    endpoint = _endpoints.get(app)
+    if endpoint is None:
+        endpoint = _endpoints[app] = McpEndpoint(app)
+    refusal = endpoint.check_origin(request)
+    if refusal is not None:
+        return refusal
+    return _authenticated(app, request, endpoint, service)
+
+
+@guarded("mcp")
+async def _authenticated(
+    app: GatewayApp, request: IRequest, principal: Principal, endpoint: McpEndpoint, service: str | None
+) -> bytes:
+    return await endpoint.handle(request, principal, service)
+
+
+class Refusal(Exception):
+    """
+    An HTTP-level answer: status and a JSON-RPC error body.
+    """
+
+    def __init__(
+        self, status: int, code: int, message: str, data: Any = None, *, request_id: Any = None, allow: bytes = b""
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = McpError(code, message, data)
+        self.request_id = request_id
+        self.allow = allow
+
+
+def _headers(request: IRequest) -> None:
+    for name, value in SECURITY_HEADERS:
+        request.setHeader(name, value)
+    if request.isSecure():
+        request.setHeader(b"Strict-Transport-Security", HSTS)
+
+
+def _json(request: IRequest, status: int, body: dict[str, Any] | None) -> bytes:
+    request.setResponseCode(status)
+    _headers(request)
+    if body is None:
+        return b""
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _event(message: dict[str, Any]) -> bytes:
+    return b"event: message\ndata: " + json.dumps(message, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _error(request_id: Any, error: McpError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": error.to_json()}
+
+
+def _header(request: IRequest, name: bytes) -> str | None:
+    values = request.requestHeaders.getRawHeaders(name)
+    if not values:
+        return None
+    return str(values[0].decode("latin-1"))
+
+
+def _accepts(request: IRequest) -> tuple[bool, bool]:
+    """
+    @return: Whether C{Accept} covers C{application/json}, and C{text/event-stream}.
+    """
+    raw = b",".join(request.requestHeaders.getRawHeaders(b"accept", [])).decode("latin-1")
+    kinds = {part.split(";")[0].strip().lower() for part in raw.split(",")}
+    anything = "*/*" in kinds
+    return (
+        anything or bool(kinds & {"application/json", "application/*"}),
+        anything or bool(kinds & {"text/event-stream", "text/*"}),
+    )
+
+
+def decode_header_value(value: str | None) -> str | None:
+    """
+    @return: A header value, with the C{=?base64?...?=} form decoded (L{None} if malformed).
+    """
+    if value is None:
+        return None
+    match = _B64.fullmatch(value)
+    if match is None:
+        return value
+    try:
+        return base64.b64decode(match.group("payload"), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+class Exchange:
+    """
+    The answer to one POSTed request: a JSON body, or an SSE stream as soon as
+    a message must go out before the result.
+    """
+
+    def __init__(self, request: IRequest, session_id: str | None) -> None:
+        self.request = request
+        self.session_id = session_id
+        self.streaming = False
+        self.finished = False
+        self._gone = False
+        request.notifyFinish().addBoth(self._ended)  # type: ignore[attr-defined]
+
+    def _ended(self, result: object) -> None:
+        self._gone = True
+
+    @property
+    def open(self) -> bool:
+        """
+        Whether messages may still be sent.
+        """
+        return not (self._gone or self.finished)
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """
+        Send a message before the result (switching to SSE).
+        """
+        if not self.open:
+            return False
+        if not self.streaming:
+            self.streaming = True
+            self.request.setResponseCode(200)
+            _headers(self.request)
+            self.request.setHeader(b"Content-Type", b"text/event-stream")
+            self.request.setHeader(b"X-Accel-Buffering", b"no")
+            if self.session_id:
+                self.request.setHeader(SESSION_HEADER, self.session_id.encode())
+        self.request.write(_event(message))
+        return True
+
+    def finish(self, message: dict[str, Any], status: int = 200) -> bytes:
+        """
+        @return: The rest of the response body: the final message.
+        """
+        self.finished = True
+        if self.streaming:
+            if not self._gone:
+                self.request.write(_event(message))
+            return b""
+        if self.session_id:
+            self.request.setHeader(SESSION_HEADER, self.session_id.encode())
+        return _json(self.request, status, message)
+
+
+class EventStream:
+    """
+    A legacy session's GET stream of server-initiated messages.
+
+    @ivar done: Fires (with C{b""}) when the gateway ends the stream.
+    """
+
+    def __init__(
+        self,
+        request: IRequest,
+        clock: IReactorTime,
+        session_id: str,
+        keepalive: float,
+        on_keepalive: Callable[[], None] | None = None,
+    ) -> None:
+        self.request = request
+        self._on_keepalive = on_keepalive
+        self.done: Deferred[bytes] = Deferred(lambda d: self._stop())
+        self._gone = False
+        request.notifyFinish().addBoth(self._ended)  # type: ignore[attr-defined]
+        request.setResponseCode(200)
+        _headers(request)
+        request.setHeader(b"Content-Type", b"text/event-stream")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        request.setHeader(SESSION_HEADER, session_id.encode())
+        request.write(b": stream open\n\n")
+        self._ping = LoopingCall(self._keepalive)
+        self._ping.clock = clock
+        self._ping.start(keepalive, now=False)
+
+    def _ended(self, result: object) -> None:
+        self._gone = True
+        self._stop()
+
+    @property
+    def open(self) -> bool:
+        """
+        Whether messages may still be sent.
+        """
+        return not self._gone and not self.done.called
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """
+        Send one message.
+        """
+        if not self.open:
+            return False
+        self.request.write(_event(message))
+        return True
+
+    def close(self) -> None:
+        """
+        End the stream (the response finishes).
+        """
+        self._stop()
+        if not self.done.called:
+            self.done.callback(b"")
+
+    def _keepalive(self) -> None:
+        if self.open:
+            self.request.write(b": keepalive\n\n")
+            if self._on_keepalive is not None:
+                self._on_keepalive()
+
+    def _stop(self) -> None:
+        if self._ping.running:
+            self._ping.stop()
+
+
+class McpEndpoint:
+    """
+    The Streamable HTTP endpoint of one L{GatewayApp}.
+
+    @ivar front: The MCP server.
+    @ivar keepalive: Seconds between SSE comments on an idle GET stream.
+    """
+
+    keepalive = KEEPALIVE_SECONDS
+
+    def __init__(self, app: GatewayApp) -> None:
+        self.app = app
+        self.gateway = app.gateway
+        self.front = McpFront(app.gateway)
+
+    # -- checks ------------------------------------------------------------------
+
+    def check_origin(self, request: IRequest) -> bytes | None:
+        """
+        A browser's C{Origin} must be the gateway's own (the C{Host} it was
+        asked under) or listed in C{server.allowed_origins} (C{"*"}: any).
+
+        @return: The 403 response, or L{None} to go on.
+        """
+        origin = _header(request, b"origin")
+        if origin is None:
+            return None
+        origin = origin.strip()
+        allowed = {entry.rstrip("/").lower() for entry in self.gateway.config.server.allowed_origins}
+        if "*" in allowed or origin.rstrip("/").lower() in allowed:
+            return None
+        host = (_header(request, b"host") or "").strip().lower()
+        parts = urlsplit(origin)
+        if parts.scheme in ("http", "https") and host and parts.netloc.lower() == host:
+            return None
+        self.app.security("foreign_origin", request, None, origin=origin[:200])
+        error = McpError(INVALID_REQUEST, f"Forbidden: origin {origin[:200]!r} is not allowed")
+        return _json(request, 403, _error(None, error))
+
+    def _version(self, request: IRequest) -> str | None:
+        values = request.requestHeaders.getRawHeaders(VERSION_HEADER) or []
+        if len({value for value in values}) > 1:
+            raise Refusal(400, HEADER_MISMATCH, "MCP-Protocol-Version is given more than once")
+        if not values:
+            return None
+        version = str(values[0].decode("latin-1")).strip()
+        if version not in LEGACY_VERSIONS and version not in MODERN_VERSIONS:
+            raise Refusal(
+                400,
+                UNSUPPORTED_PROTOCOL_VERSION,
+                f"Bad Request: unsupported MCP-Protocol-Version {version[:64]!r}",
+                {"supported": [*LEGACY_VERSIONS, *MODERN_VERSIONS], "requested": version[:64]},
+            )
+        return version
+
+    def _post_checks(self, request: IRequest) -> dict[str, Any]:
+        """
+        Check C{Accept} and C{Content-Type}, read one JSON-RPC message.
+        """
+        json_ok, sse_ok = _accepts(request)
+        if not (json_ok and sse_ok):
+            raise Refusal(
+                406, INVALID_REQUEST, "Not Acceptable: Accept must list both application/json and text/event-stream"
+            )
+        content_type = (_header(request, b"content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise Refusal(415, INVALID_REQUEST, "Unsupported Media Type: Content-Type must be application/json")
+        raw = request.content.read() if request.content is not None else b""
+        try:
+            message = json.loads(raw)
+        except (ValueError, RecursionError) as error:
+            raise Refusal(400, PARSE_ERROR, f"Parse error: {error}") from None
+        if isinstance(message, list):
+            raise Refusal(400, INVALID_REQUEST, "Invalid Request: JSON-RPC batches are not supported")
+        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+            raise Refusal(400, INVALID_REQUEST, "Invalid Request: the body must be one JSON-RPC 2.0 message")
+        method = message.get("method")
+        if method is not None and not isinstance(method, str):
+            raise Refusal(400, INVALID_REQUEST, "Invalid Request: method must be a string")
+        request_id = message.get("id")
+        if "id" in message and (type(request_id) not in (int, str)):
+            raise Refusal(400, INVALID_REQUEST, "Invalid Request: the id must be a string or an integer")
+        params = message.get("params")
+        if params is not None and not isinstance(params, dict):
+            raise Refusal(400, INVALID_PARAMS, "Invalid params: params must be an object", request_id=request_id)
+        return message
+
+    # -- dispatch ------------------------------------------------------------------
+
+    async def handle(self, request: IRequest, principal: Principal, scope: str | None) -> bytes:
+        """
+        Answer one HTTP request of an authenticated C{principal}.
+        """
+        try:
+            if scope is not None:
+                if not SERVICE_NAME.fullmatch(scope):
+                    raise Refusal(404, INVALID_REQUEST, "Not Found: no such service")
+                self.gateway.service(scope)
+            version = self._version(request)
+            method = request.method
+            if version in MODERN_VERSIONS:
+                if method != b"POST":
+                    raise Refusal(405, INVALID_REQUEST, "Method Not Allowed: 2026-07-28 uses POST only", allow=b"POST")
+                return await self._modern(request, principal, scope, self._post_checks(request))
+            if method == b"GET":
+                return await self._get(request, principal, scope)
+            if method == b"DELETE":
+                client, _ = self._client(request, principal, scope)
+                self.front.close(client)
+                return _json(request, 200, None)
+            return await self._legacy(request, principal, scope, self._post_checks(request))
+        except Refusal as refusal:
+            if refusal.allow:
+                request.setHeader(b"Allow", refusal.allow)
+            return _json(request, refusal.status, _error(refusal.request_id, refusal.error))
+        except GatewayError as error:
+            if error.retry_after is not None:
+                request.setHeader(b"Retry-After", str(max(1, round(error.retry_after + 0.4999))).encode())
+            return _json(request, error.status, _error(None, gateway_error(error)))
+
+    def _client(self, request: IRequest, principal: Principal, scope: str | None) -> tuple[McpClient, Session]:
+        session_id = _header(request, SESSION_HEADER)
+        if not session_id:
+            raise Refusal(400, INVALID_REQUEST, "Bad Request: missing Mcp-Session-Id header (initialize first)")
+        found = self.front.client(session_id, principal)
+        if found is None or found[0].scope != scope:
+            raise Refusal(404, INVALID_REQUEST, "Not Found: unknown or ended session; initialize a new one")
+        return found
+
+    async def _get(self, request: IRequest, principal: Principal, scope: str | None) -> bytes:
+        _, sse_ok = _accepts(request)
+        if not sse_ok:
+            raise Refusal(406, INVALID_REQUEST, "Not Acceptable: Accept must list text/event-stream")
+        client, session = self._client(request, principal, scope)
+        clock = self.gateway.clock
+
+        def used() -> None:  # an open stream keeps its session from expiring
+            session.last_accessed = clock.seconds()
+
+        stream = EventStream(request, clock, client.id, self.keepalive, used)
+        previous, client.stream = client.stream, stream
+        if previous is not None and isinstance(previous, EventStream):
+            previous.close()
+        try:
+            return await stream.done
+        finally:
+            if client.stream is stream:
+                client.stream = None
+
+    async def _legacy(
+        self, request: IRequest, principal: Principal, scope: str | None, message: dict[str, Any]
+    ) -> bytes:
+        method = message.get("method")
+        request_id = message.get("id")
+        params = message.get("params") or {}
+        if method == "initialize":
+            if "id" not in message:
+                raise Refusal(400, INVALID_REQUEST, "Invalid Request: initialize must be a request")
+            try:
+                client, result = self.front.initialize(principal, scope, params)
+            except McpError as error:
+                return _json(request, 400, _error(request_id, error))
+            request.setHeader(SESSION_HEADER, client.id.encode())
+            return _json(request, 200, {"jsonrpc": "2.0", "id": request_id, "result": result})
+        client, session = self._client(request, principal, scope)
+        if method is None:
+            if "id" in message and ("result" in message or "error" in message):
+                self.front.answered(client, message)
+                return _json(request, 202, None)
+            raise Refusal(400, INVALID_REQUEST, "Invalid Request: neither a request, a notification nor a response")
+        if "id" not in message:
+            if method == "notifications/cancelled":
+                self.front_cancel(client, params)
+            return _json(request, 202, None)
+        exchange = Exchange(request, client.id)
+        call = client.begin(request_id, exchange)
+        ctx = Context(principal, scope, False, session, exchange, client, call)
+        call.task = Deferred.fromCoroutine(self.front.dispatch(ctx, method, params))
+        try:
+            response = {"jsonrpc": "2.0", "id": request_id, "result": await call.task}
+        except McpError as error:
+            response = _error(request_id, error)
+        except GatewayError as error:
+            response = _error(request_id, gateway_error(error))
+        except CancelledError:
+            if not call.cancelled:
+                raise  # the client went away
+            response = _error(request_id, McpError(REQUEST_CANCELLED, "Request cancelled"))
+        finally:
+            client.end(call)
+        return exchange.finish(response)
+
+    def front_cancel(self, client: McpClient, params: dict[str, Any]) -> None:
+        """
+        The client's C{notifications/cancelled}: cancel that request (the child is told).
+        """
+        if not client.cancel(params.get("requestId")):
+            log.debug("{id}: cancellation of a request not in flight", id=client.id)
+
+    async def _modern(
+        self, request: IRequest, principal: Principal, scope: str | None, message: dict[str, Any]
+    ) -> bytes:
+        method = message.get("method")
+        if "id" not in message:
+            if method is None:
+                raise Refusal(400, INVALID_REQUEST, "Invalid Request: a response cannot be posted in 2026-07-28")
+            return _json(request, 202, None)  # no client notifications on this wire: acknowledged, dropped
+        request_id = message.get("id")
+        if method is None:
+            raise Refusal(400, INVALID_REQUEST, "Invalid Request: a response cannot be posted in 2026-07-28")
+        self._ladder(request, message)
+        if method == "initialize":
+            raise Refusal(400, INVALID_REQUEST, "initialize is not part of 2026-07-28", request_id=request_id)
+        session = self.front.modern_session(principal)
+        exchange = Exchange(request, None)
+        ctx = Context(principal, scope, True, session, exchange)
+        status = 200
+        try:
+            response = {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "result": await self.front.dispatch(ctx, method, message.get("params") or {}),
+            }
+        except McpError as error:
+            response, status = _error(request_id, error), ERROR_STATUS.get(error.code, 200)
+        except GatewayError as error:
+            response = _error(request_id, gateway_error(error))
+        return exchange.finish(response, status)
+
+    def _ladder(self, request: IRequest, message: dict[str, Any]) -> None:
+        """
+        The 2026-07-28 checks: envelope, then headers against the body, then version.
+        """
+        request_id = message.get("id")
+        for name in (VERSION_HEADER, METHOD_HEADER, NAME_HEADER):
+            if len(request.requestHeaders.getRawHeaders(name) or []) > 1:
+                raise Refusal(400, HEADER_MISMATCH, f"{name.decode()} is given more than once", request_id=request_id)
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if not isinstance(meta, dict) or VERSION_KEY not in meta or CAPABILITIES_KEY not in meta:
+            raise Refusal(
+                400,
+                INVALID_PARAMS,
+                f"params._meta must carry {VERSION_KEY!r} and {CAPABILITIES_KEY!r}",
+                request_id=request_id,
+            )
+        version = meta[VERSION_KEY]
+        if _header(request, VERSION_HEADER) != version:
+            raise Refusal(
+                400, HEADER_MISMATCH, "MCP-Protocol-Version does not match params._meta", request_id=request_id
+            )
+        method = message["method"]
+        if _header(request, METHOD_HEADER) != method:
+            raise Refusal(400, HEADER_MISMATCH, "Mcp-Method does not match the body's method", request_id=request_id)
+        key = NAME_BEARING.get(method)
+        if key is not None and isinstance(params, dict):
+            value = params.get(key)
+            if value is not None and decode_header_value(_header(request, NAME_HEADER)) != value:
+                raise Refusal(
+                    400, HEADER_MISMATCH, f"Mcp-Name does not match the body's {key!r}", request_id=request_id
+                )
+        if version != MODERN_VERSION:
+            raise Refusal(
+                400,
+                UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version",
+                {"supported": list(MODERN_VERSIONS), "requested": version},
+                request_id=request_id,
+            )
