@@ -578,6 +578,84 @@ def _rest_close(gateway: GatewayProcess, connection: Connection, session_id: str
     tally.count("DELETE", response, response.status == 200)
 
 
+MCP_PATH = "/mcp"
+MCP_TOOL = f"{SERVICE}.{TOOL}"  # the aggregate endpoint names tools <service>.<name>
+MCP_CALL_ID = 2  # initialize is id 1; see _mcp_prepare
+#: The Mcp-Session-Id the gateway minted for each of the benchmark's session names.
+_mcp_sessions: dict[str, str] = {}
+
+
+def _mcp_request(gateway: GatewayProcess, method: str, mcp_session: str | None, message: Any = None) -> bytes:
+    """
+    @param mcp_session: The C{Mcp-Session-Id}, or L{None} before C{initialize}.
+    @param message: A JSON-RPC message (POST), or L{None}.
+    @return: An authenticated legacy-era Streamable HTTP request to C{/mcp}.
+    """
+    headers = [("Authorization", gateway.authorization)]
+    if mcp_session is not None:
+        headers += [("Mcp-Session-Id", mcp_session), ("MCP-Protocol-Version", LEGACY_VERSION)]
+    data = b""
+    if message is not None:
+        headers += [("Accept", "application/json, text/event-stream"), ("Content-Type", "application/json")]
+        data = json.dumps(message, separators=(",", ":")).encode()
+    return build_request(method, MCP_PATH, gateway.host_header, headers, data)
+
+
+def _mcp_ok(response: Response) -> bool:
+    body = response.body
+    return (
+        response.status == 200
+        and response.header(b"content-type") == b"application/json"
+        and body.startswith(b'{"jsonrpc":"2.0","id":%d,"result":' % MCP_CALL_ID)
+        and b'"isError":false' in body
+    )
+
+
+def _mcp_prepare(gateway: GatewayProcess, connection: Connection, session_id: str, tally: Tally) -> bytes:
+    """
+    The legacy handshake on C{connection}: C{initialize} (the gateway mints the
+    C{Mcp-Session-Id}, remembered under C{session_id}), C{notifications/initialized},
+    then a first C{tools/call}, which spawns the session's child.
+
+    @return: The C{tools/call} to repeat.  Its JSON-RPC id is always the same
+        (one call at a time per session, so never two in flight); the gateway
+        only keys requests in flight by id, and gives the child its own ids.
+    """
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": LEGACY_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"},
+        },
+    }
+    response = connection.request(_mcp_request(gateway, "POST", None, initialize))
+    minted = response.header(b"mcp-session-id")
+    if not tally.count(
+        "mcp initialize", response, response.status == 200 and b'"result"' in response.body and bool(minted)
+    ):
+        raise BenchError(f"initialize on {MCP_PATH} failed: {response.status} {response.body[:300]!r}")
+    assert minted is not None
+    mcp_session = _mcp_sessions[session_id] = minted.decode("latin-1")
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    response = connection.request(_mcp_request(gateway, "POST", mcp_session, initialized))
+    if not tally.count("mcp initialized", response, response.status == 202):
+        raise BenchError(f"notifications/initialized on {MCP_PATH}: {response.status} {response.body[:300]!r}")
+    call = {"jsonrpc": "2.0", "id": MCP_CALL_ID, "method": "tools/call", "params": {"name": MCP_TOOL, "arguments": {}}}
+    request = _mcp_request(gateway, "POST", mcp_session, call)
+    response = connection.request(request)
+    if not tally.count("mcp first call", response, _mcp_ok(response)):
+        raise BenchError(f"the first tools/call of {mcp_session} failed: {response.status} {response.body[:300]!r}")
+    return request
+
+
+def _mcp_close(gateway: GatewayProcess, connection: Connection, session_id: str, tally: Tally) -> None:
+    response = connection.request(_mcp_request(gateway, "DELETE", _mcp_sessions.pop(session_id)))
+    tally.count("mcp DELETE", response, response.status == 200)
+
+
 @dataclass(frozen=True)
 class Transport:
     """
@@ -605,10 +683,10 @@ class Transport:
 
 TRANSPORTS: list[Transport] = [
     Transport("rest", f"REST POST /services/{SERVICE}/call", _rest_prepare, _rest_ok, _rest_close, HERE / "call.lua"),
-    # The Streamable-HTTP "/mcp" row is one more entry: a prepare() that sends
-    # initialize on the connection and returns the tools/call POST carrying
-    # its Mcp-Session-Id, an ok(), a close() sending DELETE /mcp, and its own
-    # wrk script.  Every table, the plot and results.json follow this list.
+    # Streamable HTTP, legacy era: initialize, then tools/call with the
+    # Mcp-Session-Id; DELETE /mcp ends the session.  No wrk script: wrk would
+    # need each thread to carry the id the gateway minted for its session.
+    Transport("mcp", f"MCP POST {MCP_PATH} tools/call", _mcp_prepare, _mcp_ok, _mcp_close),
 ]
 
 
@@ -1189,6 +1267,11 @@ def targets(results: dict[str, Any]) -> list[Target]:
     if floor and warm:
         found.append(Target("warm call overhead p50 (REST - floor)", warm.latency.p50 - floor.p50, 0.4, "ms"))
         found.append(Target("warm call overhead p99 (REST - floor)", warm.latency.p99 - floor.p99, 1.5, "ms"))
+    mcp = results.get("warm", {}).get("mcp")
+    if floor and mcp:
+        found.append(
+            Target(f"warm {MCP_PATH} tools/call overhead p50 (mcp - floor)", mcp.latency.p50 - floor.p50, 0.5, "ms")
+        )
     for key, source in (("throughput", "own client"), ("wrk", "wrk")):
         for row in results.get(key, {}).get("rest", []):
             if row["sessions"] == 8:

@@ -6,10 +6,7 @@ specification says (stdin closed, then SIGTERM, then SIGKILL to its group).
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,20 +66,6 @@ class StartFailed(Exception):
         self.reason = reason
         self.exit_info = exit_info
         self.stderr_tail = stderr_tail
-
-
-def _setsid_command(command: tuple[str, ...]) -> tuple[str, list[str]]:
-    """
-    Wrap C{command} so the child leads a new session and process group.
-
-    util-linux C{setsid} execs in place (the spawned process is never a group
-    leader, so it does not fork); without it a tiny Python shim does the same.
-    """
-    setsid = shutil.which("setsid")
-    if setsid:
-        return setsid, [setsid, "--", *command]
-    shim = "import os,sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
-    return sys.executable, [sys.executable, "-I", "-S", "-c", shim, *command]
 
 
 class Child:
@@ -280,7 +263,8 @@ async def spawn_child(
     reactor: IReactorProcess,
     clock: IReactorTime,
     label: str,
-    command: tuple[str, ...],
+    executable: str,
+    args: list[str],
     env: Mapping[str, str],
     workdir: str | None,
     *,
@@ -292,13 +276,17 @@ async def spawn_child(
     on_notification: NotificationHandler | None = None,
 ) -> Child:
     """
-    Start C{command} as an MCP server in its own process group and complete
-    its handshake.
+    Start an MCP server and complete its handshake.
+
+    The command line comes from L{mcpgateway.sandbox.build_launch}: an exec
+    chain that puts the child in its own session and process group, applies
+    its limits and execs the server.
 
     @param reactor: Spawns the process.
     @param clock: Times the handshake.
     @param label: Names it in the log.
-    @param command: Program and arguments.
+    @param executable: The program to run (the start of the exec chain).
+    @param args: Its argument vector.
     @param env: Its complete environment.
     @param workdir: Its working directory.
     @param max_line: The longest stdout line accepted.
@@ -311,7 +299,6 @@ async def spawn_child(
     @raise StartFailed: If it exits, times out or refuses the handshake.
     """
     protocol = ChildProtocol(label, clock, max_line, on_notification)
-    executable, args = _setsid_command(command)
     started_at = clock.seconds()
     try:
         reactor.spawnProcess(protocol, executable, args, env=dict(env), path=workdir, usePTY=False)
@@ -335,15 +322,3 @@ async def spawn_child(
             reason = f"the handshake failed: {error}"
         raise StartFailed(reason, exit_info, protocol.stderr.text()) from None
     return Child(protocol, clock, era, info, started_at, workdir)
-
-
-def default_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    """
-    The environment of a child without a sandbox: the gateway's own plus C{extra}.
-
-    @param extra: Per-service variables.
-    @return: A complete environment.
-    """
-    env = dict(os.environ)
-    env.update(extra)
-    return env

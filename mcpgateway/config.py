@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .names import SERVICE_NAME
+from .sandbox import SandboxPolicy, policy_from_config
 
 __all__ = [
     "ConfigError",
@@ -26,7 +27,6 @@ __all__ = [
     "LoggingConfig",
     "PrincipalConfig",
     "RateLimitConfig",
-    "SandboxConfig",
     "ServerConfig",
     "ServiceConfig",
     "SessionConfig",
@@ -78,18 +78,6 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
-class SandboxConfig:
-    """
-    The seeds' C{sandbox} (or C{sandbox_config}) section of a service.
-    """
-
-    enabled: bool = True
-    resource_limits: bool = True
-    restricted_env: bool = True
-    working_dir: str = ""
-
-
-@dataclass(frozen=True)
 class ServiceConfig:
     """
     One C{services.<name>} entry: an MCP server started as a child process.
@@ -110,7 +98,7 @@ class ServiceConfig:
     backoff_max: float = 60.0
     backoff_reset: float = 30.0
     prewarm: int = 0
-    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    sandbox: SandboxPolicy = field(default_factory=SandboxPolicy)
 
 
 @dataclass(frozen=True)
@@ -401,16 +389,8 @@ def _principals(value: Any, path: str, environ: Mapping[str, str]) -> tuple[Prin
     return tuple(result)
 
 
-_SANDBOX: dict[str, _Reader] = {
-    "enabled": _boolean,
-    "resource_limits": _boolean,
-    "restricted_env": _boolean,
-    "working_dir": _string,
-}
-
-
-def _sandbox(value: Any, path: str, environ: Mapping[str, str]) -> SandboxConfig:
-    return SandboxConfig(**_section(value, path, environ, _SANDBOX))
+def _sandbox(value: Any, path: str, environ: Mapping[str, str]) -> SandboxPolicy:
+    return policy_from_config(value, path, environ)
 
 
 def _command(value: Any, path: str, environ: Mapping[str, str]) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from .errors import CallTimedOut, ChildFailed, NotFound, SessionClosed, ToolRPCE
 from .logs import logger
 from .protocol import ChildExited, RPCError
 from .results import result_text
+from .sandbox import sandbox_capabilities
 from .service import Service
 from .sessions import Session, SessionRegistry, now_iso
 
@@ -49,8 +50,9 @@ class Gateway:
         """
         self.config = config
         self.clock = clock
+        secrets = tuple(secret for secret in (config.server.auth_password, config.server.auth_token) if secret)
         self.services = {
-            name: Service(service, reactor, clock, config.session.sandbox_dir)
+            name: Service(service, reactor, clock, config.session.sandbox_dir, secrets=secrets)
             for name, service in config.services.items()
             if service.enabled
         }
@@ -72,6 +74,7 @@ class Gateway:
         Start the reaper and fill the warm pools.
         """
         self._reaper.start(self.config.session.cleanup_interval, now=False)
+        log.info("sandbox on this machine: {capabilities}", capabilities=sandbox_capabilities())
         for service in self.services.values():
             service.refill_pool()
 

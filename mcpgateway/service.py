@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -22,18 +23,23 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
-from .child import LEGACY, MODERN, Child, Era, StartFailed, default_environment, spawn_child
+from .child import LEGACY, MODERN, Child, Era, StartFailed, spawn_child
 from .config import ServiceConfig
 from .deferreds import Shared, observe
 from .errors import ServiceUnavailable
 from .logs import logger
 from .protocol import ExitInfo
+from .sandbox import Launch, build_launch
+from .security import security_event
 
 __all__ = ["Service"]
 
 log = logger(__name__)
 
 _MAX_REFETCH = 3
+#: A child ended by one of these (CPU time, file size, or a kill it did not
+#: get from us, e.g. the kernel's OOM killer) is reported as a security event.
+_LIMIT_SIGNALS = frozenset({signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL})
 
 
 class Service:
@@ -60,6 +66,7 @@ class Service:
         clock: IReactorTime,
         sandbox_dir: str,
         random_source: Callable[[], float] = random.random,
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.name = config.name
@@ -67,6 +74,7 @@ class Service:
         self._clock = clock
         self._sandbox_dir = sandbox_dir
         self._random = random_source
+        self._secrets = secrets
         self.era: Era | None = {"legacy": LEGACY, "modern": MODERN}.get(config.protocol)
         self.spawns = 0
         self._started_once = False
@@ -145,14 +153,28 @@ class Service:
         holder: list[Child] = []
         self._starting += 1
         self.spawns += 1
+        launch: Launch | None = None
         try:
+            try:
+                launch = build_launch(
+                    self.config.sandbox,
+                    self.config.command,
+                    service=self.name,
+                    workdir=workdir,
+                    extra_env=self.config.env,
+                    gateway_env=os.environ,
+                    secrets=self._secrets,
+                )
+            except OSError as error:
+                raise StartFailed(f"cannot set up the sandbox: {error.strerror or error}", None, "") from None
             child = await spawn_child(
                 self._reactor,
                 self._clock,
                 f"{self.name}",
-                self.config.command,
-                default_environment(self.config.env),
-                workdir,
+                launch.executable,
+                launch.args,
+                launch.env,
+                launch.path,
                 max_line=self.config.max_line_bytes,
                 handshake_timeout=self.config.handshake_timeout,
                 discover_timeout=self.config.discover_timeout,
@@ -161,6 +183,8 @@ class Service:
                 on_notification=lambda method, params: self._notified(holder, method, params),
             )
         except StartFailed as failure:
+            if launch is not None:
+                launch.cleanup()
             self._remove_workdir(workdir)
             raise self._start_failed(failure) from None
         finally:
@@ -170,7 +194,7 @@ class Service:
         self._started_once = True
         self.children.add(child)
         self._stable_timers[child] = self._clock.callLater(self.config.backoff_reset, self._stable, child)
-        child.when_ended().addCallback(self._ended, child)
+        child.when_ended().addCallback(self._ended, child, launch)
         if self.on_handshake is not None:
             self.on_handshake(child.ready_at - child.started_at)
         log.info(
@@ -276,8 +300,20 @@ class Service:
             )
         self.failures = 0
 
-    def _ended(self, info: ExitInfo, child: Child) -> None:
+    def _ended(self, info: ExitInfo, child: Child, launch: Launch | None = None) -> None:
         self.children.discard(child)
+        if launch is not None:
+            launch.cleanup()  # its cgroup, and anything left in it
+        if not child.closing and info.signal in _LIMIT_SIGNALS:
+            security_event(
+                "child_limit",
+                address="-",
+                principal=None,
+                route=f"service {self.name}",
+                pid=child.pid,
+                signal=info.signal,
+                how=info.describe(),
+            )
         self._ended_stderr_bytes += child.protocol.stderr.total_bytes
         if not child.closing:
             self.crashes += 1
@@ -290,10 +326,12 @@ class Service:
         self._remove_workdir(child.workdir)
         log.info("{service}: child {pid} {how}", service=self.name, pid=child.pid, how=info.describe())
 
-    def _make_workdir(self) -> str | None:
+    def _make_workdir(self) -> str:
         if self.config.sandbox.working_dir:
             return self.config.sandbox.working_dir
-        os.makedirs(self._sandbox_dir, mode=0o700, exist_ok=True)
+        # A child run as its own user must be able to pass through to its
+        # directory (which build_launch gives it); nobody may list the others.
+        os.makedirs(self._sandbox_dir, mode=0o711 if self.config.sandbox.uid is not None else 0o700, exist_ok=True)
         return tempfile.mkdtemp(prefix=f"{self.name}-", dir=self._sandbox_dir)
 
     def _remove_workdir(self, workdir: str | None) -> None:

@@ -20,11 +20,11 @@ from twisted.python import usage
 from mcpgateway.config import (
     ConfigError,
     GatewayConfig,
-    SandboxConfig,
     load_config,
     parse_config,
     substitute,
 )
+from mcpgateway.sandbox import SandboxPolicy
 from mcpgateway.tap import GatewayService, Options, StartRefused, listening_service, makeService
 
 ROOT = Path(__file__).parent.parent
@@ -153,7 +153,7 @@ def test_booleans_from_strings(raw: Any, expected: bool) -> None:
 
 def test_boolean_from_the_environment() -> None:
     sandbox = parse_config(service(sandbox={"enabled": "${SANDBOX|true}"}), {"SANDBOX": "no"}).services["todo"].sandbox
-    assert sandbox.enabled is False
+    assert sandbox.level == "none"
 
 
 def test_numbers_from_strings_and_integers_are_floats() -> None:
@@ -178,7 +178,8 @@ def test_defaults() -> None:
     assert dict(config.services) == {}
     todo = parse_config(service(), {}).services["todo"]
     assert todo.name == "todo"
-    assert todo.sandbox == SandboxConfig()
+    assert todo.sandbox == SandboxPolicy()
+    assert todo.sandbox.level == "high"
     assert todo.protocol == "auto"
 
 
@@ -346,7 +347,7 @@ def test_configuration_must_be_an_object() -> None:
 def test_sandbox_config_is_an_alias_of_sandbox() -> None:
     raw = service(sandbox_config={"enabled": False, "working_dir": "/srv/todo"})
     sandbox = parse_config(raw, {}).services["todo"].sandbox
-    assert sandbox == SandboxConfig(enabled=False, working_dir="/srv/todo")
+    assert sandbox == SandboxPolicy(level="none", limits=None, working_dir="/srv/todo")
 
 
 def test_sandbox_and_sandbox_config_together_are_refused() -> None:

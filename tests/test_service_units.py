@@ -21,10 +21,11 @@ from twisted.python.failure import Failure
 import mcpgateway.service
 from mcpgateway.auth import Principal
 from mcpgateway.child import LEGACY, StartFailed
-from mcpgateway.config import SandboxConfig, ServiceConfig, SessionConfig
+from mcpgateway.config import ServiceConfig, SessionConfig
 from mcpgateway.deferreds import Shared
 from mcpgateway.errors import LimitReached, NotFound, ServiceUnavailable
 from mcpgateway.protocol import ExitInfo
+from mcpgateway.sandbox import SandboxPolicy
 from mcpgateway.service import Service
 from mcpgateway.sessions import Session, SessionRegistry
 
@@ -96,12 +97,15 @@ class FakeSpawn:
         reactor: Any,
         clock: Any,
         label: str,
-        command: tuple[str, ...],
+        executable: str,
+        args: list[str],
         env: Any,
         workdir: str | None,
         **kw: Any,
     ) -> FakeChild:
-        self.calls.append({"label": label, "command": command, "workdir": workdir, **kw})
+        # The command follows the exec chain's last "--".
+        command = tuple(args[len(args) - args[::-1].index("--") :]) if "--" in args else tuple(args)
+        self.calls.append({"label": label, "command": command, "args": args, "workdir": workdir, **kw})
         if not self.succeed:
             raise StartFailed("boom", ExitInfo(2, None, None, "stderr text"), "stderr text")
         child = FakeChild(workdir, self.clock.seconds())
@@ -177,7 +181,7 @@ def test_failed_start_removes_its_workdir(
 def test_fixed_working_dir_is_used_and_kept(fake: FakeSpawn, tmp_path: Path) -> None:
     fixed = tmp_path / "fixed"
     fixed.mkdir()
-    config = ServiceConfig(name="todo", command=("p",), sandbox=SandboxConfig(working_dir=str(fixed)))
+    config = ServiceConfig(name="todo", command=("p",), sandbox=SandboxPolicy(working_dir=str(fixed)))
     service = Service(config, MemoryReactor(), fake.clock, str(tmp_path / "sandbox"), random_source=lambda: 1.0)
     unavailable(spawn(service))
     assert fake.calls[0]["workdir"] == str(fixed)

@@ -285,6 +285,22 @@ def test_unusable_configuration_exits_with_one_clear_line(tmp_path: Path, conten
 # -- (c) the shipped configuration -------------------------------------------------------------
 
 
+def _children_of(pid: int) -> list[int]:
+    """
+    @return: Live processes whose parent is C{pid}.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid and stat[0] != b"Z":
+                found.append(int(entry))
+    return found
+
+
 def test_shipped_config_serves_the_todo_example(tmp_path: Path) -> None:
     shutil.copy(REPO / "config" / "config.json", tmp_path / "config.json")
     shipped = (tmp_path / "config.json").read_bytes()
@@ -309,7 +325,13 @@ def test_shipped_config_serves_the_todo_example(tmp_path: Path) -> None:
         assert (status, body["code"]) == (401, "unauthorized")
         status, tools = http("GET", gateway.url + "/services/todo/tools", auth=admin)
         assert {tool["name"] for tool in tools["tools"]} == {"add_todo", "list_todos", "complete_todo", "delete_todo"}
-        assert len(tagged_processes(tag)) >= 2, "twistd and the session's child"
+        # The child runs in the default (high) sandbox: the gateway's environment,
+        # test tag included, does not reach it; its parent is twistd.
+        children = [pid for pid in _children_of(gateway.process.pid)]
+        assert len(children) == 1, "the session's child"
+        environ = Path(f"/proc/{children[0]}/environ").read_bytes().split(b"\0")
+        assert f"MCPGATEWAY_TEST_TAG={tag}".encode() not in environ
+        assert any(entry.startswith(b"HOME=" + str(tmp_path / "sandbox").encode()) for entry in environ)
         # The relative sandbox_dir is under the working directory.
         assert (tmp_path / "sandbox").is_dir()
         exit_status, took = gateway.stop(signal.SIGTERM)
