@@ -60,6 +60,7 @@ from loadgen import CannedServer, Connection, Response, build_request, drive, un
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 SERVICE = "todo"
+WARM_POOL = 2  # prewarm of the warm-pool gateway
 TOOL = "list_todos"
 USER = "bench"
 PASSWORD = "bench-7f3a9c-password"
@@ -403,11 +404,12 @@ class GatewayProcess:
     @ivar exit_code: How it exited, once stopped.
     """
 
-    def __init__(self, workdir: Path, env: dict[str, str], max_sessions: int) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], max_sessions: int, prewarm: int = 0) -> None:
         """
         @param workdir: Where the configuration, log and sandbox go.
         @param env: Its environment (its children inherit it).
         @param max_sessions: Sessions the capacity step will hold (limits are set above it).
+        @param prewarm: The service's warm pool size.
         """
         self.workdir = workdir
         self.env = env
@@ -417,7 +419,12 @@ class GatewayProcess:
         limit = max_sessions + 100
         config = {
             "server": {"host": HOST, "port": self.port, "auth_user": USER, "auth_password": PASSWORD},
-            "services": {SERVICE: {"command": ["${MCPGATEWAY_PYTHON}", "-m", "mcpgateway.examples.todo_server"]}},
+            "services": {
+                SERVICE: {
+                    "command": ["${MCPGATEWAY_PYTHON}", "-m", "mcpgateway.examples.todo_server"],
+                    "prewarm": prewarm,
+                }
+            },
             "session": {
                 "default_timeout": SESSION_TIMEOUT,
                 "max_sessions_per_service": limit,
@@ -1062,6 +1069,47 @@ def measure_first_calls(
     return {"child_start": Latency.of(starts), "first_call": Latency.of(firsts)}
 
 
+def measure_warm_first_calls(workdir: Path, env: dict[str, str], profile: Profile, tally: Tally) -> Latency:
+    """
+    A session's first call on a gateway of its own whose service keeps
+    C{WARM_POOL} children ready (C{prewarm}); before each sample the pool is
+    full again.
+    """
+    workdir.mkdir()
+    gateway = GatewayProcess(workdir, env, 10, prewarm=WARM_POOL)
+    samples: list[float] = []
+    gateway.start()
+    try:
+        connection = gateway.connect()
+        try:
+            for index in range(profile.first_calls):
+                _wait_for_pool(gateway.pid, WARM_POOL)
+                session = f"warm-{index}"
+                begin = time.perf_counter()
+                response = connection.request(gateway.call_request(session))
+                samples.append(time.perf_counter() - begin)
+                tally.count("first call (warm pool)", response, _rest_ok(response))
+                response = connection.request(gateway.delete_request(session))
+                tally.count("DELETE", response, response.status == 200)
+        finally:
+            connection.close()
+    finally:
+        gateway.stop()
+    return Latency.of(samples)
+
+
+def _wait_for_pool(parent: int, size: int, timeout: float = 10.0) -> None:
+    """
+    Poll until C{parent} has exactly C{size} live children (a full pool, no session).
+    """
+    deadline = time.perf_counter() + timeout
+    while len(children_of(parent)) != size:
+        if time.perf_counter() > deadline:
+            raise BenchError(f"the warm pool did not settle at {size} children")
+        time.sleep(0.02)
+    time.sleep(0.05)  # the newest pool child has finished its handshake by now
+
+
 def measure_deletes(gateway: GatewayProcess, count: int, tally: Tally) -> Latency:
     """
     C{DELETE /sessions/<id>} one session at a time: open a session (its
@@ -1281,6 +1329,8 @@ def targets(results: dict[str, Any]) -> list[Target]:
         found.append(
             Target("first call - child start (p50)", first["first_call"].p50 - first["child_start"].p50, 10, "ms")
         )
+        if first.get("warm_pool") is not None:
+            found.append(Target("first call with a warm pool (p50)", first["warm_pool"].p50, 2, "ms"))
     capacity = results.get("capacity")
     if results.get("delete"):
         found.append(Target("DELETE /sessions/<id> p99, one at a time", results["delete"].p99, 5, "ms"))
@@ -1407,6 +1457,18 @@ def report(results: dict[str, Any]) -> str:
         erows.append(
             ["session first call (spawn + call)", call.n, call.p50, call.p90, call.max, _delta(call.p50, start.p50)]
         )
+        warm = first.get("warm_pool")
+        if warm is not None:
+            erows.append(
+                [
+                    f"session first call, warm pool (prewarm {WARM_POOL})",
+                    warm.n,
+                    warm.p50,
+                    warm.p90,
+                    warm.max,
+                    _delta(warm.p50, start.p50),
+                ]
+            )
     if results.get("delete"):
         erows.append(["DELETE /sessions/<id>, one at a time", *_row(results["delete"]), None])
     if capacity and capacity.get("delete"):
@@ -1736,6 +1798,8 @@ class Run:
         results["tools"] = measure_tools(gateway, profile, tally)
         say(f"first calls and direct child starts: {profile.first_calls} each")
         results["first_call"] = measure_first_calls(gateway, profile, env, cwd, tally)
+        say(f"first calls with a warm pool (prewarm {WARM_POOL}): {profile.first_calls}")
+        results["first_call"]["warm_pool"] = measure_warm_first_calls(gateway.workdir / "warm", env, profile, tally)
         say(f"DELETE, one session at a time: {profile.deletes}")
         results["delete"] = measure_deletes(gateway, profile.deletes, tally)
         results["throughput"] = {}

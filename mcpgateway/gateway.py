@@ -228,7 +228,7 @@ class Gateway:
             self.sessions.reserve(session, name)
             shared = session.spawning[name] = observe(service.acquire())
             shared.wait().addBoth(self._spawned, session, name)
-            service.refill_pool()
+            service.refill_pool_soon()
         child = await session.track(shared.wait())
         restarted = name in session.restarted
         if restarted:

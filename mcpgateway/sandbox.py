@@ -70,7 +70,6 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import config as _config
 from .logs import logger
 
 __all__ = [
@@ -201,6 +200,21 @@ _POLICY_KEYS = (
 )
 
 
+def _substitute(text: str, environ: Mapping[str, str]) -> str:
+    from .config import substitute
+
+    return substitute(text, environ)
+
+
+def _config_error(message: str) -> Exception:
+    """
+    @return: A L{mcpgateway.config.ConfigError} (imported here: config imports this module).
+    """
+    from .config import ConfigError
+
+    return ConfigError(message)
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
@@ -213,36 +227,36 @@ def _kind(value: Any) -> str:
 
 def _text(value: Any, path: str, environ: Mapping[str, str]) -> str:
     if not isinstance(value, str):
-        raise _config.ConfigError(f"{path}: expected a string, got {_kind(value)}")
-    return _config.substitute(value, environ)
+        raise _config_error(f"{path}: expected a string, got {_kind(value)}")
+    return _substitute(value, environ)
 
 
 def _flag(value: Any, path: str, environ: Mapping[str, str]) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str):
-        text = _config.substitute(value, environ).strip().lower()
+        text = _substitute(value, environ).strip().lower()
         if text in ("true", "yes", "on", "1"):
             return True
         if text in ("false", "no", "off", "0"):
             return False
-    raise _config.ConfigError(f"{path}: expected true or false, got {value!r}")
+    raise _config_error(f"{path}: expected true or false, got {value!r}")
 
 
 def _limit(value: Any, path: str, environ: Mapping[str, str]) -> int | None:
     if value is None:
         return None
     if isinstance(value, str):
-        text = _config.substitute(value, environ).strip()
+        text = _substitute(value, environ).strip()
         if not re.fullmatch(r"\+?\d+", text):
-            raise _config.ConfigError(f"{path}: expected a positive integer or null, got {text!r}")
+            raise _config_error(f"{path}: expected a positive integer or null, got {text!r}")
         number = int(text)
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
     else:
-        raise _config.ConfigError(f"{path}: expected a positive integer or null, got {_kind(value)}")
+        raise _config_error(f"{path}: expected a positive integer or null, got {_kind(value)}")
     if number <= 0:
-        raise _config.ConfigError(f"{path}: must be greater than zero (null for unlimited), got {number}")
+        raise _config_error(f"{path}: must be greater than zero (null for unlimited), got {number}")
     return number
 
 
@@ -251,7 +265,7 @@ def _limits(value: Any, path: str, environ: Mapping[str, str]) -> ResourceLimits
         values: dict[str, int | None] = {}
         for key, item in value.items():
             if key not in _LIMIT_KEYS:
-                raise _config.ConfigError(f"{path}.{key}: unknown key (known keys: {', '.join(sorted(_LIMIT_KEYS))})")
+                raise _config_error(f"{path}.{key}: unknown key (known keys: {', '.join(sorted(_LIMIT_KEYS))})")
             values[key] = _limit(item, f"{path}.{key}", environ)
         return ResourceLimits(**values)
     return ResourceLimits() if _flag(value, path, environ) else None
@@ -260,15 +274,15 @@ def _limits(value: Any, path: str, environ: Mapping[str, str]) -> ResourceLimits
 def _passthrough(value: Any, path: str, environ: Mapping[str, str]) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list):
-        raise _config.ConfigError(f"{path}: expected a list of variable names, got {_kind(value)}")
+        raise _config_error(f"{path}: expected a list of variable names, got {_kind(value)}")
     names: list[str] = []
     for index, item in enumerate(items):
         where = f"{path}[{index}]" if isinstance(value, list) else path
         name = _text(item, where, environ).strip()
         if not _ENV_NAME.fullmatch(name):
-            raise _config.ConfigError(f"{where}: not an environment variable name: {name!r}")
+            raise _config_error(f"{where}: not an environment variable name: {name!r}")
         if _always_removed(name):
-            raise _config.ConfigError(f"{where}: {name} is never passed to a child (it is always removed)")
+            raise _config_error(f"{where}: {name} is never passed to a child (it is always removed)")
         names.append(name)
     return tuple(names)
 
@@ -282,7 +296,7 @@ def _resolve_user(text: str, path: str) -> tuple[int, int | None]:
     except KeyError:
         if text.isdigit():
             return int(text), None
-        raise _config.ConfigError(f"{path}: no such user: {text!r}") from None
+        raise _config_error(f"{path}: no such user: {text!r}") from None
     return entry.pw_uid, entry.pw_gid
 
 
@@ -292,7 +306,7 @@ def _resolve_group(text: str, path: str) -> int:
     try:
         return grp.getgrnam(text).gr_gid
     except KeyError:
-        raise _config.ConfigError(f"{path}: no such group: {text!r}") from None
+        raise _config_error(f"{path}: no such group: {text!r}") from None
 
 
 def policy_from_config(raw: Mapping[str, Any], path: str, environ: Mapping[str, str] | None = None) -> SandboxPolicy:
@@ -316,11 +330,11 @@ def policy_from_config(raw: Mapping[str, Any], path: str, environ: Mapping[str, 
     """
     env: Mapping[str, str] = os.environ if environ is None else environ
     if not isinstance(raw, Mapping):
-        raise _config.ConfigError(f"{path}: expected an object, got {_kind(raw)}")
+        raise _config_error(f"{path}: expected an object, got {_kind(raw)}")
     for key in raw:
         if key not in _POLICY_KEYS:
             known = ", ".join(sorted(_POLICY_KEYS))
-            raise _config.ConfigError(f"{path}.{key}: unknown key (known keys: {known})")
+            raise _config_error(f"{path}.{key}: unknown key (known keys: {known})")
     where = {key: f"{path}.{key}" for key in _POLICY_KEYS}
     enabled = _flag(raw.get("enabled", True), where["enabled"], env)
     restricted = _flag(raw.get("restricted_env", True), where["restricted_env"], env)
@@ -328,7 +342,7 @@ def policy_from_config(raw: Mapping[str, Any], path: str, environ: Mapping[str, 
     if "level" in raw:
         named = _text(raw["level"], where["level"], env).strip().lower()
         if named not in _LEVELS:
-            raise _config.ConfigError(f"{where['level']}: expected high, medium or none, got {named!r}")
+            raise _config_error(f"{where['level']}: expected high, medium or none, got {named!r}")
         level = named
     limits = _limits(raw.get("resource_limits", True), where["resource_limits"], env)
     passthrough = _passthrough(raw.get("env_passthrough", []), where["env_passthrough"], env)
@@ -337,13 +351,13 @@ def policy_from_config(raw: Mapping[str, Any], path: str, environ: Mapping[str, 
     uid: int | None = None
     gid: int | None = None
     if group and not user:
-        raise _config.ConfigError(f"{where['group']}: needs user")
+        raise _config_error(f"{where['group']}: needs user")
     if user:
         uid, gid = _resolve_user(user, where["user"])
         if group:
             gid = _resolve_group(group, where["group"])
         elif gid is None:
-            raise _config.ConfigError(f"{where['user']}: uid {uid} has no passwd entry: give group too")
+            raise _config_error(f"{where['user']}: uid {uid} has no passwd entry: give group too")
     return SandboxPolicy(
         level=level,
         limits=None if level == "none" else limits,

@@ -37,6 +37,7 @@ __all__ = ["Service"]
 log = logger(__name__)
 
 _MAX_REFETCH = 3
+POOL_REFILL_DELAY = 0.2
 #: A child ended by one of these (CPU time, file size, or a kill it did not
 #: get from us, e.g. the kernel's OOM killer) is reported as a security event.
 _LIMIT_SIGNALS = frozenset({signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL})
@@ -95,6 +96,7 @@ class Service:
         self._pool: list[Child] = []
         self._pool_starting = 0
         self._pool_retry: IDelayedCall | None = None
+        self._refill_timer: IDelayedCall | None = None
         self.pool_room: Callable[[], bool] = lambda: True
         self.on_handshake: Callable[[float], None] | None = None
 
@@ -241,6 +243,17 @@ class Service:
             if child.alive:
                 return succeed(child)
         return ensureDeferred(self.spawn())
+
+    def refill_pool_soon(self, delay: float = POOL_REFILL_DELAY) -> None:
+        """
+        Refill the pool after C{delay} seconds, so that a replacement's
+        start-up (a burst of CPU on a small machine) does not compete with the
+        call that just took a warm child.
+        """
+        if self._stopping or self.config.prewarm == 0:
+            return
+        if self._refill_timer is None or not self._refill_timer.active():
+            self._refill_timer = self._clock.callLater(delay, self.refill_pool)
 
     def refill_pool(self) -> None:
         """
@@ -407,8 +420,9 @@ class Service:
         Close every child of this service and refuse new ones.
         """
         self._stopping = True
-        if self._pool_retry is not None and self._pool_retry.active():
-            self._pool_retry.cancel()
+        for timer in (self._pool_retry, self._refill_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
         self._pool.clear()
         for timer in self._stable_timers.values():
             if timer.active():
