@@ -128,6 +128,13 @@ class FixtureServer(Server):
             Tool("pid", "Return this process's id and process group: 'pid=N pgrp=M'.", self.pid, no_args),
             Tool("meta", "Return the request's params._meta as JSON text.", self.meta, no_args),
             Tool(
+                "fill",
+                "Write a file of the given size (MiB) in the working directory; report its size.",
+                self.fill,
+                {"megabytes": {"type": "integer", "description": "How many MiB."}},
+                ("megabytes",),
+            ),
+            Tool(
                 "spawn_grandchild",
                 "Start 'sleep 300' as a child of this server and return its pid.",
                 self.spawn,
@@ -239,6 +246,19 @@ class FixtureServer(Server):
         """
         self.calls += 1
         return str(self.calls)
+
+    def fill(self, request: Request, arguments: dict[str, Any]) -> str:
+        """
+        @return: The size written (a file-size limit kills the process with SIGXFSZ first).
+        """
+        # Python ignores SIGXFSZ (and gets EFBIG instead); die of it as a C program would.
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        chunk = b"x" * (1024 * 1024)
+        with open("fill.bin", "wb") as handle:
+            for _ in range(int(_number(arguments, "megabytes"))):
+                handle.write(chunk)
+                handle.flush()
+        return str(os.path.getsize("fill.bin"))
 
     def meta(self, request: Request, arguments: dict[str, Any]) -> str:
         """
