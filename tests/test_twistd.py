@@ -327,7 +327,10 @@ def test_shipped_config_serves_the_todo_example(tmp_path: Path) -> None:
         assert {tool["name"] for tool in tools["tools"]} == {"add_todo", "list_todos", "complete_todo", "delete_todo"}
         # The child runs in the default (high) sandbox: the gateway's environment,
         # test tag included, does not reach it; its parent is twistd.
-        children = [pid for pid in _children_of(gateway.process.pid)]
+        # (The short-lived child that listed the tools may still be exiting.)
+        deadline = time.monotonic() + 5
+        while len(children := _children_of(gateway.process.pid)) != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(children) == 1, "the session's child"
         environ = Path(f"/proc/{children[0]}/environ").read_bytes().split(b"\0")
         assert f"MCPGATEWAY_TEST_TAG={tag}".encode() not in environ
