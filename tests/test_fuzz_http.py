@@ -252,16 +252,23 @@ def test_fuzz_ten_thousand_requests(gateway: Any, capsys: pytest.CaptureFixture[
     )
     assert (response.status, json.loads(data)["result"]) == (200, "ok")
     client.send("DELETE", "/sessions/after", None, auth())
-    # No stray child: every live child belongs to a live session.  (Sessions the
-    # hypothesis tests left, e.g. with the id "..", which no URL path can name,
-    # are reaped when idle.)
+    # No stray child: close every session a URL can name (the fuzz and the
+    # hypothesis tests open some with valid bodies); what may remain are the
+    # sessions no path can name (ids "." and ".."), reaped when idle.
+    from urllib.parse import quote
+
     response, data = client.send("GET", "/sessions", None, auth())
-    held = sum(len(session["services"]) for session in json.loads(data).values())
+    remaining = 0
+    for session_id, session in json.loads(data).items():
+        if session_id in (".", ".."):
+            remaining += len(session["services"])
+        else:
+            client.send("DELETE", f"/sessions/{quote(session_id)}", None, auth())
 
     def children() -> list[int]:
         return [pid for pid in tagged_processes(gateway.tag) if pid != gateway.process.pid]
 
-    deadline = time.monotonic() + 5
-    while len(children()) != held and time.monotonic() < deadline:
+    deadline = time.monotonic() + 15
+    while len(children()) > remaining and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(children()) == held, (children(), data)
+    assert len(children()) <= remaining, children()
