@@ -7,7 +7,7 @@ specification says (stdin closed, then SIGTERM, then SIGKILL to its group).
 from __future__ import annotations
 
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 
 from . import __version__
-from .deferreds import observe, wait_for
+from .deferreds import Shared, observe, wait_for
 from .protocol import ChildProtocol, ExitInfo, NotificationHandler, RPCError
 
 __all__ = ["LEGACY", "MODERN", "Child", "Era", "StartFailed", "spawn_child"]
@@ -95,7 +95,7 @@ class Child:
         self.started_at = started_at
         self.ready_at = clock.seconds()
         self.workdir = workdir
-        self._closing: Deferred[ExitInfo] | None = None
+        self._closing: Shared[ExitInfo] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -148,10 +148,16 @@ class Child:
             params["_meta"] = meta
         return self.request("tools/call", params)
 
-    async def list_tools(self) -> list[dict[str, Any]]:
+    def list_tools(self, timeout: float) -> Deferred[list[dict[str, Any]]]:
         """
-        @return: Every tool, following C{nextCursor} through all pages.
+        @param timeout: Seconds for all pages together; then the request
+            under way is cancelled.
+        @return: Fires with every tool, following C{nextCursor} through all
+            pages, or fails with L{TimeoutError}.
         """
+        return ensureDeferred(self._list_tools()).addTimeout(timeout, self.clock)
+
+    async def _list_tools(self) -> list[dict[str, Any]]:
         tools: list[dict[str, Any]] = []
         cursor: str | None = None
         seen: set[str] = set()
@@ -175,8 +181,8 @@ class Child:
         @return: Fires with the L{ExitInfo} once it has been reaped.
         """
         if self._closing is None:
-            self._closing = _close(self.protocol, self.clock, grace)
-        return observe(self._closing).wait()
+            self._closing = observe(_close(self.protocol, self.clock, grace))
+        return self._closing.wait()
 
 
 def _close(protocol: ChildProtocol, clock: IReactorTime, grace: float) -> Deferred[ExitInfo]:
@@ -220,15 +226,18 @@ async def _handshake(
     modern; any error, or no answer within C{discover_timeout}, means legacy,
     so C{initialize} follows.  A probe that was merely slow is still honoured:
     if C{initialize} is refused with -32022 the late discover answer decides.
-    A remembered verdict (C{hint}) skips the probe.
+
+    A remembered verdict (C{hint}) skips the guessing, never the handshake:
+    a legacy child gets C{initialize} at once; a modern one must answer
+    C{server/discover} (its only handshake) within the whole handshake's
+    timeout, so a child that dies or hangs at start is a start failure.
     """
-    if hint is not None and hint.modern:
-        return hint, {}
     late = None
-    if hint is None:
-        probe = observe(protocol.request("server/discover", {"_meta": dict(_ENVELOPE)}))
+    if hint is None or hint.modern:
+        request = protocol.request("server/discover", {"_meta": dict(_ENVELOPE)})
+        probe = observe(request)
         try:
-            result = await wait_for(probe, discover_timeout, clock)
+            result = await (probe.wait() if hint is not None else wait_for(probe, discover_timeout, clock))
         except RPCError:
             pass
         except TimeoutError:
@@ -254,6 +263,8 @@ async def _handshake(
             return MODERN, {}
         raise
     protocol.notify("notifications/initialized")
+    if late is not None:
+        request.cancel()  # a legacy server will never answer the probe now
     version = result.get("protocolVersion")
     info = result.get("serverInfo")
     return Era(False, version if isinstance(version, str) else LEGACY_VERSION), info if isinstance(info, dict) else {}
@@ -274,6 +285,7 @@ async def spawn_child(
     close_grace: float,
     hint: Era | None = None,
     on_notification: NotificationHandler | None = None,
+    on_process: Callable[[ChildProtocol], None] | None = None,
 ) -> Child:
     """
     Start an MCP server and complete its handshake.
@@ -295,6 +307,8 @@ async def spawn_child(
     @param close_grace: Grace used to stop it when the start fails.
     @param hint: The era this service spoke before, if known.
     @param on_notification: Receives the child's notifications.
+    @param on_process: Told the protocol as soon as the process runs (e.g. so
+        that a stopping gateway can end a start under way).
     @return: The ready L{Child}.
     @raise StartFailed: If it exits, times out or refuses the handshake.
     """
@@ -304,12 +318,14 @@ async def spawn_child(
         reactor.spawnProcess(protocol, executable, args, env=dict(env), path=workdir, usePTY=False)
     except OSError as error:
         raise StartFailed(f"cannot start the program: {error.strerror or error}", None, "") from None
+    if on_process is not None:
+        on_process(protocol)
     handshake = ensureDeferred(_handshake(protocol, clock, discover_timeout, hint))
     handshake.addTimeout(handshake_timeout, clock)
     try:
         era, info = await handshake
     except Exception as error:
-        if protocol.alive:
+        if not protocol.ended.done:
             await _close(protocol, clock, close_grace)
         exit_info = protocol.exit_info
         if isinstance(error, TimeoutError):

@@ -117,6 +117,17 @@ class ChildFailed(GatewayError):
     status = 502
     code = "child_failed"
 
+    @classmethod
+    def ended(cls, message: str, exit_code: int | None, signal: int | None, stderr_tail: str) -> ChildFailed:
+        """
+        @param message: What happened, e.g. C{"the todo server exited with status 3 during the call"}.
+        @param exit_code: Its exit status, if it exited.
+        @param signal: The signal that ended it, if one did.
+        @param stderr_tail: The end of what it wrote to stderr (the last 2 KiB are kept).
+        @return: The error, with those details for the client.
+        """
+        return cls(message, exit_status=exit_code, exit_signal=signal, stderr_tail=stderr_tail[-2048:])
+
 
 class ServiceUnavailable(GatewayError):
     """

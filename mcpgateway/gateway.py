@@ -24,7 +24,7 @@ from .auth import Principal
 from .child import Child
 from .config import GatewayConfig
 from .deferreds import observe
-from .errors import CallTimedOut, ChildFailed, NotFound, SessionClosed, ToolRPCError
+from .errors import CallTimedOut, ChildFailed, NotFound, ServiceUnavailable, SessionClosed, ToolRPCError
 from .logs import logger
 from .protocol import ChildExited, RPCError
 from .results import result_text
@@ -62,6 +62,7 @@ class Gateway:
         self._reaper = LoopingCall(self.sweep)
         self._reaper.clock = clock
         self._closing: set[Deferred[None]] = set()
+        self._stopping = False
         #: Told of each session as it closes (DELETE, expiry, stop), e.g. by
         #: the MCP front door to end the session's streams.
         self.session_closed: list[Callable[[Session], None]] = []
@@ -73,7 +74,9 @@ class Gateway:
         """
         Start the reaper and fill the warm pools.
         """
-        self._reaper.start(self.config.session.cleanup_interval, now=False)
+        self._reaper.start(self.config.session.cleanup_interval, now=False).addErrback(
+            lambda failure: log.failure("the session reaper stopped", failure)
+        )
         log.info("sandbox on this machine: {capabilities}", capabilities=sandbox_capabilities())
         for service in self.services.values():
             service.refill_pool()
@@ -94,6 +97,7 @@ class Gateway:
         """
         Close every session and every child; fires once all have been reaped.
         """
+        self._stopping = True
         if self._reaper.running:
             self._reaper.stop()
         # Services first: they stop refilling pools and close every child they have.
@@ -109,7 +113,10 @@ class Gateway:
         """
         for session in self.sessions.expired(self.clock.seconds()):
             log.info("session {id} expired after {t:g} s idle", id=session.id, t=session.timeout)
-            self._close(session)
+            try:
+                self._close(session)
+            except Exception:  # one bad session must not stop the reaper
+                log.failure("closing expired session {id}", id=session.id)
 
     # -- services and tools ---------------------------------------------------
 
@@ -184,13 +191,15 @@ class Gateway:
                 ) from None
             except ChildExited as error:
                 info = error.info
-                raise ChildFailed(
+                raise ChildFailed.ended(
                     f"the {name} server {info.describe()} during the call",
-                    exit_status=info.exit_code,
-                    exit_signal=info.signal,
-                    stderr_tail=info.stderr_tail[-2048:],
+                    info.exit_code,
+                    info.signal,
+                    info.stderr_tail,
                 ) from None
         except CancelledError:
+            if self._stopping:
+                raise ServiceUnavailable("the gateway is shutting down; retry", retry_after=1) from None
             if session.closed:
                 raise SessionClosed(f"session {session_id!r} was closed during the call") from None
             raise
@@ -217,6 +226,8 @@ class Gateway:
         @return: The child, and whether it replaces one that died.
         """
         name = service.name
+        if session.closed:
+            raise SessionClosed(f"session {session.id!r} was closed")
         child = session.children.get(name)
         if child is not None:
             if child.alive:
@@ -239,6 +250,9 @@ class Gateway:
     def _spawned(self, outcome: Child | Failure, session: Session, name: str) -> None:
         session.spawning.pop(name, None)
         if isinstance(outcome, Failure):
+            # The caller may have gone already (its own cleanup saw the
+            # start still under way): do not leave an empty session behind.
+            self.sessions.discard_if_empty(session)
             return
         if session.closed:
             self._closing_child(outcome, name)
@@ -299,7 +313,10 @@ class Gateway:
         session.closed = True
         self.sessions.remove(session)
         for listener in list(self.session_closed):
-            listener(session)
+            try:
+                listener(session)
+            except Exception:
+                log.failure("a session_closed listener failed for session {id}", id=session.id)
         for waiting in list(session.calls):
             waiting.cancel()
         for name, child in session.children.items():

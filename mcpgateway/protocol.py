@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 from collections.abc import Callable
@@ -27,11 +28,15 @@ from twisted.python.failure import Failure
 
 from .deferreds import Shared
 from .framing import LineBuffer, LineTooLong
+from .jsontext import dumps
 from .logs import logger
 
 __all__ = ["ChildExited", "ChildProtocol", "ExitInfo", "RPCError", "StderrTail"]
 
 METHOD_NOT_FOUND = -32601
+#: Seconds a child may keep running after closing its stdout before it is
+#: killed as broken (a child that exits closes stdout first, then is reaped).
+STDOUT_CLOSED_GRACE = 2.0
 
 NotificationHandler = Callable[[str, dict[str, Any]], None]
 RequestHandler = Callable[[str, dict[str, Any]], "Deferred[dict[str, Any]] | None"]
@@ -184,6 +189,8 @@ class ChildProtocol(ProcessProtocol):
         """
         self.log = logger(f"mcpgateway.child.{label}")
         self.label = label
+        self._clock = clock
+        self._stdout_check: Any = None
         self.stderr = StderrTail(self.log, clock)
         self.ended: Shared[ExitInfo] = Shared()
         self.exit_info: ExitInfo | None = None
@@ -234,6 +241,13 @@ class ChildProtocol(ProcessProtocol):
             info = self.exit_info or ExitInfo(None, None, self._violation or "not running", self.stderr.text())
             return fail(ChildExited(info))
         request_id = self._next_id
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        try:
+            line = _encode(message)
+        except ValueError as error:
+            return fail(error)
         self._next_id += 1
 
         def cancel(d: Deferred[dict[str, Any]]) -> None:
@@ -242,10 +256,7 @@ class ChildProtocol(ProcessProtocol):
 
         result: Deferred[dict[str, Any]] = Deferred(cancel)
         self._pending[request_id] = result
-        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
-        if params is not None:
-            message["params"] = params
-        self._send(message)
+        self._write(line)
         return result
 
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
@@ -261,8 +272,18 @@ class ChildProtocol(ProcessProtocol):
         self._send(message)
 
     def _send(self, message: dict[str, Any]) -> None:
+        try:
+            line = _encode(message)
+        except ValueError as error:
+            self.log.warn(
+                "could not send a {method} message: {error}", method=message.get("method", "reply"), error=error
+            )
+            return
+        self._write(line)
+
+    def _write(self, line: bytes) -> None:
         if self.transport is not None and self.exit_info is None:
-            self.transport.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            self.transport.write(line)
 
     # -- receiving ---------------------------------------------------------
 
@@ -279,9 +300,12 @@ class ChildProtocol(ProcessProtocol):
 
     def _received(self, line: bytes) -> None:
         try:
-            message = json.loads(line)
+            message = json.loads(line, parse_constant=_no_constant, parse_float=_finite_or_none)
         except ValueError:
             self.log.warn("stdout: skipped a line that is not JSON: {line!r}", line=line[:200])
+            return
+        except RecursionError:
+            self.violate("sent a message nested too deeply to read")
             return
         if not isinstance(message, dict):
             self.log.warn("stdout: skipped a JSON value that is not an object: {line!r}", line=line[:200])
@@ -334,7 +358,7 @@ class ChildProtocol(ProcessProtocol):
             answer = self.request_handler(method, params if isinstance(params, dict) else {})
             if answer is not None:
                 answer.addCallbacks(
-                    lambda result: self._send({"jsonrpc": "2.0", "id": request_id, "result": result}),
+                    lambda result: self._reply(request_id, result),
                     lambda failure: self._send({"jsonrpc": "2.0", "id": request_id, "error": _error_of(failure)}),
                 )
                 return
@@ -353,8 +377,26 @@ class ChildProtocol(ProcessProtocol):
             }
         )
 
+    def _reply(self, request_id: Any, result: Any) -> None:
+        try:
+            line = _encode({"jsonrpc": "2.0", "id": request_id, "result": result})
+        except ValueError as error:
+            self._send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32603, "message": str(error)}})
+            return
+        self._write(line)
+
     def errReceived(self, data: bytes) -> None:
         self.stderr.feed(data)
+
+    def outConnectionLost(self) -> None:
+        # A child that exits closes stdout just before it is reaped; one that
+        # closes stdout and keeps running can never answer again.
+        if self.exit_info is None:
+            self._stdout_check = self._clock.callLater(STDOUT_CLOSED_GRACE, self._stdout_closed)
+
+    def _stdout_closed(self) -> None:
+        self._stdout_check = None
+        self.violate("closed its stdout but kept running")
 
     # -- ending ------------------------------------------------------------
 
@@ -366,8 +408,19 @@ class ChildProtocol(ProcessProtocol):
         """
         if self._violation is not None or self.exit_info is not None:
             return
-        self._violation = reason
         self.log.error("{reason}; killing it", reason=reason)
+        self.abort(reason)
+
+    def abort(self, reason: str) -> None:
+        """
+        End the child now (SIGKILL to its group) and fail its requests, e.g.
+        a child still starting when the gateway stops.
+
+        @param reason: Why, reported as how it ended.
+        """
+        if self._violation is not None or self.exit_info is not None:
+            return
+        self._violation = reason
         self._fail_pending(ExitInfo(None, None, reason, self.stderr.text()))
         self.signal_group(signal.SIGKILL)
 
@@ -391,6 +444,9 @@ class ChildProtocol(ProcessProtocol):
             code = 0
         info = ExitInfo(code, sig, self._violation, self.stderr.text())
         self.exit_info = info
+        if self._stdout_check is not None and self._stdout_check.active():
+            self._stdout_check.cancel()
+        self._stdout_check = None
         # The leader is gone; take whatever it left in its group with it
         # (e.g. the node process under npx).  The group id cannot be reused
         # while any member is alive.
@@ -402,6 +458,36 @@ class ChildProtocol(ProcessProtocol):
         pending, self._pending = self._pending, {}
         for waiting in pending.values():
             waiting.errback(ChildExited(info))
+
+
+def _no_constant(name: str) -> None:
+    """
+    A child's C{NaN} or C{Infinity} (not JSON, but Python's encoder writes
+    them) is read as C{null}: no client could read it.
+    """
+    return None
+
+
+def _finite_or_none(text: str) -> float | None:
+    """
+    A number that overflows a double (e.g. C{1e400}) is read as C{null}.
+    """
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    """
+    @return: C{message} as one NDJSON line.
+    @raise ValueError: If it holds a non-finite number, a value JSON cannot
+        represent, or nesting too deep to serialise.
+    """
+    try:
+        return dumps(message).encode() + b"\n"
+    except RecursionError:
+        raise ValueError("the message is nested too deeply to send") from None
+    except TypeError as error:
+        raise ValueError(f"the message cannot be sent as JSON: {error}") from None
 
 
 def _error_of(failure: Failure) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
@@ -26,9 +26,9 @@ from twisted.python.failure import Failure
 from .child import LEGACY, MODERN, Child, Era, StartFailed, spawn_child
 from .config import ServiceConfig
 from .deferreds import Shared, observe
-from .errors import ServiceUnavailable
+from .errors import CallTimedOut, ChildFailed, ServiceUnavailable
 from .logs import logger
-from .protocol import ExitInfo
+from .protocol import ChildExited, ChildProtocol, ExitInfo, RPCError
 from .sandbox import Launch, build_launch
 from .security import security_event
 
@@ -99,6 +99,7 @@ class Service:
         self._refill_timer: IDelayedCall | None = None
         self.pool_room: Callable[[], bool] = lambda: True
         self.on_handshake: Callable[[float], None] | None = None
+        self._starting_protocols: set[ChildProtocol] = set()
 
     # -- state ---------------------------------------------------------------
 
@@ -151,13 +152,20 @@ class Service:
                 service=self.name,
                 **{k: v for k, v in self.last_failure.details.items() if k != "service"},
             )
-        workdir = self._make_workdir()
         holder: list[Child] = []
         self._starting += 1
         self.spawns += 1
         launch: Launch | None = None
+        workdir: str | None = None
+        started: list[ChildProtocol] = []
+
+        def running(protocol: ChildProtocol) -> None:
+            started.append(protocol)
+            self._starting_protocols.add(protocol)
+
         try:
             try:
+                workdir = self._make_workdir()
                 launch = build_launch(
                     self.config.sandbox,
                     self.config.command,
@@ -183,14 +191,19 @@ class Service:
                 close_grace=self.config.close_grace,
                 hint=self.era,
                 on_notification=lambda method, params: self._notified(holder, method, params),
+                on_process=running,
             )
         except StartFailed as failure:
             if launch is not None:
                 launch.cleanup()
             self._remove_workdir(workdir)
+            if self._stopping:
+                raise ServiceUnavailable(f"service {self.name!r} is shutting down", retry_after=1) from None
             raise self._start_failed(failure) from None
         finally:
             self._starting -= 1
+            for protocol in started:
+                self._starting_protocols.discard(protocol)
         holder.append(child)
         self.era = child.era
         self._started_once = True
@@ -273,14 +286,16 @@ class Service:
         self._pool_starting -= 1
         if isinstance(outcome, Failure):
             error = outcome.value
-            delay = error.retry_after if isinstance(error, ServiceUnavailable) and error.retry_after else 1.0
-            if not self._stopping and (self._pool_retry is None or not self._pool_retry.active()):
-                self._pool_retry = self._clock.callLater(delay, self.refill_pool)
+            self._retry_pool(error.retry_after if isinstance(error, ServiceUnavailable) and error.retry_after else 1.0)
             return
         if self._stopping:
             outcome.close(self.config.close_grace)
             return
         self._pool.append(outcome)
+
+    def _retry_pool(self, delay: float) -> None:
+        if not self._stopping and (self._pool_retry is None or not self._pool_retry.active()):
+            self._pool_retry = self._clock.callLater(delay, self.refill_pool)
 
     def _start_failed(self, failure: StartFailed) -> ServiceUnavailable:
         self.failures += 1
@@ -332,7 +347,17 @@ class Service:
             self.crashes += 1
         if child in self._pool:
             self._pool.remove(child)
-            self.refill_pool()
+            if child.closing or self._stopping:
+                self.refill_pool()
+            else:
+                # A warm child that dies before any use did not start soundly:
+                # back off as for a failed start instead of respawning in a loop.
+                error = self._start_failed(
+                    StartFailed(
+                        f"the MCP server {info.describe()} while waiting in the warm pool", info, info.stderr_tail
+                    )
+                )
+                self._retry_pool(error.retry_after or 1.0)
         timer = self._stable_timers.pop(child, None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -370,8 +395,18 @@ class Service:
         if self._tools is not None:
             return succeed(self._tools)
         if self._tools_fill is None:
-            self._tools_fill = observe(ensureDeferred(self._fill_tools(None)))
+            return self._start_fill(None).wait()
         return self._tools_fill.wait()
+
+    def _start_fill(self, source: Child | None) -> Shared[list[dict[str, Any]]]:
+        """
+        Start filling the tool cache; later callers share it while it runs
+        (one that fails at once, e.g. during backoff, is not kept).
+        """
+        fill = observe(ensureDeferred(self._fill_tools(source)))
+        if not fill.done:
+            self._tools_fill = fill
+        return fill
 
     async def _fill_tools(self, source: Child | None) -> list[dict[str, Any]]:
         """
@@ -389,7 +424,7 @@ class Service:
                 source = lister = await self.spawn()
             for _ in range(_MAX_REFETCH):
                 generation = self._tools_generation
-                tools = await source.list_tools()
+                tools = await self._list_from(source)
                 if generation == self._tools_generation:
                     break
             self._tools = tools
@@ -400,6 +435,29 @@ class Service:
             if lister is not None:
                 lister.close(self.config.close_grace)
 
+    async def _list_from(self, child: Child) -> list[dict[str, Any]]:
+        """
+        @raise GatewayError: L{CallTimedOut} or L{ChildFailed} (never a bare
+            protocol error), so that C{/tools} answers a JSON 504 or 502.
+        """
+        timeout = self.config.call_timeout
+        try:
+            return await child.list_tools(timeout)
+        except TimeoutError:
+            raise CallTimedOut(f"{self.name} did not list its tools within {timeout:g} s") from None
+        except RPCError as error:
+            raise ChildFailed(
+                f"{self.name} answered tools/list with JSON-RPC error {error.code}: {error.message}"
+            ) from None
+        except ChildExited as error:
+            info = error.info
+            raise ChildFailed.ended(
+                f"the {self.name} server {info.describe()} while listing its tools",
+                info.exit_code,
+                info.signal,
+                info.stderr_tail,
+            ) from None
+
     def _notified(self, holder: list[Child], method: str, params: dict[str, Any]) -> None:
         if method != "notifications/tools/list_changed":
             return
@@ -408,8 +466,7 @@ class Service:
             return  # the fill under way sees the new generation and fetches again
         self._tools = None
         source = holder[0] if holder else None
-        self._tools_fill = observe(ensureDeferred(self._fill_tools(source)))
-        self._tools_fill.wait().addErrback(
+        self._start_fill(source).wait().addErrback(
             lambda f: log.warn("{service}: tool list refresh failed: {e}", service=self.name, e=f.value)
         )
 
@@ -428,4 +485,10 @@ class Service:
             if timer.active():
                 timer.cancel()
         self._stable_timers.clear()
-        await gatherResults([child.close(self.config.close_grace) for child in list(self.children)])
+        starting = list(self._starting_protocols)
+        for protocol in starting:
+            protocol.abort("the gateway is stopping")
+        await gatherResults(
+            [child.close(self.config.close_grace) for child in list(self.children)]
+            + [protocol.ended.wait() for protocol in starting]
+        )

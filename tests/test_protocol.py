@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
-from mcpgateway.protocol import ChildExited, ChildProtocol, ExitInfo, RPCError, StderrTail
+from mcpgateway.protocol import STDOUT_CLOSED_GRACE, ChildExited, ChildProtocol, ExitInfo, RPCError, StderrTail
 
 LABEL = "unit[1]"
 NAMESPACE = f"mcpgateway.child.{LABEL}"
@@ -431,6 +431,79 @@ def test_violate_only_once() -> None:
     peer.protocol.violate("second reason")
     assert failure_of(d, ChildExited).value.info.reason == "first reason"  # type: ignore[attr-defined]
     assert failure_of(peer.protocol.request("m"), ChildExited).value.info.reason == "first reason"  # type: ignore[attr-defined]
+
+
+def test_deeply_nested_line_is_a_violation_not_a_crash(logged: list[dict[str, Any]]) -> None:
+    peer = Peer(max_line=1 << 22)
+    d = peer.protocol.request("m")
+    peer.protocol.outReceived(b"[" * 200_000 + b"]" * 200_000 + b"\n")
+    assert "nested too deeply" in str(failure_of(d, ChildExited).value)
+    assert not peer.protocol.alive
+
+
+def test_non_finite_numbers_from_a_child_are_read_as_null() -> None:
+    peer = Peer()
+    d = peer.protocol.request("m")
+    peer.protocol.outReceived(b'{"jsonrpc":"2.0","id":1,"result":{"a":NaN,"b":-Infinity,"c":1e400,"d":1.5}}\n')
+    assert result_of(d) == {"a": None, "b": None, "c": None, "d": 1.5}
+
+
+@pytest.mark.parametrize("params", [{"x": float("nan")}, {"x": float("inf")}, {"x": object()}])
+def test_unsendable_params_fail_the_request_and_send_nothing(params: dict[str, Any]) -> None:
+    peer = Peer()
+    failure_of(peer.protocol.request("m", params), ValueError)
+    assert peer.sent() == []
+    # The id was not spent and nothing is pending: the next request is id 1.
+    peer.protocol.request("n")
+    assert [m["id"] for m in peer.sent()] == [1]
+
+
+def test_too_deep_params_fail_the_request() -> None:
+    peer = Peer()
+    value: Any = []
+    for _ in range(100_000):
+        value = [value]
+    failure_of(peer.protocol.request("m", {"x": value}), ValueError)
+    assert peer.sent() == []
+
+
+def test_unsendable_answer_to_a_child_request_becomes_an_error() -> None:
+    peer = Peer()
+    answer: Deferred[dict[str, Any]] = Deferred()
+    peer.protocol.request_handler = lambda method, params: answer
+    peer.receive({"jsonrpc": "2.0", "id": 7, "method": "roots/list"})
+    answer.callback({"bad": float("nan")})
+    (sent,) = peer.sent()
+    assert sent["id"] == 7
+    assert sent["error"]["code"] == -32603
+
+
+def test_closed_stdout_of_a_running_child_kills_it_after_a_grace() -> None:
+    peer = Peer()
+    d = peer.protocol.request("m")
+    peer.protocol.outConnectionLost()
+    assert not d.called, "an exiting child closes stdout first: wait for its end"
+    peer.clock.advance(STDOUT_CLOSED_GRACE)
+    assert "closed its stdout" in str(failure_of(d, ChildExited).value)
+    assert not peer.protocol.alive
+
+
+def test_closed_stdout_then_exit_is_reported_as_the_exit() -> None:
+    peer = Peer()
+    d = peer.protocol.request("m")
+    peer.protocol.outConnectionLost()
+    peer.protocol.processEnded(Failure(ProcessTerminated(exitCode=3)))
+    assert failure_of(d, ChildExited).value.info.exit_code == 3  # type: ignore[attr-defined]
+    assert peer.protocol.exit_info is not None and peer.protocol.exit_info.reason is None
+    assert peer.clock.getDelayedCalls() == []
+
+
+def test_abort_fails_pending_without_logging_an_error(logged: list[dict[str, Any]]) -> None:
+    peer = Peer()
+    d = peer.protocol.request("m")
+    peer.protocol.abort("the gateway is stopping")
+    assert failure_of(d, ChildExited).value.info.reason == "the gateway is stopping"  # type: ignore[attr-defined]
+    assert not ours(logged, LogLevel.error)
 
 
 # -- stderr --------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
@@ -23,8 +23,8 @@ from mcpgateway.auth import Principal
 from mcpgateway.child import LEGACY, StartFailed
 from mcpgateway.config import ServiceConfig, SessionConfig
 from mcpgateway.deferreds import Shared
-from mcpgateway.errors import LimitReached, NotFound, ServiceUnavailable
-from mcpgateway.protocol import ExitInfo
+from mcpgateway.errors import GatewayError, LimitReached, NotFound, ServiceUnavailable
+from mcpgateway.protocol import ChildExited, ExitInfo, RPCError
 from mcpgateway.sandbox import SandboxPolicy
 from mcpgateway.service import Service
 from mcpgateway.sessions import Session, SessionRegistry
@@ -76,9 +76,19 @@ class FakeChild:
     def when_ended(self) -> Deferred[ExitInfo]:
         return self.ended.wait()
 
-    def end(self) -> None:
+    def end(self, info: ExitInfo | None = None) -> None:
         self.alive = False
-        self.ended.fire(ExitInfo(0, None, None, ""))
+        self.ended.fire(info or ExitInfo(0, None, None, ""))
+
+    def list_tools(self, timeout: float) -> Deferred[list[dict[str, Any]]]:
+        self.listing = Deferred[list[dict[str, Any]]]()
+        self.list_timeout = timeout
+        return self.listing
+
+    def close(self, grace: float) -> Deferred[ExitInfo]:
+        self.closing = True
+        self.end()
+        return self.ended.wait()
 
 
 class FakeSpawn:
@@ -358,6 +368,95 @@ def test_spawn_refused_after_stop(make_service: Callable[..., Service], fake: Fa
     error = unavailable(spawn(service))
     assert "shutting down" in error.message
     assert fake.calls == []
+
+
+def test_tools_during_backoff_fails_at_once_then_recovers(
+    make_service: Callable[..., Service], fake: FakeSpawn
+) -> None:
+    service = make_service(1.0, backoff_initial=1.0)
+    unavailable(spawn(service))
+    # Backing off: the fill fails synchronously and must not be kept as the
+    # fill "under way" (it would answer every later /tools with this 503).
+    assert unavailable(service.tools()).retry_after == pytest.approx(1.0)
+    assert unavailable(service.tools()).retry_after == pytest.approx(1.0)
+    fake.clock.advance(1)
+    fake.succeed = True
+    listed = service.tools()
+    [lister] = fake.children
+    lister.listing.callback([{"name": "echo"}])
+    assert outcome(listed) == [{"name": "echo"}]
+    assert service.declares("echo")
+    assert lister.closing, "the short-lived lister child is closed"
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "words"),
+    [
+        (TimeoutError(), 504, "within 7 s"),
+        (RPCError(-32603, "boom"), 502, "JSON-RPC error -32603"),
+        (ChildExited(ExitInfo(3, None, None, "tail")), 502, "exited with status 3"),
+    ],
+)
+def test_tool_listing_failures_are_gateway_errors(
+    make_service: Callable[..., Service], fake: FakeSpawn, failure: Exception, status: int, words: str
+) -> None:
+    service = make_service(call_timeout=7.0)
+    fake.succeed = True
+    listed = service.tools()
+    [lister] = fake.children
+    assert lister.list_timeout == 7.0
+    lister.listing.errback(failure)
+    result = outcome(listed)
+    assert isinstance(result, Failure) and isinstance(result.value, GatewayError)
+    assert (result.value.status, words in result.value.message) == (status, True), result.value.message
+    # Not cached: the next /tools tries again.
+    service.tools()
+    assert len(fake.children) == 2
+
+
+def test_unusable_sandbox_dir_is_a_start_failure(fake: FakeSpawn, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    config = ServiceConfig(name="todo", command=("prog",), description="", backoff_initial=1.0)
+    service = Service(config, MemoryReactor(), fake.clock, str(blocker / "sandbox"), random_source=lambda: 1.0)
+    error = unavailable(spawn(service))
+    assert "cannot set up the sandbox" in error.message
+    assert service.failures == 1
+    assert fake.calls == []
+
+
+def test_warm_child_dying_idle_backs_off_instead_of_respawning(
+    make_service: Callable[..., Service], fake: FakeSpawn
+) -> None:
+    service = make_service(1.0, prewarm=1, backoff_initial=1.0)
+    fake.succeed = True
+    service.refill_pool()
+    [first] = fake.children
+    assert service.pool_size == 1
+    first.end(ExitInfo(1, None, None, "ImportError"))
+    assert service.pool_size == 0
+    assert len(fake.calls) == 1, "no immediate respawn"
+    assert service.failures == 1
+    assert "warm pool" in service.describe()["last_error"]
+    fake.clock.advance(0.99)
+    assert len(fake.calls) == 1
+    fake.clock.advance(0.01)
+    assert len(fake.calls) == 2 and service.pool_size == 1
+    # The replacement dies too: the delay doubles.
+    fake.children[-1].end(ExitInfo(1, None, None, ""))
+    fake.clock.advance(1.99)
+    assert len(fake.calls) == 2
+    fake.clock.advance(0.01)
+    assert len(fake.calls) == 3
+
+
+def test_closing_a_warm_child_refills_without_backoff(make_service: Callable[..., Service], fake: FakeSpawn) -> None:
+    service = make_service(prewarm=1)
+    fake.succeed = True
+    service.refill_pool()
+    fake.children[0].close(0.1)
+    assert service.failures == 0
+    assert len(fake.calls) == 2 and service.pool_size == 1
 
 
 # -- sessions ------------------------------------------------------------------------------------

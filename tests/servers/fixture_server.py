@@ -313,10 +313,15 @@ class FixtureServer(Server):
 
     def dispatch(self, request: Request) -> dict[str, Any] | None:
         """
-        With C{--no-handshake-reply}, swallow C{initialize} and C{server/discover}.
+        With C{--no-handshake-reply}, swallow C{initialize} and C{server/discover};
+        with C{--exit-after-handshake S}, exit with status 4 S seconds after answering it.
         """
         if self.options.no_handshake_reply and request.method in ("initialize", "server/discover"):
             return None
+        if self.options.exit_after_handshake is not None and request.method in ("initialize", "server/discover"):
+            timer = threading.Timer(self.options.exit_after_handshake, os._exit, (4,))
+            timer.daemon = True
+            timer.start()
         return super().dispatch(request)
 
     def on_list_tools(self, request: Request) -> dict[str, Any] | None:
@@ -368,8 +373,14 @@ class FixtureServer(Server):
 
     def on_call_tool(self, request: Request) -> dict[str, Any] | None:
         """
+        C{--close-stdout-on-call}: close stdout instead of answering;
         C{--stderr-flood}: write that many bytes to stderr first.
         """
+        if self.options.close_stdout_on_call:
+            log("closing stdout and staying up (--close-stdout-on-call)")
+            sys.stdout.flush()
+            os.close(1)
+            return None
         flood = self.options.stderr_flood
         if flood > 0:
             line = b"flood " + b"e" * 93 + b"\n"
@@ -428,6 +439,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--start-delay", type=float, default=0, metavar="SECONDS", help="sleep before reading")
     parser.add_argument("--crash-after", type=int, default=None, metavar="N", help="exit 5 after N tools/call answers")
     parser.add_argument("--tools-sleep", type=float, default=0, metavar="SECONDS", help="delay tools/list answers")
+    parser.add_argument(
+        "--exit-after-handshake", type=float, default=None, metavar="SECONDS", help="exit 4 S s after the handshake"
+    )
+    parser.add_argument(
+        "--close-stdout-on-call", action="store_true", help="on tools/call close stdout and keep running"
+    )
     return parser.parse_args(argv)
 
 
