@@ -9,8 +9,13 @@ other's sessions.
 
 Everything is compared as bytes in constant time, so non-ASCII and
 digit-only credentials work.  Password hashes are scrypt, verified in a
-thread (never on the reactor) and remembered for a while, so only the first
-request of a client pays for the hash.
+thread (never on the reactor), at most L{VERIFY_CONCURRENCY} at a time, and
+remembered for a while, so only the first request of a client pays for the
+hash.  L{Authenticator.costly} tells the caller beforehand that a header
+needs such a verification, so that the attempt can be counted against the
+client's failure budget I{before} the work is done (a burst of guesses
+then costs at most that budget in hashing).  An unknown user name costs the
+same hash as a known one, so timing does not tell which names exist.
 
 C{python -m mcpgateway.auth password} and C{python -m mcpgateway.auth token}
 print the hash to put in the configuration.
@@ -29,7 +34,7 @@ import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.threads import deferToThread
 
 from .config import PrincipalConfig, ServerConfig
@@ -40,6 +45,10 @@ CHALLENGES = (b'Basic realm="mcpgateway", charset="UTF-8"', b'Bearer realm="mcpg
 ADMIN = "admin"
 AGENT = "agent"
 _CACHE_SIZE = 1024
+#: Password hashes verified at once (each takes a thread and ~16 MiB).
+VERIFY_CONCURRENCY = 2
+#: Verified for an unknown user name, so it costs what a known one does.
+_DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,7 @@ class Authenticator:
             p.token_hash.split("$", 1)[1]: p for p in server.principals if p.token_hash
         }
         self._verified: OrderedDict[bytes, Principal] = OrderedDict()
+        self._slots = DeferredSemaphore(VERIFY_CONCURRENCY)
 
     def check(self, header: bytes | None) -> bool:
         """
@@ -148,19 +158,35 @@ class Authenticator:
             self._verified.move_to_end(key)
             return succeed(cached)
         entry = self._by_name.get(user)
-        if entry is None or not entry.password_hash:
-            return succeed(None)
-        found = Principal(entry.name, entry.role)
+        known = entry is not None and bool(entry.password_hash)
+        encoded = entry.password_hash if entry is not None and entry.password_hash else _DUMMY_HASH
+        found = Principal(entry.name, entry.role) if entry is not None else None
 
         def verified(ok: bool) -> Principal | None:
-            if not ok:
+            if not (ok and known and found is not None):
                 return None
             self._verified[key] = found
             if len(self._verified) > _CACHE_SIZE:
                 self._verified.popitem(last=False)
             return found
 
-        return deferToThread(_verify_password, entry.password_hash, password).addCallback(verified)
+        return self._slots.run(deferToThread, _verify_password, encoded, password).addCallback(verified)
+
+    def costly(self, header: bytes | None) -> bool:
+        """
+        Whether L{authenticate} would have to verify a password hash for
+        C{header} (Basic credentials that are neither the seed's nor
+        remembered, while principals are configured).
+
+        @param header: The raw C{Authorization} header, or L{None}.
+        """
+        if not self._by_name:
+            return False
+        scheme, value = _parse(header)
+        if scheme != b"basic" or self._seed_principal(scheme, value) is not None:
+            return False
+        user, password = _basic(value)
+        return user is not None and password is not None and hashlib.sha256(value).digest() not in self._verified
 
     def _seed_principal(self, scheme: bytes, value: bytes) -> Principal | None:
         if scheme == b"bearer" and self._token:

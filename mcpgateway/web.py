@@ -107,11 +107,18 @@ def guarded(
             # An address that used up its failures is refused before its
             # credentials are even checked, so a right guess gains nothing.
             await self.limit(request, "auth_failure", address, None, count=False)
-            principal = await self.authenticator.authenticate(request.getHeader(b"authorization"))
+            header = request.getHeader(b"authorization")
+            # A password hash to verify is counted as an attempt first, so a
+            # burst of guesses cannot make the gateway hash more than the budget.
+            costly = self.authenticator.costly(header)
+            if costly:
+                await self.limit(request, "auth_failure", address, None)
+            principal = await self.authenticator.authenticate(header)
             if principal is None:
                 self.metrics.auth_failures.inc()
                 self.security("auth_failure", request, None)
-                await self.limit(request, "auth_failure", address, None)
+                if not costly:
+                    await self.limit(request, "auth_failure", address, None)
                 request.responseHeaders.setRawHeaders(b"WWW-Authenticate", list(CHALLENGES))
                 raise Unauthorized("missing or invalid credentials")
             await self.limit(request, group, f"principal:{principal.name}", principal)
