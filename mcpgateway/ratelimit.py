@@ -52,7 +52,8 @@ redis-py, so every hit runs in the reactor's thread pool
 Each Redis operation is bounded by L{REDIS_SOCKET_TIMEOUT} (connect and read;
 one immediate retry for a stale pooled connection) and a whole hit by
 L{HIT_TIMEOUT}.  Query parameters of the URI (e.g. C{?socket_timeout=2}) take
-precedence over these defaults.
+precedence over these defaults, and a whole hit may then take as long as
+they allow (connect, a command and its retry).
 
 When the storage fails
 ======================
@@ -76,7 +77,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from limits import RateLimitItem, parse_many
 from limits.errors import ConfigurationError
@@ -351,6 +352,24 @@ class InlineMemoryStorage(Storage):
         self._counts.pop(key, None)
 
 
+def _uri_hit_timeout(uri: str) -> float:
+    """
+    @return: The longest a hit may take with the socket timeouts the URI's
+        query sets (connect, then a command and its one retry), or 0 when
+        it sets none.
+    """
+    try:
+        query = parse_qs(urlsplit(uri).query)
+        if "socket_timeout" not in query and "socket_connect_timeout" not in query:
+            return 0.0
+        connect = float(query.get("socket_connect_timeout", [REDIS_SOCKET_TIMEOUT])[0])
+        command = float(query.get("socket_timeout", [REDIS_SOCKET_TIMEOUT])[0])
+    except ValueError:
+        return 0.0
+    total = connect + 2 * command
+    return total if math.isfinite(total) else 0.0
+
+
 def _storage(uri: str) -> Storage:
     """
     @return: The storage for C{uri}, not yet connected.
@@ -426,7 +445,7 @@ class RateLimiter:
         self._uri = config.storage_uri.strip() or STORAGE_URI
         self._shown = _redact(self._uri)
         self._retry_interval = storage_retry_interval
-        self._hit_timeout = hit_timeout
+        self._hit_timeout = max(hit_timeout, _uri_hit_timeout(self._uri))
         self._storages: list[Storage] = []
         self._primary: FixedWindowRateLimiter | None = None
         self._fallback: FixedWindowRateLimiter | None = None

@@ -625,3 +625,20 @@ def test_inline_memory_storage_expires_lazily_and_sweeps(monkeypatch: pytest.Mon
     assert storage.reset() is not None
     assert storage.get("fresh0") == 0
     assert threading.active_count() == threads, "no thread was started"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", 0.0),
+        ("?socket_timeout=2", 0.5 + 4.0),
+        ("?socket_timeout=2&socket_connect_timeout=3", 3.0 + 4.0),
+        ("?socket_connect_timeout=1", 1.0 + 1.0),
+        ("?socket_timeout=nope", 0.0),
+        ("?socket_timeout=inf", 0.0),
+    ],
+)
+def test_uri_socket_timeouts_lengthen_the_hit_timeout(query: str, expected: float) -> None:
+    from mcpgateway.ratelimit import _uri_hit_timeout
+
+    assert _uri_hit_timeout("redis://127.0.0.1:6379/0" + query) == pytest.approx(expected)
