@@ -12,12 +12,14 @@ __all__ = ["SERVICE_NAME", "SESSION_ID", "TOOL_NAME", "check_name"]
 
 SERVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-SESSION_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+# Not "." or "..": a URL path cannot carry them (clients and servers
+# normalise dot segments away), so DELETE /sessions/<id> could not name it.
+SESSION_ID = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9_.-]{1,128}")
 
 _RULES = {
     SERVICE_NAME: "1-64 characters of A-Z a-z 0-9 _ -",
     TOOL_NAME: "1-128 characters of A-Z a-z 0-9 _ . -",
-    SESSION_ID: "1-128 characters of A-Z a-z 0-9 _ . -",
+    SESSION_ID: "1-128 characters of A-Z a-z 0-9 _ . - (not . or ..)",
 }
 
 

@@ -383,6 +383,8 @@ async def test_bad_bodies_are_400_with_codes_and_spawn_nothing(live: Any) -> Non
         (b'{"tool": "echo"}', "invalid_session_id"),
         (b'{"tool": "../etc/passwd", "session_id": "s"}', "invalid_tool_name"),
         (b'{"tool": "echo", "session_id": "../../x"}', "invalid_session_id"),
+        (b'{"tool": "echo", "session_id": "."}', "invalid_session_id"),
+        (b'{"tool": "echo", "session_id": ".."}', "invalid_session_id"),
         (b'{"tool": "echo", "session_id": "' + b"s" * 129 + b'"}', "invalid_session_id"),
         (b'{"tool": "echo", "session_id": "s", "arguments": [1]}', "invalid_arguments"),
         (b'{"tool": "echo", "session_id": "s", "metadata": "x"}', "invalid_metadata"),
