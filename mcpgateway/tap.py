@@ -142,11 +142,17 @@ class GatewayService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self.limiter is not None:
-            self.limiter.close()
-        if self.access is not None:
-            self.access.stop()
-        return ensureDeferred(self.gateway.stop())
+
+        def stopped(result: object) -> object:
+            # Calls cut short by the stop are still answered, counted and
+            # logged: close the limiter and the access log only afterwards.
+            if self.limiter is not None:
+                self.limiter.close()
+            if self.access is not None:
+                self.access.stop()
+            return result
+
+        return ensureDeferred(self.gateway.stop()).addBoth(stopped)
 
 
 def listening_service(config: GatewayConfig, tls: CertificateOptions | None, site: GatewaySite) -> IService:

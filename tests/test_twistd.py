@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -454,3 +455,34 @@ def test_numeric_password_from_the_environment_keeps_leading_zeros(tmp_path: Pat
             assert (status, body["code"]) == (401, "unauthorized"), wrong
         assert_orderly_exit(gateway, gateway.stop()[0])
     assert_no_tagged_processes(tag)
+
+
+def test_a_call_cut_by_shutdown_is_answered_503_and_logged(tmp_path: Path) -> None:
+    port = free_port()
+    tag = uuid.uuid4().hex
+    service = {"command": [sys.executable, FIXTURE_SERVER], "env": {"MCPGATEWAY_TEST_TAG": tag}}
+    config = json.loads(write_config(tmp_path / "gateway.json", port, {"fx": service}).read_text())
+    access = tmp_path / "access.jsonl"
+    config["logging"] = {"access_log": str(access)}
+    (tmp_path / "gateway.json").write_text(json.dumps(config))
+    command = [*twistd(), "-n", "--pidfile=", "mcpgateway", "--config", str(tmp_path / "gateway.json")]
+    answers: list[tuple[int, Any]] = []
+    with running(command, tmp_path, port, environment(), tag) as gateway:
+        caller = threading.Thread(
+            target=lambda: answers.append(gateway.call("fx", "sleep", "cut", ("admin", "s3cret"), seconds=30))
+        )
+        caller.start()
+        deadline = time.monotonic() + 10
+        while "cut" not in http("GET", gateway.url + "/sessions", auth=("admin", "s3cret"))[1]:
+            assert time.monotonic() < deadline, "the call never opened its session"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the child has the request (test thread only; the gateway is another process)
+        exit_status, took = gateway.stop(signal.SIGTERM, timeout=10)
+        assert took < 5
+        caller.join(10)
+        assert_orderly_exit(gateway, exit_status)
+    assert_no_tagged_processes(tag)
+    [(status, body)] = answers
+    assert (status, body["code"]) == (503, "service_unavailable"), body
+    lines = [json.loads(line) for line in access.read_text().splitlines()]
+    assert [(line["session"], line["status"]) for line in lines] == [("cut", 503)], lines
