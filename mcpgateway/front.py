@@ -13,11 +13,24 @@ collisions are resolved by re-hashing; such names are resolved through the
 catalogue.  Resources get the URI C{mcpgw://<service>/<original URI>}.  On a
 single-service endpoint every name and URI is the child's own.
 
-Sessions: a legacy client's C{initialize} opens a gateway session (visible in
-C{GET /sessions}, reaped when idle, one child per service it uses, the same
-limits as REST sessions).  A 2026-07-28 client has no session; each
-principal gets one gateway session C{mcp-modern.<principal>} whose children
-serve all its modern requests until it is reaped.
+Sessions: a legacy client's C{initialize} opens a gateway session
+C{mcp-<32 hex digits>} (visible in C{GET /sessions}, reaped when idle, one
+child per service it uses, the same limits as REST sessions).  A 2026-07-28
+client has no session; each principal gets one gateway session
+C{mcp-modern.<principal>} whose children serve all its modern requests until
+it is reaped.  REST calls may not name a session id starting with C{mcp-}
+(L{mcpgateway.calls.rest_session_id}), so no REST client can squat or use
+these sessions; C{GET /sessions} lists them and C{DELETE /sessions/<id>}
+closes them like any other.
+
+Lists gathered from every service (C{tools/list}, C{prompts/list},
+C{resources/list}, C{resources/templates/list}) ask all services at once,
+each bounded by its C{call_timeout}; a service that fails or does not answer
+in time is left out (and logged), so the list holds what the others offer.
+
+Every C{tools/call} runs through L{mcpgateway.calls.ToolCalls.run}, as REST
+calls do: one span, one C{mcpgateway_tool_call_seconds} sample and one
+access-log line each.
 
 Children are wired with the hooks of L{mcpgateway.protocol.ChildProtocol}:
 progress notifications are routed by a token the gateway mints per request;
@@ -37,15 +50,16 @@ import secrets
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError
 from twisted.python.failure import Failure
 
 from . import __version__
 from .auth import Principal
+from .calls import MCP_SESSION_PREFIX, ToolCalls
 from .child import Child
-from .errors import CallTimedOut, GatewayError
+from .errors import BadRequest, CallTimedOut, ChildFailed, GatewayError, SessionClosed
 from .gateway import Gateway
 from .logs import logger
 from .protocol import ChildExited, RPCError
@@ -69,6 +83,8 @@ __all__ = [
 
 log = logger(__name__)
 
+T = TypeVar("T")
+
 LEGACY_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSION = "2026-07-28"
 MODERN_VERSIONS = (MODERN_VERSION,)
@@ -84,6 +100,8 @@ MAX_NAME = 64
 _HASH_DIGITS = 8
 RESOURCE_PREFIX = "mcpgw://"
 MAX_PAGES = 100
+_MAX_SESSION_ID = 128
+_MAX_CLIENT_NAME = 200
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -142,7 +160,12 @@ def gateway_error(error: GatewayError) -> McpError:
     data: dict[str, Any] = {"reason": error.code, "status": error.status, **error.details}
     if error.retry_after is not None:
         data["retry_after"] = round(error.retry_after, 3)
-    code = REQUEST_TIMEOUT if isinstance(error, CallTimedOut) else INTERNAL_ERROR
+    if isinstance(error, CallTimedOut):
+        code = REQUEST_TIMEOUT
+    elif error.status == 400:
+        code = INVALID_PARAMS
+    else:
+        code = INTERNAL_ERROR
     return McpError(code, error.message, data)
 
 
@@ -264,12 +287,18 @@ def prefix_uri(service: str, uri: str) -> str:
 
 def modern_session_id(principal: Principal) -> str:
     """
-    @return: The gateway session serving C{principal}'s 2026-07-28 requests.
+    @return: The gateway session serving C{principal}'s 2026-07-28 requests:
+        C{mcp-modern.<name>}, at most 128 characters of C{A-Z a-z 0-9 _ . -};
+        a name with other characters, or too long, is followed by (or
+        shortened to end with) a hash of it, so two principals never share one.
+        REST calls cannot name it (L{mcpgateway.calls.rest_session_id}).
     """
+    prefix = f"{MCP_SESSION_PREFIX}modern."
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", principal.name)
-    if safe != principal.name:
-        safe += "." + hashlib.sha256(principal.name.encode()).hexdigest()[:8]
-    return f"mcp-modern.{safe}"[:128]
+    if safe != principal.name or len(prefix) + len(safe) > _MAX_SESSION_ID:
+        digest = hashlib.sha256(principal.name.encode()).hexdigest()[:16]
+        safe = f"{safe[: _MAX_SESSION_ID - len(prefix) - len(digest) - 1]}.{digest}"
+    return prefix + safe
 
 
 def _encode_cursor(offset: int) -> str:
@@ -366,6 +395,8 @@ class McpClient:
 
         @return: Whether it was in flight.
         """
+        if type(request_id) not in (int, str):
+            return False  # no request has such an id (and a list or an object is not hashable)
         call = self.calls.get(_id_key(request_id))
         if call is None or call.task is None:
             return False
@@ -412,12 +443,14 @@ class McpFront:
 
     @ivar page_size: Items per page of the lists the gateway paginates.
     @ivar clients: The legacy sessions, by id.
+    @ivar calls: Runs and records C{tools/call} (shared with the REST API).
     """
 
     page_size = 100
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, calls: ToolCalls) -> None:
         self.gateway = gateway
+        self.calls = calls
         self.clients: dict[str, McpClient] = {}
         self._tokens = itertools.count(1)
         self._adopted: weakref.WeakKeyDictionary[Child, bool] = weakref.WeakKeyDictionary()
@@ -473,14 +506,14 @@ class McpFront:
         version = requested if requested in LEGACY_VERSIONS else LEGACY_VERSIONS[-1]
         capabilities = params.get("capabilities")
         info = params.get("clientInfo")
-        session_id = "mcp-" + secrets.token_hex(16)
+        session_id = MCP_SESSION_PREFIX + secrets.token_hex(16)
         metadata: dict[str, Any] = {
             "transport": "mcp",
             "protocol": version,
             "endpoint": "/mcp" if scope is None else f"/services/{scope}/mcp",
         }
         if isinstance(info, dict) and isinstance(info.get("name"), str):
-            metadata["client"] = info["name"]
+            metadata["client"] = info["name"][:_MAX_CLIENT_NAME]
         self.gateway.open_session(session_id, principal, self.gateway.config.session.default_timeout, metadata)
         client = McpClient(
             session_id, principal, scope, version, capabilities if isinstance(capabilities, dict) else {}
@@ -563,6 +596,11 @@ class McpFront:
             raise McpError(METHOD_NOT_FOUND, f"Method not found: {method}", method)
         try:
             result = await handler(self, ctx, params)
+        except (McpError, GatewayError, CancelledError):
+            raise
+        except Exception:
+            log.failure("unexpected error answering {method}", method=method)
+            raise McpError(INTERNAL_ERROR, f"internal error answering {method} (logged)") from None
         finally:
             ctx.session.last_accessed = self.gateway.clock.seconds()
         return self.shape(ctx, method, result)
@@ -611,22 +649,16 @@ class McpFront:
         """
         Every tool of the services in C{scope}, named for the client, from the
         services' caches (filled once if needed).  On the aggregate endpoint a
-        service that cannot list its tools is left out (and logged).
+        service that cannot list its tools within its C{call_timeout} is left
+        out (and logged); a fill it started goes on for later lists.
         """
         services = [self.gateway.service(scope)] if scope is not None else list(self.gateway.services.values())
-
-        def failed(failure: Failure, service: Service) -> list[dict[str, Any]]:
-            log.warn("{service}: tools left out of /mcp: {error}", service=service.name, error=failure.value)
-            return []
-
         lists: list[list[dict[str, Any]]]
         if scope is not None:
-            try:
-                lists = [await services[0].tools()]
-            except (GatewayError, RPCError, ChildExited) as error:
-                raise _as_mcp_error(error, f"{scope} could not list its tools") from None
+            lists = [await self._within(services[0], services[0].tools(), "tools/list")]
         else:
-            lists = await gatherResults([service.tools().addErrback(failed, service) for service in services])
+            found = await self._from_each(services, lambda service: service.tools(), "tools/list")
+            lists = [items if items is not None else [] for items in found]
         memo = self._memo.get(scope)
         if memo is not None and len(memo[0]) == len(lists) and all(a is b for a, b in zip(memo[0], lists, strict=True)):
             return memo[1]
@@ -658,8 +690,13 @@ class McpFront:
             return ctx.scope, public
         service, dot, name = public.partition(SEPARATOR)
         direct = bool(dot and name and service in self.gateway.services)
-        if direct and len(public) < MAX_NAME:
-            return service, name
+        if len(public) != MAX_NAME:
+            # Only a name of exactly MAX_NAME characters may be a shortened
+            # one; any other is in the catalogue only as itself, so a
+            # malformed name is refused without listing (or starting) anything.
+            if direct:
+                return service, name
+            raise McpError(INVALID_PARAMS, f"Unknown {kind}: {public}")
         catalog = await (self.tool_catalog(None) if kind == "tool" else self._prompt_catalog(ctx))
         for entry in catalog:
             if entry.public == public:
@@ -669,8 +706,19 @@ class McpFront:
         raise McpError(INVALID_PARAMS, f"Unknown {kind}: {public}")
 
     async def _call_tool(self, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+        arguments = params.get("arguments")
+        if arguments is not None and not isinstance(arguments, dict):
+            raise McpError(INVALID_PARAMS, "params.arguments must be an object")
         service, tool = await self._resolve(ctx, params.get("name"), "tool")
-        return await self.forward(ctx, service, "tools/call", {**params, "name": tool})
+        outgoing = {**params, "name": tool}
+
+        def work(meta: dict[str, Any]) -> Deferred[dict[str, Any]]:
+            return Deferred.fromCoroutine(self._send(ctx, service, "tools/call", outgoing, meta))
+
+        try:
+            return await self.calls.run(service, tool, ctx.session.id, ctx.principal, work, _is_tool_error)
+        except (GatewayError, RPCError) as error:
+            raise _as_mcp_error(error, "tools/call") from None
 
     # -- prompts -----------------------------------------------------------------
 
@@ -678,6 +726,11 @@ class McpFront:
         """
         The full C{method} list of each service in scope, from the session's
         children; a service that does not offer it contributes nothing.
+
+        On the aggregate endpoint every service is asked at once and one that
+        fails or takes longer than its C{call_timeout} (start included) is
+        left out and logged; on a single-service endpoint its error is the
+        answer.
         """
         key = _LIST_PAGED[method]
 
@@ -689,9 +742,7 @@ class McpFront:
                 try:
                     page = await self.forward(ctx, service, method, {"cursor": cursor} if cursor else {})
                 except McpError as error:
-                    if error.code == METHOD_NOT_FOUND or ctx.scope is None:
-                        if error.code != METHOD_NOT_FOUND:
-                            log.warn("{service}: {method} left out: {e}", service=service, method=method, e=error)
+                    if error.code == METHOD_NOT_FOUND:
                         return items
                     raise
                 found = page.get(key)
@@ -703,11 +754,54 @@ class McpFront:
                 seen.add(cursor)
             return items
 
-        names = [service.name for service in self._services(ctx)]
-        lists = []
-        for name in names:  # one at a time: each may start a child
-            lists.append(await one(name))
-        return list(zip(names, lists, strict=True))
+        services = self._services(ctx)
+        if ctx.scope is not None:
+            return [(ctx.scope, await self._within(services[0], Deferred.fromCoroutine(one(ctx.scope)), method))]
+        found = await self._from_each(services, lambda service: Deferred.fromCoroutine(one(service.name)), method)
+        return [(service.name, items) for service, items in zip(services, found, strict=True) if items is not None]
+
+    async def _within(self, service: Service, work: Deferred[T], what: str) -> T:
+        """
+        Wait for C{work} (about C{service}) at most its C{call_timeout}, then cancel it.
+
+        @raise McpError: For its failure, or C{REQUEST_TIMEOUT}.
+        """
+        timeout = service.config.call_timeout
+        try:
+            return await work.addTimeout(timeout, self.gateway.clock)
+        except TimeoutError:
+            raise McpError(
+                REQUEST_TIMEOUT, f"{service.name} did not answer {what} within {timeout:g} s; the request was cancelled"
+            ) from None
+        except (GatewayError, RPCError, ChildExited) as error:
+            raise _as_mcp_error(error, f"{service.name} could not answer {what}") from None
+
+    async def _from_each(
+        self, services: list[Service], fetch: Callable[[Service], Deferred[T]], what: str
+    ) -> list[T | None]:
+        """
+        Run C{fetch} for every service at once, each bounded by the service's
+        C{call_timeout}.
+
+        @return: Each service's result, or L{None} for one that failed or
+            timed out (logged).
+        @raise CancelledError: If the wait was cancelled (the client went away).
+        """
+        outcomes = await DeferredList(
+            [Deferred.fromCoroutine(self._within(service, fetch(service), what)) for service in services],
+            consumeErrors=True,
+        )
+        results: list[T | None] = []
+        for service, (ok, value) in zip(services, outcomes, strict=True):
+            if ok:
+                results.append(value)
+                continue
+            assert isinstance(value, Failure)
+            if value.check(CancelledError):
+                value.raiseException()
+            log.warn("{service}: left out of {what}: {error}", service=service.name, what=what, error=value.value)
+            results.append(None)
+        return results
 
     async def _prompt_catalog(self, ctx: Context) -> list[Entry]:
         return build_catalog(await self._list_everywhere(ctx, "prompts/list"), scoped=ctx.scope is not None)
@@ -717,6 +811,9 @@ class McpFront:
         return self._page([entry.view() for entry in catalog], params, "prompts")
 
     async def _get_prompt(self, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+        arguments = params.get("arguments")
+        if arguments is not None and not isinstance(arguments, dict):
+            raise McpError(INVALID_PARAMS, "params.arguments must be an object")
         service, prompt = await self._resolve(ctx, params.get("name"), "prompt")
         return await self.forward(ctx, service, "prompts/get", {**params, "name": prompt})
 
@@ -814,21 +911,36 @@ class McpFront:
         @raise McpError: For the child's JSON-RPC error (code, message and
             data kept), a timeout, a dead child or a gateway limit.
         """
-        if ctx.scope is not None and name != ctx.scope:
-            raise McpError(INVALID_PARAMS, f"this endpoint serves only {ctx.scope!r}")
-        session = ctx.session
         try:
-            service = self.gateway.service(name)
+            return await self._send(ctx, name, method, params)
+        except (GatewayError, RPCError) as error:
+            raise _as_mcp_error(error, method) from None
+
+    async def _send(
+        self, ctx: Context, name: str, method: str, params: dict[str, Any], meta: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """
+        L{forward}, failing as a REST call does.
+
+        @param meta: C{params._meta} entries for the child (a C{traceparent}).
+        @raise RPCError: The child's JSON-RPC error.
+        @raise GatewayError: L{CallTimedOut}, L{ChildFailed}, L{SessionClosed},
+            L{BadRequest} (params that cannot be sent), or a limit or start
+            failure of the gateway.
+        """
+        if ctx.scope is not None and name != ctx.scope:
+            raise BadRequest(f"this endpoint serves only {ctx.scope!r}")
+        session = ctx.session
+        service = self.gateway.service(name)
+        try:
             child, restarted = await self.gateway.child_for(session, name)
-        except GatewayError as error:
-            raise gateway_error(error) from None
         except CancelledError:
             self._if_closed(session)
             raise
         if restarted:
             log.info("MCP session {id}: {service} restarted", id=session.id, service=name)
         self._adopt(ctx, name, child)
-        outgoing, token = self._outgoing(ctx, child, params)
+        outgoing, token = self._outgoing(ctx, child, params, meta)
         waiting = child.request(method, outgoing)
         session.track(waiting)
         waiting.addTimeout(service.config.call_timeout, self.gateway.clock)
@@ -837,23 +949,20 @@ class McpFront:
             call.children.append(child)
         try:
             return await waiting
-        except RPCError as error:
-            raise McpError(error.code, error.message, error.data) from None
         except TimeoutError:
-            raise McpError(
-                REQUEST_TIMEOUT,
-                f"{name} did not answer {method} within {service.config.call_timeout:g} s; the request was cancelled",
+            raise CallTimedOut(
+                f"{name} did not answer {method} within {service.config.call_timeout:g} s; the request was cancelled"
             ) from None
         except ChildExited as error:
             info = error.info
-            raise McpError(
-                INTERNAL_ERROR,
-                f"the {name} server {info.describe()} during {method}",
-                {"exit_status": info.exit_code, "exit_signal": info.signal, "stderr_tail": info.stderr_tail[-2048:]},
+            raise ChildFailed.ended(
+                f"the {name} server {info.describe()} during {method}", info.exit_code, info.signal, info.stderr_tail
             ) from None
         except CancelledError:
             self._if_closed(session)
             raise
+        except ValueError as error:  # the params cannot be written as JSON
+            raise BadRequest(f"{method} cannot be sent to {name}: {error}") from None
         finally:
             if token is not None:
                 child.protocol.progress_routes.pop(token, None)
@@ -862,36 +971,44 @@ class McpFront:
 
     def _if_closed(self, session: Session) -> None:
         if session.closed:
-            raise McpError(INTERNAL_ERROR, f"session {session.id!r} was closed during the request")
+            raise SessionClosed(f"session {session.id!r} was closed during the request")
 
-    def _outgoing(self, ctx: Context, child: Child, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    def _outgoing(
+        self, ctx: Context, child: Child, params: dict[str, Any], extra: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], str | None]:
         """
         The params for the child: the client's protocol envelope removed, its
-        progress token replaced by one the gateway routes back to this request.
+        progress token replaced by one the gateway routes back to this request,
+        C{extra} added to C{_meta}.
         """
         params = dict(params)
-        meta = params.pop("_meta", None)
+        theirs_meta = params.pop("_meta", None)
+        meta = (
+            {key: value for key, value in theirs_meta.items() if key not in _ENVELOPE_KEYS}
+            if isinstance(theirs_meta, dict)
+            else {}
+        )
         token = None
-        if isinstance(meta, dict):
-            meta = {key: value for key, value in meta.items() if key not in _ENVELOPE_KEYS}
-            theirs = meta.get("progressToken")
-            if isinstance(theirs, (str, int)) and not isinstance(theirs, bool):
-                token = f"mcpgw-{next(self._tokens)}"
-                meta["progressToken"] = token
-                sink = ctx.sink
+        theirs = meta.get("progressToken")
+        if isinstance(theirs, (str, int)) and not isinstance(theirs, bool):
+            token = f"mcpgw-{next(self._tokens)}"
+            meta["progressToken"] = token
+            sink = ctx.sink
 
-                def relay(progress: dict[str, Any]) -> None:
-                    sink.send(
-                        {
-                            "jsonrpc": "2.0",
-                            "method": "notifications/progress",
-                            "params": {**progress, "progressToken": theirs},
-                        }
-                    )
+            def relay(progress: dict[str, Any]) -> None:
+                sink.send(
+                    {
+                        "jsonrpc": "2.0",
+                        "method": "notifications/progress",
+                        "params": {**progress, "progressToken": theirs},
+                    }
+                )
 
-                child.protocol.progress_routes[token] = relay
-            if meta:
-                params["_meta"] = meta
+            child.protocol.progress_routes[token] = relay
+        if extra:
+            meta.update(extra)
+        if meta:
+            params["_meta"] = meta
         return params, token
 
     def _adopt(self, ctx: Context, service: str, child: Child) -> None:
@@ -999,6 +1116,10 @@ class McpFront:
         else:
             result = message.get("result")
             waiting.callback(result if isinstance(result, dict) else {})
+
+
+def _is_tool_error(result: dict[str, Any]) -> bool:
+    return result.get("isError") is True
 
 
 def _as_mcp_error(error: Exception, what: str) -> McpError:

@@ -53,6 +53,7 @@ from .errors import GatewayError
 from .front import (
     CAPABILITIES_KEY,
     HEADER_MISMATCH,
+    INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     LEGACY_VERSIONS,
@@ -69,6 +70,7 @@ from .front import (
     McpFront,
     gateway_error,
 )
+from .jsontext import JSONTextError, loads
 from .logs import logger
 from .names import SERVICE_NAME
 from .sessions import Session
@@ -333,7 +335,7 @@ class McpEndpoint:
     def __init__(self, app: GatewayApp) -> None:
         self.app = app
         self.gateway = app.gateway
-        self.front = McpFront(app.gateway)
+        self.front = McpFront(app.gateway, app.calls)
 
     # -- checks ------------------------------------------------------------------
 
@@ -352,8 +354,11 @@ class McpEndpoint:
         if "*" in allowed or origin.rstrip("/").lower() in allowed:
             return None
         host = (_header(request, b"host") or "").strip().lower()
-        parts = urlsplit(origin)
-        if parts.scheme in ("http", "https") and host and parts.netloc.lower() == host:
+        try:
+            parts = urlsplit(origin)
+        except ValueError:  # e.g. "http://[::1": no origin of ours
+            parts = None
+        if parts is not None and parts.scheme in ("http", "https") and host and parts.netloc.lower() == host:
             return None
         self.app.security("foreign_origin", request, None, origin=origin[:200])
         error = McpError(INVALID_REQUEST, f"Forbidden: origin {origin[:200]!r} is not allowed")
@@ -389,8 +394,8 @@ class McpEndpoint:
             raise Refusal(415, INVALID_REQUEST, "Unsupported Media Type: Content-Type must be application/json")
         raw = request.content.read() if request.content is not None else b""
         try:
-            message = json.loads(raw)
-        except (ValueError, RecursionError) as error:
+            message = loads(raw)
+        except JSONTextError as error:
             raise Refusal(400, PARSE_ERROR, f"Parse error: {error}") from None
         if isinstance(message, list):
             raise Refusal(400, INVALID_REQUEST, "Invalid Request: JSON-RPC batches are not supported")
@@ -420,6 +425,10 @@ class McpEndpoint:
                 self.gateway.service(scope)
             version = self._version(request)
             method = request.method
+            if method not in (b"GET", b"POST", b"DELETE"):
+                raise Refusal(
+                    405, INVALID_REQUEST, "Method Not Allowed: use POST, GET or DELETE", allow=b"GET, POST, DELETE"
+                )
             if version in MODERN_VERSIONS:
                 if method != b"POST":
                     raise Refusal(405, INVALID_REQUEST, "Method Not Allowed: 2026-07-28 uses POST only", allow=b"POST")
@@ -439,6 +448,12 @@ class McpEndpoint:
             if error.retry_after is not None:
                 request.setHeader(b"Retry-After", str(max(1, round(error.retry_after + 0.4999))).encode())
             return _json(request, error.status, _error(None, gateway_error(error)))
+        except CancelledError:
+            raise  # the client went away
+        except Exception:
+            log.failure("unexpected error answering {method} {path}", method=request.method, path=request.path)
+            internal = McpError(INTERNAL_ERROR, "internal error (logged); the request may be retried")
+            return _json(request, 500, _error(None, internal))
 
     def _client(self, request: IRequest, principal: Principal, scope: str | None) -> tuple[McpClient, Session]:
         session_id = _header(request, SESSION_HEADER)

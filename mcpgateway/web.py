@@ -10,13 +10,12 @@ children.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable
 from inspect import isawaitable
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -25,6 +24,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 
 from .access import AccessLog
 from .auth import CHALLENGES, Authenticator, Principal
+from .calls import ToolCalls, rest_session_id
 from .errors import BadRequest, GatewayError, LimitReached, Unauthorized, UnsupportedMediaType
 from .gateway import Gateway
 from .logs import logger
@@ -33,7 +33,6 @@ from .names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
 from .ratelimit import Decision
 from .security import security_event
 from .site import HSTS, SECURITY_HEADERS
-from .tracing import CallSpan
 
 __all__ = ["GatewayApp", "MetricsPage"]
 
@@ -162,6 +161,8 @@ class GatewayApp:
         self.limiter = limiter
         self.metrics = metrics if metrics is not None else GatewayMetrics(gateway)
         self.access = access if access is not None else AccessLog()
+        #: Runs and records tool calls, for this API and the MCP endpoint alike.
+        self.calls = ToolCalls(gateway, self.metrics, self.access)
 
     async def limit(
         self, request: IRequest, group: str, key: str, principal: Principal | None, *, count: bool = True
@@ -233,7 +234,7 @@ class GatewayApp:
         self.gateway.service(name)  # 404 before reading the body
         body = _json_body(request)
         tool = check_name(body.get("tool"), TOOL_NAME, "tool", "invalid_tool_name")
-        session_id = check_name(body.get("session_id"), SESSION_ID, "session_id", "invalid_session_id")
+        session_id = rest_session_id(body.get("session_id"))
         arguments = _object(body, "arguments")
         metadata = _object(body, "metadata")
         timeout = body.get("timeout", self.gateway.config.session.default_timeout)
@@ -241,33 +242,8 @@ class GatewayApp:
             raise BadRequest(
                 f"timeout must be a number of seconds above 0 and at most {MAX_SESSION_TIMEOUT:g}", "invalid_timeout"
             )
-        started = time.perf_counter()
-        outcome, status = "internal_error", 500
-        span = CallSpan(name, tool, session_id)
-        try:
-            answer = await self.gateway.call_tool(
-                name, tool, session_id, arguments, float(timeout), metadata, principal, span.meta()
-            )
-            outcome, status = ("tool_error" if answer["is_error"] else "ok"), 200
-        except GatewayError as error:
-            outcome, status = error.code, error.status
-            raise
-        except CancelledError:
-            outcome, status = "client_gone", 499
-            raise
-        finally:
-            seconds = time.perf_counter() - started
-            span.end(outcome)
-            self.metrics.tool_call(name, tool, outcome, seconds)
-            self.access.call(
-                principal=principal.name,
-                service=name,
-                tool=tool,
-                session=session_id,
-                status=status,
-                outcome=outcome,
-                seconds=seconds,
-            )
+        # Span, metric and access-log line: recorded there, as for /mcp calls.
+        answer = await self.calls.call(name, tool, session_id, arguments, float(timeout), metadata, principal)
         return _render(request, 200, answer)
 
     @app.route("/metrics", methods=["GET"])

@@ -664,6 +664,10 @@ async def test_origin_is_validated(live: Any) -> None:
     response, raw = await http(gw, "POST", "/mcp", body, {**POST_HEADERS, "Origin": "https://evil.example"}, auth=None)
     assert response.code == 403
     assert decoded(raw)["error"]["code"] == -32600
+    # An origin that is not even a URL is foreign too (not a 500).
+    for malformed in ("http://[::1", "http://[zz]", "https://[::1]:x"):
+        response, raw = await http(gw, "POST", "/mcp", body, {**POST_HEADERS, "Origin": malformed})
+        assert (response.code, decoded(raw)["error"]["code"]) == (403, -32600), malformed
     await gw.gateway.stop()  # the two sessions opened above
 
 
@@ -839,6 +843,191 @@ async def test_sessions_belong_to_their_principal(live: Any) -> None:
         _, raw = await http(gw, "POST", "/mcp", modern, headers, auth=None)
         assert decoded(raw)["result"]["content"][0]["text"] == expected
     await sleep(0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rest_calls_cannot_squat_or_use_mcp_sessions(live: Any) -> None:
+    principals = [
+        {"name": "one", "role": "agent", "token_hash": hash_token("token-one")},
+        {"name": "two", "role": "agent", "token_hash": hash_token("token-two")},
+    ]
+    gw = live({"a": fixture_service()}, server={"principals": principals})
+    one = {"Authorization": "Bearer token-one"}
+    two = {"Authorization": "Bearer token-two"}
+
+    async def rest_call(session_id: str, headers: dict[str, str]) -> tuple[int, Any]:
+        body = {"tool": "counter", "session_id": session_id}
+        response, raw = await http(
+            gw, "POST", "/services/a/call", body, {"Content-Type": "application/json", **headers}, auth=None
+        )
+        return response.code, decoded(raw)
+
+    # "two" tries to take "one"'s modern session before "one" ever used /mcp.
+    code, body = await rest_call("mcp-modern.one", two)
+    assert (code, body["code"]) == (400, "invalid_session_id")
+    assert len(gw.gateway.sessions) == 0
+    modern = modern_request("tools/call", {"name": "a.counter"})
+    headers = {**modern_headers("tools/call", "a.counter"), **one}
+    response, raw = await http(gw, "POST", "/mcp", modern, headers, auth=None)
+    assert response.code == 200, raw
+    assert decoded(raw)["result"]["content"][0]["text"] == "1"
+    # Not even its owner can use it, or a legacy MCP session, through REST.
+    assert (await rest_call("mcp-modern.one", one))[0] == 400
+    legacy = await initialize(gw)
+    code, body = await rest_call(legacy, {"Authorization": BASIC})
+    assert (code, body["code"]) == (400, "invalid_session_id")
+    assert "MCP endpoint" in body["error"]
+    # GET /sessions lists it for its owner (and admins); DELETE closes it like any session.
+    _, raw = await http(gw, "GET", "/sessions", headers=two, auth=None)
+    assert "mcp-modern.one" not in decoded(raw)
+    _, raw = await http(gw, "GET", "/sessions", headers=one, auth=None)
+    assert list(decoded(raw)) == ["mcp-modern.one"]
+    response, _ = await http(gw, "DELETE", "/sessions/mcp-modern.one", headers=two, auth=None)
+    assert response.code == 404
+    response, raw = await http(gw, "DELETE", "/sessions/mcp-modern.one", headers=one, auth=None)
+    assert response.code == 200, raw
+    response, raw = await http(gw, "POST", "/mcp", modern, headers, auth=None)
+    assert decoded(raw)["result"]["content"][0]["text"] == "1", "a fresh session, a fresh child"
+    # Ordinary REST session ids still work.
+    code, body = await rest_call("call-1", two)
+    assert (code, body["result"]) == (200, "1")
+
+
+def test_modern_session_ids_are_unique_per_principal() -> None:
+    from mcpgateway.auth import Principal
+    from mcpgateway.front import modern_session_id
+    from mcpgateway.names import SESSION_ID
+
+    def of(name: str) -> str:
+        return modern_session_id(Principal(name, "agent"))
+
+    assert of("alice") == "mcp-modern.alice"
+    long_a, long_b = "a" * 200 + "x", "a" * 200 + "y"
+    odd = ["bob smith", "bob_smith", "ü", "a:b", long_a, long_b]
+    ids = [of(name) for name in odd]
+    assert len(set(ids)) == len(ids)
+    assert all(SESSION_ID.fullmatch(session_id) and session_id.startswith("mcp-modern.") for session_id in ids)
+
+
+def slow_and_broken_services() -> dict[str, dict[str, Any]]:
+    return {
+        "sdk": {"command": [PYTHON, SDK_SERVER]},
+        "broken": fixture_service("--exit-at-start", "2"),
+        "stuck": fixture_service("--no-handshake-reply", protocol="legacy", handshake_timeout=20, call_timeout=1),
+    }
+
+
+@pytest.mark.parametrize("method", ["prompts/list", "resources/list", "tools/list"])
+@pytest_twisted.ensureDeferred
+async def test_lists_leave_out_failing_and_stalled_services(live: Any, method: str) -> None:
+    from twisted.internet import reactor
+
+    gw = live(slow_and_broken_services())
+    started = reactor.seconds()
+    response, raw = await http(gw, "POST", "/mcp", modern_request(method), modern_headers(method))
+    took = reactor.seconds() - started
+    assert response.code == 200, raw
+    result = decoded(raw)["result"]
+    key = {"prompts/list": "prompts", "resources/list": "resources", "tools/list": "tools"}[method]
+    names = [item.get("name") if key != "resources" else item["uri"] for item in result[key]]
+    expected = {"prompts": "sdk.greet", "resources": "mcpgw://sdk/memo://notes", "tools": "sdk.remember"}[key]
+    assert expected in names
+    assert not any(str(name).startswith(("broken", "stuck", "mcpgw://broken", "mcpgw://stuck")) for name in names)
+    # Asked at once, the stuck one given up after its call_timeout (1 s), not its handshake_timeout (20 s).
+    assert took < 15, took
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_single_service_list_that_times_out_is_an_error(live: Any) -> None:
+    gw = live(slow_and_broken_services())
+    listing, headers = modern_request("prompts/list"), modern_headers("prompts/list")
+    _, raw = await http(gw, "POST", "/services/stuck/mcp", listing, headers)
+    assert decoded(raw)["error"]["code"] == -32001, raw
+    _, raw = await http(gw, "POST", "/services/broken/mcp", listing, headers)
+    error = decoded(raw)["error"]
+    assert error["code"] == -32603 and error["data"]["reason"] == "service_unavailable", raw
+
+
+def json_texts() -> dict[str, bytes]:
+    call = modern_request("tools/call", {"name": "a.echo", "arguments": {"text": "x", "n": "HERE"}})
+    text = json.dumps(call)
+    template = text.encode()
+    bodies = {
+        name: template.replace(b'"HERE"', value)
+        for name, value in [
+            ("nan", b"NaN"),
+            ("infinity", b"Infinity"),
+            ("minus_infinity", b"-Infinity"),
+            ("overflow", b"1e400"),
+            ("minus_overflow", b"-1e400"),
+            ("long_integer", b"1" + b"0" * 5000),
+            ("deep", b"[" * 100 + b"]" * 100),
+        ]
+    }
+    for encoding in ("utf-16", "utf-16-le", "utf-32", "utf-32-be"):
+        bodies[encoding] = text.replace('"HERE"', "1").encode(encoding)
+    return bodies
+
+
+@pytest.mark.parametrize("era", ["legacy", MODERN])
+@pytest.mark.parametrize("kind", list(json_texts()))
+@pytest_twisted.ensureDeferred
+async def test_json_the_gateway_cannot_pass_on_is_a_parse_error(live: Any, era: str, kind: str) -> None:
+    gw = live({"a": fixture_service()})
+    headers = legacy_headers(await initialize(gw)) if era == "legacy" else modern_headers("tools/call", "a.echo")
+    response, raw = await http(gw, "POST", "/mcp", json_texts()[kind], headers)
+    assert response.code == 400, raw
+    assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
+    body = decoded(raw)
+    assert body["error"]["code"] == -32700
+    assert body["error"]["message"].startswith("Parse error: ")
+    assert gw.gateway.services["a"].spawns == 0, "nothing reached a child"
+    # The same request in plain UTF-8 JSON is answered.
+    good = modern_request("tools/call", {"name": "a.echo", "arguments": {"text": "x", "n": 1}})
+    response, raw = await http(gw, "POST", "/mcp", good, headers)
+    assert decoded(raw)["result"]["content"][0]["text"] == "x"
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_requests_get_a_json_rpc_4xx(live: Any) -> None:
+    gw = live({"a": fixture_service()})
+    session = await initialize(gw)
+    # HEAD is no MCP method (werkzeug routes it like GET).
+    response, raw = await http(gw, "HEAD", "/mcp", headers=legacy_headers(session))
+    assert response.code == 405
+    assert response.headers.getRawHeaders(b"allow") == [b"GET, POST, DELETE"]
+    # A cancellation naming an impossible id is a notification like any other.
+    for request_id in ([1], {"a": 1}, None, True, 1.5):
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request_id}}
+        response, raw = await http(gw, "POST", "/mcp", cancel, legacy_headers(session))
+        assert response.code == 202, (request_id, raw)
+    # Arguments that are not an object are refused before any child starts.
+    for arguments in ("x", [1], 3):
+        call = modern_request("tools/call", {"name": "a.echo", "arguments": arguments})
+        response, raw = await http(gw, "POST", "/mcp", call, modern_headers("tools/call", "a.echo"))
+        assert (response.code, decoded(raw)["error"]["code"]) == (400, -32602), raw
+        legacy = {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "a.echo", "arguments": arguments},
+        }
+        response, raw = await http(gw, "POST", "/mcp", legacy, legacy_headers(session))
+        assert decoded(raw)["error"]["code"] == -32602, raw
+        prompt = modern_request("prompts/get", {"name": "a.p", "arguments": arguments})
+        response, raw = await http(gw, "POST", "/mcp", prompt, modern_headers("prompts/get", "a.p"))
+        assert (response.code, decoded(raw)["error"]["code"]) == (400, -32602), raw
+    # Names that cannot be any service's start nothing to find that out.
+    for name in ("nodot", "nowhere.echo", ".echo", "a.", "x" * 65):
+        for method in ("tools/call", "prompts/get"):
+            request = modern_request(method, {"name": name})
+            response, raw = await http(gw, "POST", "/mcp", request, modern_headers(method, name))
+            assert (response.code, decoded(raw)["error"]["code"]) == (400, -32602), (name, raw)
+    assert gw.gateway.services["a"].spawns == 0
+    # The session still works.
+    ping = {"jsonrpc": "2.0", "id": 9, "method": "ping"}
+    response, raw = await http(gw, "POST", "/mcp", ping, legacy_headers(session))
+    assert decoded(raw) == {"jsonrpc": "2.0", "id": 9, "result": {}}
 
 
 # -- the ChildProtocol hooks (no process) -----------------------------------------------------------

@@ -114,3 +114,31 @@ async def test_pool_of_a_failing_service_backs_off(live: Any) -> None:
     await sleep(0.5)
     assert service.spawns == spawns, "no retry storm while backing off"
     assert service.pool_size == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_mcp_tool_calls_are_measured_like_rest_calls(live: Any) -> None:
+    from .test_mcp_front import decoded, http, initialize, legacy_headers, modern_headers, modern_request
+
+    gw = live({"fx": fixture_service()})
+    # Tool labels come from the declared list, as for REST calls.
+    _, raw = await http(gw, "POST", "/mcp", modern_request("tools/list"), modern_headers("tools/list"))
+    assert "fx.echo" in [tool["name"] for tool in decoded(raw)["result"]["tools"]]
+    for tool in ("echo", "fail", "rpc_error", "no_such_tool_xyz"):
+        call = modern_request("tools/call", {"name": f"fx.{tool}", "arguments": {"text": "x"}})
+        response, raw = await http(gw, "POST", "/mcp", call, modern_headers("tools/call", f"fx.{tool}"))
+        assert response.code == 200, raw
+    session = await initialize(gw)
+    legacy = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fx.echo", "arguments": {}}}
+    _, raw = await http(gw, "POST", "/mcp", legacy, legacy_headers(session))
+    assert decoded(raw)["result"]["isError"] is False
+    await gw.call("fx", "echo", "rest", {"text": "x"})
+
+    _, text = await gw.request("GET", "/metrics")
+    text = text.decode() if isinstance(text, bytes) else text
+    count = "mcpgateway_tool_call_seconds_count"
+    assert _sample(text, count, service="fx", tool="echo", outcome="ok") == 3  # modern, legacy, REST
+    assert _sample(text, count, service="fx", tool="fail", outcome="tool_error") == 1
+    assert _sample(text, count, service="fx", tool="rpc_error", outcome="mcp_error") == 1
+    assert "no_such_tool_xyz" not in text, "undeclared tool names never become labels"
+    assert _sample(text, count, service="fx", tool="other") == 1

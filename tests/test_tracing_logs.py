@@ -110,3 +110,42 @@ def test_access_log_file_is_buffered_and_flushed_by_the_clock(tmp_path: Any) -> 
     off = AccessLog("off")
     off.call(principal="p", service="s", tool="t", session="x", status=200, outcome="ok", seconds=0.1)
     off.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mcp_tool_calls_are_traced_and_logged_like_rest_calls(live: Any, spans: Any) -> None:
+    from .test_mcp_front import decoded, http, modern_headers, modern_request
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        gw = live({"fx": fixture_service()})
+        spans.clear()
+        answers = {}
+        for tool in ("meta", "echo", "rpc_error", "crash"):
+            call = modern_request("tools/call", {"name": f"fx.{tool}", "arguments": {"text": "x"}})
+            _, raw = await http(gw, "POST", "/mcp", call, modern_headers("tools/call", f"fx.{tool}"))
+            answers[tool] = decoded(raw)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    calls = [event for event in events if event.get("log_namespace") == "mcpgateway.access"]
+    assert [(event["tool"], event["status"], event["outcome"]) for event in calls] == [
+        ("meta", 200, "ok"),
+        ("echo", 200, "ok"),
+        ("rpc_error", 422, "mcp_error"),
+        ("crash", 502, "child_failed"),
+    ]
+    assert all(event["principal"] == "tester" and event["session"] == "mcp-modern.tester" for event in calls)
+    assert all(event["service"] == "fx" and event["ms"] > 0 for event in calls)
+    # The errors still reach the client as JSON-RPC errors.
+    assert answers["rpc_error"]["error"]["code"] == -32042
+    assert answers["crash"]["error"]["data"]["reason"] == "child_failed"
+    # One span per call; the child got its traceparent (and none of the client's envelope).
+    meta = json.loads(answers["meta"]["result"]["content"][0]["text"])
+    (span,) = [span for span in spans.get_finished_spans() if span.name == "tools/call fx.meta"]
+    assert meta["traceparent"].startswith(f"00-{format(span.context.trace_id, '032x')}-")
+    assert not any(key.startswith("io.modelcontextprotocol/") for key in meta)
+    assert span.attributes["mcp.session.id"] == "mcp-modern.tester"
+    (failed,) = [span for span in spans.get_finished_spans() if span.name == "tools/call fx.rpc_error"]
+    assert failed.attributes["mcpgateway.outcome"] == "mcp_error"
+    assert failed.status.status_code == trace.StatusCode.ERROR
