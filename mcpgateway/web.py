@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
+from . import jsontext
 from .access import AccessLog
 from .auth import CHALLENGES, Authenticator, Principal
 from .calls import ToolCalls, rest_session_id
@@ -32,7 +33,7 @@ from .metrics import CONTENT_TYPE, GatewayMetrics
 from .names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
 from .ratelimit import Decision
 from .security import security_event
-from .site import HSTS, SECURITY_HEADERS
+from .site import HSTS, SECURITY_HEADERS, set_security_headers
 
 __all__ = ["GatewayApp", "MetricsPage"]
 
@@ -43,10 +44,6 @@ MAX_SESSION_TIMEOUT = 86400.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _render(request: IRequest, status: int, body: Any) -> bytes:
@@ -332,10 +329,9 @@ def _json_body(request: IRequest) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest("the body is empty; send a JSON object", "invalid_json")
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as error:
-        message = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
-        raise BadRequest(f"the body is not valid JSON: {message}", "invalid_json") from None
+        body = jsontext.loads(raw)
+    except jsontext.JSONTextError as error:
+        raise BadRequest(f"the body is not valid JSON: {error}", "invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", "invalid_request")
     return body
@@ -364,4 +360,5 @@ class MetricsPage(Resource):
 
     def render_GET(self, request: IRequest) -> bytes:
         request.setHeader(b"Content-Type", CONTENT_TYPE)
+        set_security_headers(request)
         return self.metrics.render()

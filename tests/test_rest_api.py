@@ -391,7 +391,7 @@ async def test_bad_bodies_are_400_with_codes_and_spawn_nothing(live: Any) -> Non
         (b'{"tool": "echo", "session_id": "s", "timeout": true}', "invalid_timeout"),
         (b'{"tool": "echo", "session_id": "s", "timeout": -1}', "invalid_timeout"),
         (b'{"tool": "echo", "session_id": "s", "timeout": "300"}', "invalid_timeout"),
-        (b'{"tool": "echo", "session_id": "s", "timeout": 1e400}', "invalid_timeout"),
+        (b'{"tool": "echo", "session_id": "s", "timeout": 1e400}', "invalid_json"),
         (b'{"tool": "echo", "session_id": "s\\u0000"}', "invalid_session_id"),
     ]
     for data, code in cases:
