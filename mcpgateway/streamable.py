@@ -70,7 +70,7 @@ from .front import (
     McpFront,
     gateway_error,
 )
-from .jsontext import JSONTextError, loads
+from .jsontext import JSONTextError, parse
 from .logs import logger
 from .names import SERVICE_NAME
 from .sessions import Session
@@ -380,7 +380,7 @@ class McpEndpoint:
             )
         return version
 
-    def _post_checks(self, request: IRequest) -> dict[str, Any]:
+    async def _post_checks(self, request: IRequest) -> dict[str, Any]:
         """
         Check C{Accept} and C{Content-Type}, read one JSON-RPC message.
         """
@@ -394,7 +394,7 @@ class McpEndpoint:
             raise Refusal(415, INVALID_REQUEST, "Unsupported Media Type: Content-Type must be application/json")
         raw = request.content.read() if request.content is not None else b""
         try:
-            message = loads(raw)
+            message = await parse(raw)
         except JSONTextError as error:
             raise Refusal(400, PARSE_ERROR, f"Parse error: {error}") from None
         if isinstance(message, list):
@@ -432,14 +432,14 @@ class McpEndpoint:
             if version in MODERN_VERSIONS:
                 if method != b"POST":
                     raise Refusal(405, INVALID_REQUEST, "Method Not Allowed: 2026-07-28 uses POST only", allow=b"POST")
-                return await self._modern(request, principal, scope, self._post_checks(request))
+                return await self._modern(request, principal, scope, await self._post_checks(request))
             if method == b"GET":
                 return await self._get(request, principal, scope)
             if method == b"DELETE":
                 client, _ = self._client(request, principal, scope)
                 self.front.close(client)
                 return _json(request, 200, None)
-            return await self._legacy(request, principal, scope, self._post_checks(request))
+            return await self._legacy(request, principal, scope, await self._post_checks(request))
         except Refusal as refusal:
             if refusal.allow:
                 request.setHeader(b"Allow", refusal.allow)

@@ -229,7 +229,7 @@ class GatewayApp:
     async def call(self, request: IRequest, principal: Principal, name: str) -> bytes:
         check_name(name, SERVICE_NAME, "the service name", "invalid_service_name")
         self.gateway.service(name)  # 404 before reading the body
-        body = _json_body(request)
+        body = await _json_body(request)
         tool = check_name(body.get("tool"), TOOL_NAME, "tool", "invalid_tool_name")
         session_id = rest_session_id(body.get("session_id"))
         arguments = _object(body, "arguments")
@@ -321,7 +321,7 @@ class GatewayApp:
         )
 
 
-def _json_body(request: IRequest) -> dict[str, Any]:
+async def _json_body(request: IRequest) -> dict[str, Any]:
     content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
     if content_type and content_type != b"application/json" and not content_type.endswith(b"+json"):
         raise UnsupportedMediaType(f"the body must be application/json, not {content_type.decode('latin-1')}")
@@ -329,7 +329,7 @@ def _json_body(request: IRequest) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest("the body is empty; send a JSON object", "invalid_json")
     try:
-        body = jsontext.loads(raw)
+        body = await jsontext.parse(raw)
     except jsontext.JSONTextError as error:
         raise BadRequest(f"the body is not valid JSON: {error}", "invalid_json") from None
     if not isinstance(body, dict):
