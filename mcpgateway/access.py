@@ -24,6 +24,8 @@ from .logs import logger
 __all__ = ["AccessLog"]
 
 _log = logger("mcpgateway.access")
+#: C{json.dumps(record, separators=(",", ":"))}, without building an encoder per line.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class AccessLog:
@@ -106,4 +108,4 @@ class AccessLog:
             "outcome": outcome,
             "ms": round(seconds * 1000, 3),
         }
-        self._lines.append(json.dumps(record, separators=(",", ":")) + "\n")
+        self._lines.append(_encode(record) + "\n")

@@ -48,6 +48,12 @@ def _float(text: str) -> float:
     return value
 
 
+#: What L{loads} and L{dumps} use, built once (C{json.loads} and C{json.dumps}
+#: with options build one per call).
+_DECODER = json.JSONDecoder(parse_constant=_constant, parse_float=_float)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 _BRACKETS = bytes.maketrans(b"[{]}", b"(())")
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 _RUNS = re.compile(rb"\(+|\)+")
@@ -105,7 +111,7 @@ def loads(data: bytes) -> Any:
     if text.startswith("\ufeff"):
         raise JSONTextError("the body starts with a byte order mark")
     try:
-        value = json.loads(text, parse_constant=_constant, parse_float=_float)
+        value = _DECODER.decode(text)  # json.loads(text, parse_constant=..., parse_float=...)
     except JSONTextError:
         raise
     except RecursionError:
@@ -141,4 +147,4 @@ def dumps(value: Any) -> str:
     Serialise compactly; a non-finite float raises C{ValueError} instead of
     producing C{NaN} or C{Infinity}.
     """
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -34,6 +34,8 @@ _ROUTES = (
     (re.compile(r"/sessions/[^/]+"), "/sessions/<id>"),
 )
 _FIXED = frozenset({"/health", "/services", "/sessions", "/metrics", "/mcp"})
+#: Paths whose route pattern is remembered (then forgotten all at once).
+_ROUTES_KEPT = 1024
 _METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})
 
 
@@ -88,6 +90,11 @@ class GatewayMetrics:
             "mcpgateway_auth_failures", "Requests with missing or wrong credentials.", registry=self.registry
         )
         self.registry.register(_StateCollector(gateway))
+        # The labelled children in use, by label values (labels() looks them up
+        # under a lock each time), and the route pattern of recent paths.
+        self._request_counters: dict[tuple[str, str, int], Any] = {}
+        self._call_histograms: dict[tuple[str, str, str], Any] = {}
+        self._routes: dict[str, str] = {}
         for name, service in gateway.services.items():
             service.on_handshake = self.handshakes.labels(name).observe
 
@@ -95,7 +102,16 @@ class GatewayMetrics:
         """
         Count one answered HTTP request.
         """
-        self.requests.labels(route_of(path), method if method in _METHODS else "other", str(status)).inc()
+        route = self._routes.get(path)
+        if route is None:
+            if len(self._routes) >= _ROUTES_KEPT:
+                self._routes.clear()
+            route = self._routes[path] = route_of(path)
+        key = (route, method if method in _METHODS else "other", status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.requests.labels(key[0], key[1], str(status))
+        counter.inc()
 
     def tool_call(self, service: str, tool: str, outcome: str, seconds: float) -> None:
         """
@@ -108,7 +124,11 @@ class GatewayMetrics:
             service = tool = "other"
         elif not known.declares(tool):
             tool = "other"
-        self.tool_calls.labels(service, tool, outcome).observe(seconds)
+        key = (service, tool, outcome)
+        histogram = self._call_histograms.get(key)
+        if histogram is None:
+            histogram = self._call_histograms[key] = self.tool_calls.labels(service, tool, outcome)
+        histogram.observe(seconds)
 
     def render(self) -> bytes:
         """

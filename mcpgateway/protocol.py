@@ -300,7 +300,8 @@ class ChildProtocol(ProcessProtocol):
 
     def _received(self, line: bytes) -> None:
         try:
-            message = json.loads(line, parse_constant=_no_constant, parse_float=_finite_or_none)
+            # json.loads(line, parse_constant=..., parse_float=...) without a decoder per line
+            message = _DECODER.decode(line.decode(json.detect_encoding(line), "surrogatepass"))
         except ValueError:
             self.log.warn("stdout: skipped a line that is not JSON: {line!r}", line=line[:200])
             return
@@ -474,6 +475,9 @@ def _finite_or_none(text: str) -> float | None:
     """
     value = float(text)
     return value if math.isfinite(value) else None
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_or_none)
 
 
 def _encode(message: dict[str, Any]) -> bytes:

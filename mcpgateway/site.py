@@ -147,7 +147,7 @@ class BoundedRequest(Request):
             self.channel.transport.loseConnection()
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
-        if (name.lower() if isinstance(name, (bytes, str)) else name) in (b"server", "server"):
+        if isinstance(name, (bytes, str)) and len(name) == 6 and name.lower() in (b"server", "server"):
             value = SERVER_NAME
         super().setHeader(name, value)
 
@@ -220,6 +220,10 @@ class GatewayChannel(HTTPChannel):
     _linger: IDelayedCall | None = None
     _closing = False
     _discarded = 0
+    _secure = False
+    _secure_transport: Any = None
+    _addresses: tuple[Any, Any] = (None, None)
+    _addresses_of: Any = None
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -249,6 +253,34 @@ class GatewayChannel(HTTPChannel):
             return  # the rest of a request already answered: never processed
         self._stop_deadline()
         super().allContentReceived()
+
+    def isSecure(self) -> bool:
+        """
+        As twisted.web's (is the transport TLS?), asked once per connection:
+        every request asks it at least twice.
+        """
+        if self._secure_transport is not self.transport:
+            self._secure = super().isSecure()
+            self._secure_transport = self.transport
+        return self._secure
+
+    def getHost(self) -> Any:
+        """
+        The transport's local address, asked once per connection (every
+        request asks for it; over TCP that is a system call and a new object).
+        """
+        if self._addresses_of is not self.transport:
+            self._addresses = (super().getHost(), super().getPeer())
+            self._addresses_of = self.transport
+        return self._addresses[0]
+
+    def getPeer(self) -> Any:
+        """
+        The transport's peer address, asked once per connection (see L{getHost}).
+        """
+        if self._addresses_of is not self.transport:
+            self.getHost()
+        return self._addresses[1]
 
     def lineLengthExceeded(self, line: bytes) -> None:
         error = GatewayError(f"a request or header line is longer than {self.MAX_LENGTH} bytes", "bad_http")

@@ -29,6 +29,21 @@ def enabled() -> bool:
     return trace is not None
 
 
+_TRACER: Any = None
+
+
+def _tracer() -> Any:
+    """
+    The gateway's tracer, asked of the tracer provider once, at the first
+    call (by then an SDK configured at start-up is in place; a provider set
+    later is still used: the API's proxy tracer delegates to it).
+    """
+    global _TRACER
+    if _TRACER is None:
+        _TRACER = trace.get_tracer("mcpgateway")
+    return _TRACER
+
+
 class CallSpan:
     """
     The span of one tool call (or nothing, without OpenTelemetry).
@@ -41,7 +56,7 @@ class CallSpan:
         self._span: Span | None = None
         if trace is None:
             return
-        self._span = trace.get_tracer("mcpgateway").start_span(
+        self._span = _tracer().start_span(
             f"tools/call {service}.{tool}",
             kind=trace.SpanKind.CLIENT,
             attributes={

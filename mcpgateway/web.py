@@ -10,15 +10,18 @@ children.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from inspect import isawaitable
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.python import log as twisted_log
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
@@ -33,7 +36,7 @@ from .metrics import CONTENT_TYPE, GatewayMetrics
 from .names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
 from .ratelimit import Decision
 from .security import security_event
-from .site import HSTS, SECURITY_HEADERS, set_security_headers
+from .site import set_security_headers
 
 __all__ = ["GatewayApp", "MetricsPage"]
 
@@ -46,14 +49,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+#: C{json.dumps(body, separators=(",", ":"))}, without building an encoder per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _render(request: IRequest, status: int, body: Any) -> bytes:
+    # The security headers (and HSTS) are already set: by BoundedRequest.process.
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
-    for name, value in SECURITY_HEADERS:
-        request.setHeader(name, value)
-    if request.isSecure():
-        request.setHeader(b"Strict-Transport-Security", HSTS)
-    data = json.dumps(body, separators=(",", ":")).encode()
+    data = _encode(body).encode()
     request.setHeader(b"Content-Length", b"%d" % len(data))
     return data
 
@@ -202,7 +206,7 @@ class GatewayApp:
         """
         @return: The L{twisted.web.resource.IResource} to serve.
         """
-        return self.app.resource()
+        return _Routes(self)
 
     # -- routes ----------------------------------------------------------------
 
@@ -319,6 +323,81 @@ class GatewayApp:
         return _render(
             request, 500, {"error": "internal error (logged); the request may be retried", "code": "internal_error"}
         )
+
+
+#: A path segment Klein would hand to a route unchanged (as twisted.web
+#: unquoted it): then C{POST /services/<name>/call} needs no routing table.
+_PLAIN_SEGMENT = re.compile(rb"[A-Za-z0-9_.\-]+")
+
+
+class _Routes(Resource):
+    """
+    The application's routes: C{POST /services/<name>/call}, the hot path,
+    straight to L{GatewayApp.call}, answered as Klein would answer it (same
+    error handlers, same cancellation when the client goes away); every
+    other request through Klein.
+    """
+
+    isLeaf = True
+
+    def __init__(self, app: GatewayApp) -> None:
+        super().__init__()
+        self._app = app
+        self._klein = app.app.resource()
+
+    def render(self, request: IRequest) -> Any:
+        postpath = request.postpath
+        if (
+            request.method == b"POST"
+            and not request.prepath
+            and len(postpath) == 3
+            and postpath[0] == b"services"
+            and postpath[2] == b"call"
+            and _PLAIN_SEGMENT.fullmatch(postpath[1])
+        ):
+            return self._call(request, postpath[1].decode("ascii"))
+        return self._klein.render(request)
+
+    def _call(self, request: IRequest, name: str) -> object:
+        app = self._app
+        finished = False
+
+        def done(result: object) -> None:
+            nonlocal finished
+            finished = True
+
+        def gone(failure: Failure) -> None:
+            done(failure)
+            answer.cancel()
+
+        def failed(failure: Failure) -> bytes | None:
+            if finished:
+                if not failure.check(CancelledError):
+                    twisted_log.err(failure, "Unhandled Error Processing Request.")
+                return None
+            body: bytes
+            if failure.check(GatewayError):
+                try:
+                    body = app.gateway_error(request, failure)
+                    return body
+                except Exception:
+                    failure = Failure()
+            body = app.unexpected(request, failure)
+            return body
+
+        def unhandled(failure: Failure) -> None:
+            twisted_log.err(failure, "Unhandled Error writing response")
+
+        def respond(body: bytes | None) -> None:
+            if isinstance(body, bytes):
+                request.write(body)
+            if not finished:
+                request.finish()
+
+        request.notifyFinish().addCallbacks(done, gone)  # type: ignore[attr-defined]
+        answer = maybeDeferred(app.call, request, name=name)
+        answer.addErrback(failed).addCallback(respond).addErrback(unhandled)
+        return NOT_DONE_YET
 
 
 async def _json_body(request: IRequest) -> dict[str, Any]:

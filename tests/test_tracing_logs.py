@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import ensureDeferred
 from twisted.logger import globalLogPublisher
 
-from .conftest import fixture_service
+from .conftest import fixture_service, wait_until
 
 trace = pytest.importorskip("opentelemetry.trace")
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
@@ -149,3 +150,29 @@ async def test_mcp_tool_calls_are_traced_and_logged_like_rest_calls(live: Any, s
     (failed,) = [span for span in spans.get_finished_spans() if span.name == "tools/call fx.rpc_error"]
     assert failed.attributes["mcpgateway.outcome"] == "mcp_error"
     assert failed.status.status_code == trace.StatusCode.ERROR
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_hanging_up_mid_call_is_logged_client_gone_and_cancels_the_call(live: Any) -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        gw = live({"fx": fixture_service()})
+        await gw.call("fx", "echo", "gone", {"text": "warm"})  # the child is up
+        call = ensureDeferred(gw.call("fx", "sleep", "gone", {"seconds": 30}))
+        session = gw.gateway.sessions.get("gone")
+        await wait_until(lambda: bool(session.calls))
+        call.cancel()  # the client closes its connection
+        call.addErrback(lambda failure: None)
+        await wait_until(lambda: not session.calls)
+        response, body = await gw.call("fx", "echo", "gone", {"text": "after"})
+        assert (response.code, body["result"]) == (200, "after"), "the session's child is still usable"
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    calls = [event for event in events if event.get("log_namespace") == "mcpgateway.access"]
+    assert [(event["tool"], event["status"], event["outcome"]) for event in calls] == [
+        ("echo", 200, "ok"),
+        ("sleep", 499, "client_gone"),
+        ("echo", 200, "ok"),
+    ]
+    await gw.request("DELETE", "/sessions/gone")
