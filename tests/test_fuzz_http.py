@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def gateway(tmp_path: Path) -> Iterator[tuple[Running, str]]:
     answer every bad password after the 20th), and a small body limit.
     """
     port = free_port()
-    tag = "fuzz-" + tmp_path.name
+    tag = "fuzz-" + uuid.uuid4().hex  # unique across parallel tox environments
     config = {
         "server": {
             "host": "127.0.0.1",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ async def test_disabled_section_limits_nothing(live: Any) -> None:
 def test_two_gateway_processes_share_one_redis_budget(tmp_path: Path) -> None:
     with redis_server_at(tmp_path) as redis:
         ports = [free_port(), free_port()]
-        tag = "ratelimit-" + tmp_path.name
+        tag = "ratelimit-" + uuid.uuid4().hex  # unique across parallel tox environments
         gateways = []
         for index, port in enumerate(ports):
             config = {
