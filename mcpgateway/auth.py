@@ -158,12 +158,11 @@ class Authenticator:
             self._verified.move_to_end(key)
             return succeed(cached)
         entry = self._by_name.get(user)
-        known = entry is not None and bool(entry.password_hash)
-        encoded = entry.password_hash if entry is not None and entry.password_hash else _DUMMY_HASH
-        found = Principal(entry.name, entry.role) if entry is not None else None
+        found = Principal(entry.name, entry.role) if entry is not None and entry.password_hash else None
+        encoded = entry.password_hash if entry is not None and found is not None else _DUMMY_HASH
 
         def verified(ok: bool) -> Principal | None:
-            if not (ok and known and found is not None):
+            if not ok or found is None:
                 return None
             self._verified[key] = found
             if len(self._verified) > _CACHE_SIZE:

@@ -10,7 +10,11 @@ safe, because the SignalWire skill re-sends every 5xx.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .protocol import ExitInfo
 
 __all__ = [
     "BadRequest",
@@ -25,6 +29,7 @@ __all__ = [
     "ToolRPCError",
     "Unauthorized",
     "UnsupportedMediaType",
+    "retry_after_header",
 ]
 
 
@@ -62,6 +67,14 @@ class GatewayError(Exception):
         @return: The JSON body: C{error}, C{code} and the details.
         """
         return {"error": self.message, "code": self.code, **self.details}
+
+
+def retry_after_header(seconds: float) -> bytes:
+    """
+    @return: The C{Retry-After} value for C{seconds}: whole seconds, rounded
+        up, at least 1.
+    """
+    return str(max(1, math.ceil(seconds))).encode()
 
 
 class BadRequest(GatewayError):
@@ -118,15 +131,21 @@ class ChildFailed(GatewayError):
     code = "child_failed"
 
     @classmethod
-    def ended(cls, message: str, exit_code: int | None, signal: int | None, stderr_tail: str) -> ChildFailed:
+    def ended(cls, service: str, when: str, info: ExitInfo) -> ChildFailed:
         """
-        @param message: What happened, e.g. C{"the todo server exited with status 3 during the call"}.
-        @param exit_code: Its exit status, if it exited.
-        @param signal: The signal that ended it, if one did.
-        @param stderr_tail: The end of what it wrote to stderr (the last 2 KiB are kept).
-        @return: The error, with those details for the client.
+        @param service: The service whose child ended.
+        @param when: What it was doing, e.g. C{"during the call"}.
+        @param info: How it ended.
+        @return: E.g. C{"the todo server exited with status 3 during the
+            call"}, with its exit status, signal and the last 2 KiB of its
+            stderr for the client.
         """
-        return cls(message, exit_status=exit_code, exit_signal=signal, stderr_tail=stderr_tail[-2048:])
+        return cls(
+            f"the {service} server {info.describe()} {when}",
+            exit_status=info.exit_code,
+            exit_signal=info.signal,
+            stderr_tail=info.stderr_tail[-2048:],
+        )
 
 
 class ServiceUnavailable(GatewayError):

@@ -954,10 +954,7 @@ class McpFront:
                 f"{name} did not answer {method} within {service.config.call_timeout:g} s; the request was cancelled"
             ) from None
         except ChildExited as error:
-            info = error.info
-            raise ChildFailed.ended(
-                f"the {name} server {info.describe()} during {method}", info.exit_code, info.signal, info.stderr_tail
-            ) from None
+            raise ChildFailed.ended(name, f"during {method}", error.info) from None
         except CancelledError:
             self._if_closed(session)
             raise

@@ -190,13 +190,7 @@ class Gateway:
                     f"{name} did not answer {tool!r} within {service.config.call_timeout:g} s; the call was cancelled"
                 ) from None
             except ChildExited as error:
-                info = error.info
-                raise ChildFailed.ended(
-                    f"the {name} server {info.describe()} during the call",
-                    info.exit_code,
-                    info.signal,
-                    info.stderr_tail,
-                ) from None
+                raise ChildFailed.ended(name, "during the call", error.info) from None
         except CancelledError:
             if self._stopping:
                 raise ServiceUnavailable("the gateway is shutting down; retry", retry_after=1) from None

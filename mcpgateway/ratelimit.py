@@ -89,6 +89,7 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from .config import ConfigError, RateLimitConfig
+from .errors import retry_after_header
 from .logs import logger
 
 __all__ = [
@@ -172,7 +173,7 @@ class Decision:
             (b"X-RateLimit-Reset", str(math.ceil(self.reset_at)).encode()),
         ]
         if not self.allowed:
-            headers.append((b"Retry-After", str(max(1, math.ceil(self.retry_after))).encode()))
+            headers.append((b"Retry-After", retry_after_header(self.retry_after)))
         return headers
 
 

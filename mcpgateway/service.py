@@ -450,13 +450,7 @@ class Service:
                 f"{self.name} answered tools/list with JSON-RPC error {error.code}: {error.message}"
             ) from None
         except ChildExited as error:
-            info = error.info
-            raise ChildFailed.ended(
-                f"the {self.name} server {info.describe()} while listing its tools",
-                info.exit_code,
-                info.signal,
-                info.stderr_tail,
-            ) from None
+            raise ChildFailed.ended(self.name, "while listing its tools", error.info) from None
 
     def _notified(self, holder: list[Child], method: str, params: dict[str, Any]) -> None:
         if method != "notifications/tools/list_changed":

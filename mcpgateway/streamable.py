@@ -49,7 +49,7 @@ from twisted.internet.task import LoopingCall
 from twisted.web.iweb import IRequest
 
 from .auth import Principal
-from .errors import GatewayError
+from .errors import GatewayError, retry_after_header
 from .front import (
     CAPABILITIES_KEY,
     HEADER_MISMATCH,
@@ -74,7 +74,6 @@ from .jsontext import JSONTextError, parse
 from .logs import logger
 from .names import SERVICE_NAME
 from .sessions import Session
-from .site import HSTS, SECURITY_HEADERS
 from .web import GatewayApp, guarded
 
 __all__ = ["EventStream", "Exchange", "McpEndpoint", "serve"]
@@ -139,16 +138,8 @@ class Refusal(Exception):
         self.allow = allow
 
 
-def _headers(request: IRequest) -> None:
-    for name, value in SECURITY_HEADERS:
-        request.setHeader(name, value)
-    if request.isSecure():
-        request.setHeader(b"Strict-Transport-Security", HSTS)
-
-
 def _json(request: IRequest, status: int, body: dict[str, Any] | None) -> bytes:
     request.setResponseCode(status)
-    _headers(request)
     if body is None:
         return b""
     request.setHeader(b"Content-Type", b"application/json")
@@ -231,7 +222,6 @@ class Exchange:
         if not self.streaming:
             self.streaming = True
             self.request.setResponseCode(200)
-            _headers(self.request)
             self.request.setHeader(b"Content-Type", b"text/event-stream")
             self.request.setHeader(b"X-Accel-Buffering", b"no")
             if self.session_id:
@@ -274,7 +264,6 @@ class EventStream:
         self._gone = False
         request.notifyFinish().addBoth(self._ended)  # type: ignore[attr-defined]
         request.setResponseCode(200)
-        _headers(request)
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"X-Accel-Buffering", b"no")
         request.setHeader(SESSION_HEADER, session_id.encode())
@@ -446,7 +435,7 @@ class McpEndpoint:
             return _json(request, refusal.status, _error(refusal.request_id, refusal.error))
         except GatewayError as error:
             if error.retry_after is not None:
-                request.setHeader(b"Retry-After", str(max(1, round(error.retry_after + 0.4999))).encode())
+                request.setHeader(b"Retry-After", retry_after_header(error.retry_after))
             return _json(request, error.status, _error(None, gateway_error(error)))
         except CancelledError:
             raise  # the client went away

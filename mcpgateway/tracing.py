@@ -11,6 +11,7 @@ before the reactor runs.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 try:
@@ -29,19 +30,14 @@ def enabled() -> bool:
     return trace is not None
 
 
-_TRACER: Any = None
-
-
+@functools.cache
 def _tracer() -> Any:
     """
     The gateway's tracer, asked of the tracer provider once, at the first
     call (by then an SDK configured at start-up is in place; a provider set
     later is still used: the API's proxy tracer delegates to it).
     """
-    global _TRACER
-    if _TRACER is None:
-        _TRACER = trace.get_tracer("mcpgateway")
-    return _TRACER
+    return trace.get_tracer("mcpgateway")
 
 
 class CallSpan:

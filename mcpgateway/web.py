@@ -29,14 +29,13 @@ from . import jsontext
 from .access import AccessLog
 from .auth import CHALLENGES, Authenticator, Principal
 from .calls import ToolCalls, rest_session_id
-from .errors import BadRequest, GatewayError, LimitReached, Unauthorized, UnsupportedMediaType
+from .errors import BadRequest, GatewayError, LimitReached, Unauthorized, UnsupportedMediaType, retry_after_header
 from .gateway import Gateway
 from .logs import logger
 from .metrics import CONTENT_TYPE, GatewayMetrics
 from .names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
 from .ratelimit import Decision
 from .security import security_event
-from .site import set_security_headers
 
 __all__ = ["GatewayApp", "MetricsPage"]
 
@@ -290,7 +289,7 @@ class GatewayApp:
         if error.status == 400:
             self.security("invalid_input", request, None, code=error.code)
         if error.retry_after is not None:
-            request.setHeader(b"Retry-After", str(max(1, round(error.retry_after + 0.4999))).encode())
+            request.setHeader(b"Retry-After", retry_after_header(error.retry_after))
         return _render(request, error.status, error.body())
 
     @app.handle_errors(RouteNotFound)
@@ -439,5 +438,4 @@ class MetricsPage(Resource):
 
     def render_GET(self, request: IRequest) -> bytes:
         request.setHeader(b"Content-Type", CONTENT_TYPE)
-        set_security_headers(request)
         return self.metrics.render()
