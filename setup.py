@@ -8,7 +8,7 @@ install copies it next to Twisted's own plugins.
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="mcpgateway",
@@ -18,7 +18,7 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.10",
-    packages=["mcpgateway", "mcpgateway.examples", "twisted.plugins"],
+    packages=[*find_packages(include=["mcpgateway", "mcpgateway.*"]), "twisted.plugins"],
     package_data={"twisted.plugins": ["mcpgateway_plugin.py"], "mcpgateway": ["py.typed"]},
     install_requires=[
         "twisted[tls]>=24.7",

@@ -24,14 +24,14 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import CancelledError
 
-from .access import AccessLog
-from .auth import Principal
-from .errors import BadRequest, GatewayError
-from .gateway import Gateway
-from .metrics import GatewayMetrics
-from .names import SESSION_ID, check_name
-from .protocol import RPCError
-from .tracing import CallSpan
+from mcpgateway.errors import BadRequest, GatewayError
+from mcpgateway.gateway import Gateway
+from mcpgateway.mcp.jsonrpc import RPCError
+from mcpgateway.names import SESSION_ID, check_name
+from mcpgateway.observe.access import AccessLog
+from mcpgateway.observe.metrics import GatewayMetrics
+from mcpgateway.observe.tracing import CallSpan
+from mcpgateway.policy.auth import Principal
 
 __all__ = ["MCP_SESSION_PREFIX", "ToolCalls", "outcome_of", "rest_session_id"]
 

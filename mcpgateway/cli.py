@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     arguments = sys.argv[1:] if argv is None else argv
     if arguments[:1] == ["bridge"]:
-        from .bridge import main as bridge
+        from mcpgateway.bridge import main as bridge
 
         bridge(arguments[1:])
         return

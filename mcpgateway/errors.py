@@ -11,10 +11,7 @@ safe, because the SignalWire skill re-sends every 5xx.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .protocol import ExitInfo
+from typing import Any, Protocol
 
 __all__ = [
     "BadRequest",
@@ -31,6 +28,22 @@ __all__ = [
     "UnsupportedMediaType",
     "retry_after_header",
 ]
+
+
+class ExitDescription(Protocol):
+    """
+    How a child ended, as L{ChildFailed.ended} reports it
+    (L{mcpgateway.mcp.stdio.ExitInfo}).
+    """
+
+    exit_code: int | None
+    signal: int | None
+    stderr_tail: str
+
+    def describe(self) -> str:
+        """
+        E.g. C{"exited with status 3"}.
+        """
 
 
 class GatewayError(Exception):
@@ -131,7 +144,7 @@ class ChildFailed(GatewayError):
     code = "child_failed"
 
     @classmethod
-    def ended(cls, service: str, when: str, info: ExitInfo) -> ChildFailed:
+    def ended(cls, service: str, when: str, info: ExitDescription) -> ChildFailed:
         """
         @param service: The service whose child ended.
         @param when: What it was doing, e.g. C{"during the call"}.

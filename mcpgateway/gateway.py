@@ -19,18 +19,19 @@ from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from . import __version__
-from .auth import Principal
-from .child import Child
-from .config import GatewayConfig
-from .deferreds import observe
-from .errors import CallTimedOut, ChildFailed, NotFound, ServiceUnavailable, SessionClosed, ToolRPCError
-from .logs import logger
-from .protocol import ChildExited, RPCError
-from .results import result_text
-from .sandbox import sandbox_capabilities
-from .service import Service
-from .sessions import Session, SessionRegistry, now_iso
+from mcpgateway import __version__
+from mcpgateway.children.child import Child
+from mcpgateway.children.sandbox import sandbox_capabilities
+from mcpgateway.children.service import Service
+from mcpgateway.config import GatewayConfig
+from mcpgateway.errors import CallTimedOut, ChildFailed, NotFound, ServiceUnavailable, SessionClosed, ToolRPCError
+from mcpgateway.lib.deferreds import observe
+from mcpgateway.mcp.exits import ChildExited
+from mcpgateway.mcp.jsonrpc import RPCError
+from mcpgateway.mcp.results import result_text
+from mcpgateway.observe.logs import logger, now_iso
+from mcpgateway.policy.auth import Principal
+from mcpgateway.sessions import Session, SessionRegistry
 
 __all__ = ["Gateway"]
 

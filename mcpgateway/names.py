@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import BadRequest
+from mcpgateway.errors import BadRequest
 
 __all__ = ["SERVICE_NAME", "SESSION_ID", "TOOL_NAME", "check_name"]
 

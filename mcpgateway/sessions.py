@@ -5,17 +5,17 @@ service it has used.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from .auth import Principal
-from .child import Child
-from .config import SessionConfig
-from .deferreds import Shared
-from .errors import LimitReached, NotFound
+from mcpgateway.children.child import Child
+from mcpgateway.config import SessionConfig
+from mcpgateway.errors import LimitReached, NotFound
+from mcpgateway.lib.deferreds import Shared
+from mcpgateway.observe.logs import now_iso
+from mcpgateway.policy.auth import Principal
 
 __all__ = ["Session", "SessionRegistry"]
 
@@ -192,12 +192,3 @@ def visible(session: Session, principal: Principal) -> bool:
     @return: Whether C{principal} may use, see and close C{session}.
     """
     return principal.admin or session.owner == principal.name
-
-
-def now_iso(seconds: float) -> str:
-    """
-    @param seconds: POSIX time.
-    @return: UTC ISO-8601 with a C{Z}, millisecond precision.
-    """
-    stamp = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"

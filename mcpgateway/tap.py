@@ -21,16 +21,17 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.python import usage
 from twisted.web.http import Request
 
-from .access import AccessLog
-from .auth import Authenticator
-from .config import ConfigError, GatewayConfig, ServerConfig, load_config
-from .gateway import Gateway
-from .logs import configure
-from .ratelimit import RateLimiter
-from .security import SecurityFile
-from .site import GatewaySite
-from .tls import TLSError, load_tls
-from .web import GatewayApp, MetricsPage
+from mcpgateway.config import ConfigError, GatewayConfig, ServerConfig, load_config
+from mcpgateway.gateway import Gateway
+from mcpgateway.http.rest import GatewayApp, MetricsPage
+from mcpgateway.http.site import GatewaySite
+from mcpgateway.http.streamable import McpEndpoint
+from mcpgateway.http.tls import TLSError, load_tls
+from mcpgateway.observe.access import AccessLog
+from mcpgateway.observe.logs import configure
+from mcpgateway.observe.security import SecurityFile
+from mcpgateway.policy.auth import Authenticator
+from mcpgateway.policy.ratelimit import RateLimiter
 
 DEFAULT_CERT = "certs/server.pem"
 
@@ -173,9 +174,11 @@ def listening_service(config: GatewayConfig, tls: CertificateOptions | None, sit
 
 def make_site(app: GatewayApp, config: GatewayConfig) -> GatewaySite:
     """
-    @return: The HTTP server for C{app} with the C{server} section's limits.
+    @return: The HTTP server for C{app}, with the MCP endpoint mounted and
+        the C{server} section's limits.
     """
     server = config.server
+    app.mount_mcp(McpEndpoint(app.gateway, app.calls, app.guard))
     site = GatewaySite(
         app.resource(),
         server.max_body_bytes,

@@ -25,12 +25,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 
-from mcpgateway.auth import Authenticator
 from mcpgateway.config import parse_config
 from mcpgateway.gateway import Gateway
-from mcpgateway.ratelimit import RateLimiter
+from mcpgateway.http.rest import GatewayApp
+from mcpgateway.policy.auth import Authenticator
+from mcpgateway.policy.ratelimit import RateLimiter
 from mcpgateway.tap import make_site
-from mcpgateway.web import GatewayApp
 
 HERE = Path(__file__).parent
 SERVERS = HERE / "servers"
@@ -147,6 +147,8 @@ class LiveGateway:
         self.url = url
         self.tag = tag
         self.port = port
+        #: The L{GatewayApp} it serves.
+        self.app: Any = None
 
     def children(self) -> list[int]:
         """
@@ -211,10 +213,12 @@ async def live(make_config: Callable[..., dict[str, Any]]) -> AsyncIterator[Call
         config = parse_config(raw)
         gateway = Gateway(config, reactor, reactor)
         limiter = RateLimiter(config.rate_limiting)
-        site = make_site(GatewayApp(gateway, Authenticator(config.server), limiter), config)
+        app = GatewayApp(gateway, Authenticator(config.server), limiter)
+        site = make_site(app, config)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         gateway.start()
         running = LiveGateway(gateway, f"http://127.0.0.1:{port.getHost().port}", tag, port)
+        running.app = app
         started.append(running)
         return running
 

@@ -1,6 +1,6 @@
 """
 A real C{redis-server} on a free loopback port, for the tests of shared rate
-limits (L{mcpgateway.ratelimit}).
+limits (L{mcpgateway.policy.ratelimit}).
 
 L{start_redis} skips the test when C{redis-server} is not installed (a failure
 in CI, see L{tests.conftest.require_binary}).  The server keeps nothing on

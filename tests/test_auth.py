@@ -1,5 +1,5 @@
 """
-L{mcpgateway.auth.Authenticator}: Basic and Bearer credentials.
+L{mcpgateway.policy.auth.Authenticator}: Basic and Bearer credentials.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcpgateway.auth import Authenticator
 from mcpgateway.config import ServerConfig
+from mcpgateway.policy.auth import Authenticator
 
 
 def basic(user: str | bytes, password: str | bytes, scheme: bytes = b"Basic") -> bytes:

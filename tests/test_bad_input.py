@@ -56,10 +56,10 @@ from twisted.web.resource import Resource
 from zope.interface import directlyProvides
 
 from mcpgateway.devcert import main as devcert
-from mcpgateway.metrics import GatewayMetrics
-from mcpgateway.site import GatewayChannel, GatewaySite
-from mcpgateway.tls import load_tls
-from mcpgateway.web import MetricsPage
+from mcpgateway.http.rest import MetricsPage
+from mcpgateway.http.site import GatewayChannel, GatewaySite
+from mcpgateway.http.tls import load_tls
+from mcpgateway.observe.metrics import GatewayMetrics
 
 from .conftest import PASSWORD, USER, fixture_service, wait_until
 from .fuzz_gateway import (

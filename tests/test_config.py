@@ -1,5 +1,5 @@
 """
-The configuration reader (L{mcpgateway.config}) and the twistd options
+The configuration reader (L{mcpgateway.config.schema}) and the twistd options
 (L{mcpgateway.tap}): substitution, schema typing, and errors that name the
 key path.
 """
@@ -20,11 +20,11 @@ from twisted.python import usage
 from mcpgateway.config import (
     ConfigError,
     GatewayConfig,
+    SandboxPolicy,
     load_config,
     parse_config,
     substitute,
 )
-from mcpgateway.sandbox import SandboxPolicy
 from mcpgateway.tap import GatewayService, Options, StartRefused, listening_service, makeService
 
 ROOT = Path(__file__).parent.parent
@@ -552,7 +552,7 @@ def test_listening_service_picks_tcp_tcp6_or_tls(tmp_path: Path) -> None:
     from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 
     from mcpgateway.devcert import make_certificate
-    from mcpgateway.tls import load_tls
+    from mcpgateway.http.tls import load_tls
 
     site = object()
     config = parse_config({"server": {"host": "127.0.0.1", "port": 8123}}, {})

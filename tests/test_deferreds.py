@@ -1,5 +1,5 @@
 """
-L{mcpgateway.deferreds}: one outcome for many waiters, and waiting with a
+L{mcpgateway.lib.deferreds}: one outcome for many waiters, and waiting with a
 timeout that never cancels the work.
 """
 
@@ -11,7 +11,7 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from mcpgateway.deferreds import Shared, observe, wait_for
+from mcpgateway.lib.deferreds import Shared, observe, wait_for
 
 
 class Boom(Exception):

@@ -1,5 +1,5 @@
 """
-L{mcpgateway.framing.LineBuffer}: NDJSON framing whatever the chunking.
+L{mcpgateway.mcp.framing.LineBuffer}: NDJSON framing whatever the chunking.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcpgateway.framing import LineBuffer, LineTooLong
+from mcpgateway.mcp.framing import LineBuffer, LineTooLong
 
 # A line: no newline, and something left once trailing CRs are dropped.
 lines_strategy = st.lists(

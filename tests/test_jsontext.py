@@ -1,5 +1,5 @@
 """
-L{mcpgateway.jsontext}: strict JSON for bodies that reach a child.
+L{mcpgateway.lib.jsontext}: strict JSON for bodies that reach a child.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mcpgateway.jsontext
-from mcpgateway.jsontext import MAX_DEPTH, THREAD_BYTES, JSONTextError, dumps, loads, parse
+import mcpgateway.lib.jsontext
+from mcpgateway.lib.jsontext import MAX_DEPTH, THREAD_BYTES, JSONTextError, dumps, loads, parse
 
 
 @pytest.mark.parametrize(
@@ -72,13 +72,13 @@ def test_small_bodies_parse_on_the_calling_thread() -> None:
 @pytest_twisted.ensureDeferred
 async def test_large_bodies_parse_in_the_thread_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[str] = []
-    real = mcpgateway.jsontext.loads
+    real = mcpgateway.lib.jsontext.loads
 
     def recording(data: bytes) -> Any:
         threads.append(threading.current_thread().name)
         return real(data)
 
-    monkeypatch.setattr(mcpgateway.jsontext, "loads", recording)
+    monkeypatch.setattr(mcpgateway.lib.jsontext, "loads", recording)
     big = json.dumps({"pad": "x" * THREAD_BYTES}).encode()
     assert (await parse(big))["pad"] == "x" * THREAD_BYTES
     assert threads and threads[0] != threading.main_thread().name

@@ -26,9 +26,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 
-from mcpgateway.auth import hash_token
-from mcpgateway.front import MAX_NAME, McpFront, build_catalog, public_name
-from mcpgateway.streamable import McpEndpoint, _endpoints
+from mcpgateway.front.catalog import MAX_NAME, build_catalog, public_name
+from mcpgateway.front.server import McpFront
+from mcpgateway.http.streamable import McpEndpoint
+from mcpgateway.policy.auth import hash_token
 
 from .conftest import AUTH, PASSWORD, PYTHON, SDK_SERVER, USER, fixture_service, sleep, wait_until
 
@@ -67,9 +68,11 @@ async def connect(url: str, mode: str, **options: Any) -> AsyncIterator[Client]:
 
 def endpoint_of(gw: Any) -> McpEndpoint:
     """
-    @return: The MCP endpoint of a live gateway (once it served an MCP request).
+    @return: The MCP endpoint of a live gateway.
     """
-    return next(endpoint for endpoint in list(_endpoints.values()) if endpoint.gateway is gw.gateway)
+    endpoint = gw.app.mcp_endpoint
+    assert isinstance(endpoint, McpEndpoint)
+    return endpoint
 
 
 @pytest.fixture
@@ -894,9 +897,9 @@ async def test_rest_calls_cannot_squat_or_use_mcp_sessions(live: Any) -> None:
 
 
 def test_modern_session_ids_are_unique_per_principal() -> None:
-    from mcpgateway.auth import Principal
-    from mcpgateway.front import modern_session_id
+    from mcpgateway.front.client import modern_session_id
     from mcpgateway.names import SESSION_ID
+    from mcpgateway.policy.auth import Principal
 
     def of(name: str) -> str:
         return modern_session_id(Principal(name, "agent"))
@@ -1037,7 +1040,7 @@ def hooked_peer() -> tuple[Any, Any, list[tuple[str, dict[str, Any]]]]:
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
 
-    from mcpgateway.protocol import ChildProtocol
+    from mcpgateway.mcp.stdio import ChildProtocol
 
     notifications: list[tuple[str, dict[str, Any]]] = []
     protocol = ChildProtocol(
@@ -1073,7 +1076,7 @@ def test_protocol_without_hooks_behaves_as_before() -> None:
 
 
 def test_protocol_request_handler_answers_first() -> None:
-    from mcpgateway.protocol import RPCError
+    from mcpgateway.mcp.jsonrpc import RPCError
 
     protocol, transport, _ = hooked_peer()
     pending: dict[str, Deferred[dict[str, Any]]] = {}

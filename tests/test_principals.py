@@ -14,9 +14,9 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import ensureDeferred, gatherResults
 
-import mcpgateway.auth
-from mcpgateway.auth import hash_password, hash_token
-from mcpgateway.security import SecurityFile
+import mcpgateway.policy.auth
+from mcpgateway.observe.security import SecurityFile
+from mcpgateway.policy.auth import hash_password, hash_token
 
 from .conftest import AUTH, fixture_service, wait_until
 
@@ -121,13 +121,13 @@ async def test_a_burst_of_guesses_costs_at_most_the_failure_budget_in_hashing(
     live: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     verified: list[bytes] = []
-    real = mcpgateway.auth._verify_password
+    real = mcpgateway.policy.auth._verify_password
 
     def counting(encoded: str, password: bytes) -> bool:
         verified.append(password)
         return real(encoded, password)
 
-    monkeypatch.setattr(mcpgateway.auth, "_verify_password", counting)
+    monkeypatch.setattr(mcpgateway.policy.auth, "_verify_password", counting)
     gw = live({"fx": fixture_service()}, server=_principals(), rate_limiting={"auth_failure_limit": "5 per minute"})
     guesses = [("alice", f"guess-{n}") for n in range(25)] + [("nobody", f"guess-{n}") for n in range(5)]
     answers = await gatherResults([ensureDeferred(gw.request("GET", "/sessions", auth=guess)) for guess in guesses])
@@ -144,13 +144,13 @@ async def test_a_burst_of_guesses_costs_at_most_the_failure_budget_in_hashing(
 @pytest_twisted.ensureDeferred
 async def test_unknown_user_costs_a_hash_like_a_known_one(live: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     verified: list[str] = []
-    real = mcpgateway.auth._verify_password
+    real = mcpgateway.policy.auth._verify_password
 
     def counting(encoded: str, password: bytes) -> bool:
         verified.append(encoded)
         return real(encoded, password)
 
-    monkeypatch.setattr(mcpgateway.auth, "_verify_password", counting)
+    monkeypatch.setattr(mcpgateway.policy.auth, "_verify_password", counting)
     gw = live({"fx": fixture_service()}, server=_principals())
     response, _ = await gw.request("GET", "/sessions", auth=("nobody", "x"))
     assert response.code == 401

@@ -1,5 +1,5 @@
 """
-L{mcpgateway.protocol}: the JSON-RPC peer over a child's pipes, driven over
+L{mcpgateway.mcp.stdio}: the JSON-RPC peer over a child's pipes, driven over
 a L{StringTransport} with a L{Clock}; no process is started.
 """
 
@@ -17,7 +17,9 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
-from mcpgateway.protocol import STDOUT_CLOSED_GRACE, ChildExited, ChildProtocol, ExitInfo, RPCError, StderrTail
+from mcpgateway.mcp.exits import ChildExited, ExitInfo, StderrTail
+from mcpgateway.mcp.jsonrpc import RPCError
+from mcpgateway.mcp.stdio import STDOUT_CLOSED_GRACE, ChildProtocol
 
 LABEL = "unit[1]"
 NAMESPACE = f"mcpgateway.child.{LABEL}"

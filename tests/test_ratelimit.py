@@ -1,5 +1,5 @@
 """
-L{mcpgateway.ratelimit}: limits, headers, groups and keys on memory storage;
+L{mcpgateway.policy.ratelimit}: limits, headers, groups and keys on memory storage;
 Redis hits in threads (never on the reactor); a real C{redis-server} shared by
 two processes; and a Redis that is down or hangs.
 """
@@ -27,10 +27,10 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import LoopingCall
 from twisted.logger import globalLogPublisher
 
-from mcpgateway import ratelimit
 from mcpgateway.config import ConfigError, RateLimitConfig
-from mcpgateway.logs import configure
-from mcpgateway.ratelimit import (
+from mcpgateway.observe.logs import configure
+from mcpgateway.policy import ratelimit
+from mcpgateway.policy.ratelimit import (
     AUTH_FAILURE_LIMIT,
     CALL_LIMIT,
     DEFAULT_LIMITS,
@@ -478,9 +478,9 @@ HITTER = """
 import json, os, sys, threading
 from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
-from mcpgateway import ratelimit
+from mcpgateway.policy import ratelimit
 from mcpgateway.config import RateLimitConfig
-from mcpgateway.ratelimit import RateLimiter
+from mcpgateway.policy.ratelimit import RateLimiter
 
 uri, who, go, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 names = set()
@@ -603,11 +603,11 @@ async def test_hit_timeout_bounds_a_hit(
 def test_inline_memory_storage_expires_lazily_and_sweeps(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from mcpgateway.ratelimit import InlineMemoryStorage
+    from mcpgateway.policy.storage import InlineMemoryStorage
 
     threads = threading.active_count()
     now = [1000.0]
-    monkeypatch.setattr("mcpgateway.ratelimit.time.time", lambda: now[0])
+    monkeypatch.setattr("mcpgateway.policy.ratelimit.time.time", lambda: now[0])
     storage = InlineMemoryStorage()
     assert storage.incr("a", 10) == 1
     assert storage.incr("a", 10, amount=2) == 3
@@ -639,6 +639,6 @@ def test_inline_memory_storage_expires_lazily_and_sweeps(monkeypatch: pytest.Mon
     ],
 )
 def test_uri_socket_timeouts_lengthen_the_hit_timeout(query: str, expected: float) -> None:
-    from mcpgateway.ratelimit import _uri_hit_timeout
+    from mcpgateway.policy.storage import uri_hit_timeout as _uri_hit_timeout
 
     assert _uri_hit_timeout("redis://127.0.0.1:6379/0" + query) == pytest.approx(expected)

@@ -1,5 +1,5 @@
 """
-L{mcpgateway.results.result_text}: a C{CallToolResult} as one string.
+L{mcpgateway.mcp.results.result_text}: a C{CallToolResult} as one string.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mcpgateway.results import result_text
+from mcpgateway.mcp.results import result_text
 
 
 def b64(data: bytes) -> str:

@@ -1,5 +1,5 @@
 """
-L{mcpgateway.sandbox}: the policy read from the configuration, and what a
+L{mcpgateway.children.sandbox.launch}: the policy read from the configuration, and what a
 real child started with a L{Launch} sees and may do (limits, environment,
 process group, parent-death signal, cgroup, user), including a fork bomb, a
 memory hog, a disk filler and a SIGKILLed parent.
@@ -34,10 +34,12 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 
-from mcpgateway import sandbox
-from mcpgateway.config import ConfigError
-from mcpgateway.protocol import ChildProtocol
-from mcpgateway.sandbox import Launch, ResourceLimits, SandboxError, SandboxPolicy, build_launch, policy_from_config
+from mcpgateway.children import sandbox
+from mcpgateway.children.sandbox import Launch, SandboxError, build_launch
+from mcpgateway.children.sandbox import launch as sandbox_launch
+from mcpgateway.children.sandbox import machine as sandbox_machine
+from mcpgateway.config import ConfigError, ResourceLimits, SandboxPolicy, policy_from_config
+from mcpgateway.mcp.stdio import ChildProtocol
 
 from .conftest import PASSWORD, SERVERS, require_binary
 
@@ -207,9 +209,9 @@ def probe(place: Place, *args: str, python: str = sys.executable) -> tuple[str, 
 
 def machine_without(**changes: Any) -> Callable[[], Any]:
     """
-    @return: A stand-in for L{sandbox._machine} with some probes changed.
+    @return: A stand-in for L{sandbox_machine.probe} with some probes changed.
     """
-    changed = dataclasses.replace(sandbox._machine(), **changes)
+    changed = dataclasses.replace(sandbox_machine.probe(), **changes)
     return lambda: changed
 
 
@@ -411,7 +413,7 @@ def test_stale_cgroups_of_dead_gateways_are_swept() -> None:
     dead.wait()
     stale = Path(base, f"svc-{dead.pid}-1")
     stale.mkdir()
-    sandbox._machine.cache_clear()
+    sandbox_machine.probe.cache_clear()
     try:
         sandbox.sandbox_capabilities()
     finally:
@@ -614,7 +616,7 @@ def test_fork_bomb_is_contained_by_the_cgroup(place: Place, build: Callable[...,
 def test_fork_bomb_is_contained_by_the_user(
     place: Place, build: Callable[..., Launch], user: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sandbox, "_machine", machine_without(cgroup=None))
+    monkeypatch.setattr(sandbox_launch, "probe", machine_without(cgroup=None))
     launch = build(user_policy(user), probe(place, "forkbomb", "200", python=python_for(user)))
     assert launch.cgroup is None and launch.uid == user[0]
     outcome = _fork_bomb(launch)
@@ -664,10 +666,10 @@ def test_sigkilled_parent_takes_the_child_along(
         policy = user_policy(ids)
         python = python_for(ids)
     if variant == "python-shim":
-        monkeypatch.setattr(sandbox, "_machine", machine_without(binaries={}))
+        monkeypatch.setattr(sandbox_launch, "probe", machine_without(binaries={}))
     launch = build(policy, probe(place, "wait", python=python))
     if variant == "python-shim":
-        assert launch.executable == sys.executable and "-c" in launch.args
+        assert launch.executable == sys.executable and sandbox_launch.SHIM in launch.args
     else:
         assert launch.executable == shutil.which("setsid")
     spec = {"args": launch.args, "executable": launch.executable, "env": launch.env, "path": launch.path}
@@ -755,7 +757,7 @@ def test_shared_working_dir_is_not_handed_over(place: Place, user: tuple[int, in
 def test_a_gateway_that_is_not_root_cannot_switch_user(
     place: Place, monkeypatch: pytest.MonkeyPatch, user: tuple[int, int]
 ) -> None:
-    monkeypatch.setattr(sandbox, "_machine", machine_without(can_setid=False))
+    monkeypatch.setattr(sandbox_launch, "probe", machine_without(can_setid=False))
     with pytest.raises(SandboxError, match="the gateway is not root") as caught:
         build_launch(
             user_policy(user), ("true",), service="p", workdir=place.workdir(), extra_env={}, gateway_env={}, secrets=()
@@ -774,7 +776,7 @@ def test_python_shim_enforces_the_same(
     as_user: bool,
     request: pytest.FixtureRequest,
 ) -> None:
-    monkeypatch.setattr(sandbox, "_machine", machine_without(binaries={}))
+    monkeypatch.setattr(sandbox_launch, "probe", machine_without(binaries={}))
     python = sys.executable
     policy = DEFAULT
     if as_user:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest_twisted
 from twisted.logger import globalLogPublisher
 
-from mcpgateway.security import SecurityFile
+from mcpgateway.observe.security import SecurityFile
 
 from .conftest import fixture_service
 

@@ -1,5 +1,5 @@
 """
-L{mcpgateway.service.Service} backoff and L{mcpgateway.sessions.SessionRegistry}
+L{mcpgateway.children.service.Service} backoff and L{mcpgateway.sessions.SessionRegistry}
 limits, with a L{Clock} and a fake C{spawn_child}: no process is started.
 """
 
@@ -18,15 +18,15 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
-import mcpgateway.service
-from mcpgateway.auth import Principal
-from mcpgateway.child import LEGACY, StartFailed
-from mcpgateway.config import ServiceConfig, SessionConfig
-from mcpgateway.deferreds import Shared
+import mcpgateway.children.service
+from mcpgateway.children.child import LEGACY, StartFailed
+from mcpgateway.children.service import Service
+from mcpgateway.config import SandboxPolicy, ServiceConfig, SessionConfig
 from mcpgateway.errors import GatewayError, LimitReached, NotFound, ServiceUnavailable
-from mcpgateway.protocol import ChildExited, ExitInfo, RPCError
-from mcpgateway.sandbox import SandboxPolicy
-from mcpgateway.service import Service
+from mcpgateway.lib.deferreds import Shared
+from mcpgateway.mcp.exits import ChildExited, ExitInfo
+from mcpgateway.mcp.jsonrpc import RPCError
+from mcpgateway.policy.auth import Principal
 from mcpgateway.sessions import Session, SessionRegistry
 
 SECRET_PROGRAM = "/opt/secret-bin/tool"
@@ -59,7 +59,7 @@ def unavailable(d: Deferred[Any]) -> ServiceUnavailable:
 
 class FakeChild:
     """
-    What L{Service} uses of a L{mcpgateway.child.Child}.
+    What L{Service} uses of a L{mcpgateway.children.child.Child}.
     """
 
     def __init__(self, workdir: str | None, now: float) -> None:
@@ -127,9 +127,9 @@ class FakeSpawn:
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSpawn:
     clock = Clock()
     spawn = FakeSpawn(clock)
-    monkeypatch.setattr(mcpgateway.service, "spawn_child", spawn)
+    monkeypatch.setattr(mcpgateway.children.service, "spawn_child", spawn)
     # Work directories are removed in a thread; here, at once.
-    monkeypatch.setattr(mcpgateway.service, "deferToThread", lambda f, *a, **kw: maybeDeferred(f, *a, **kw))
+    monkeypatch.setattr(mcpgateway.children.service, "deferToThread", lambda f, *a, **kw: maybeDeferred(f, *a, **kw))
     return spawn
 
 
@@ -292,7 +292,7 @@ def test_describe_hides_the_program_when_it_cannot_be_started(tmp_path: Path, mo
         def spawnProcess(self, *args: Any, **kwargs: Any) -> Any:
             raise OSError(2, "No such file or directory")
 
-    monkeypatch.setattr(mcpgateway.service, "deferToThread", lambda f, *a, **kw: maybeDeferred(f, *a, **kw))
+    monkeypatch.setattr(mcpgateway.children.service, "deferToThread", lambda f, *a, **kw: maybeDeferred(f, *a, **kw))
     config = ServiceConfig(name="todo", command=(SECRET_PROGRAM, SECRET_ARGUMENT))
     clock = Clock()
     service = Service(config, NoSpawn(), clock, str(tmp_path / "sandbox"), random_source=lambda: 1.0)

@@ -19,14 +19,14 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.threads import deferToThread
 
-from mcpgateway.auth import Authenticator
 from mcpgateway.config import parse_config
 from mcpgateway.devcert import main as devcert
 from mcpgateway.gateway import Gateway
-from mcpgateway.site import GatewaySite
+from mcpgateway.http.rest import GatewayApp
+from mcpgateway.http.site import GatewaySite
+from mcpgateway.http.tls import TLSError, load_tls
+from mcpgateway.policy.auth import Authenticator
 from mcpgateway.tap import Options, StartRefused
-from mcpgateway.tls import TLSError, load_tls
-from mcpgateway.web import GatewayApp
 
 from .conftest import PASSWORD, USER
 

@@ -76,7 +76,7 @@ async def test_access_log_line_per_call(live: Any) -> None:
 def test_json_logger_writes_one_object_per_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from twisted.logger import Logger
 
-    from mcpgateway.logs import json_logger
+    from mcpgateway.observe.logs import json_logger
 
     stream = io.StringIO()
     monkeypatch.setattr("sys.stdout", stream)
@@ -91,7 +91,7 @@ def test_json_logger_writes_one_object_per_line(monkeypatch: pytest.MonkeyPatch)
 def test_access_log_file_is_buffered_and_flushed_by_the_clock(tmp_path: Any) -> None:
     from twisted.internet.task import Clock
 
-    from mcpgateway.access import AccessLog
+    from mcpgateway.observe.access import AccessLog
 
     clock = Clock()
     path = tmp_path / "access.jsonl"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 from collections.abc import Callable
@@ -23,17 +22,17 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .deferreds import Shared
-from .framing import LineBuffer, LineTooLong
-from .jsontext import dumps
-from .logs import logger
+from mcpgateway.lib.deferreds import Shared
+from mcpgateway.mcp.exits import ChildExited, ExitInfo, StderrTail
+from mcpgateway.mcp.framing import LineBuffer, LineTooLong
+from mcpgateway.mcp.jsonrpc import RPCError, decode, encode_line, error_member
+from mcpgateway.mcp.spec import METHOD_NOT_FOUND
+from mcpgateway.observe.logs import logger
 
-__all__ = ["ChildExited", "ChildProtocol", "ExitInfo", "RPCError", "StderrTail"]
+__all__ = ["STDOUT_CLOSED_GRACE", "ChildProtocol", "NotificationHandler", "ProgressRoute", "RequestHandler"]
 
-METHOD_NOT_FOUND = -32601
 #: Seconds a child may keep running after closing its stdout before it is
 #: killed as broken (a child that exits closes stdout first, then is reaped).
 STDOUT_CLOSED_GRACE = 2.0
@@ -41,129 +40,6 @@ STDOUT_CLOSED_GRACE = 2.0
 NotificationHandler = Callable[[str, dict[str, Any]], None]
 RequestHandler = Callable[[str, dict[str, Any]], "Deferred[dict[str, Any]] | None"]
 ProgressRoute = Callable[[dict[str, Any]], None]
-
-
-class RPCError(Exception):
-    """
-    The child answered a request with a JSON-RPC error.
-
-    @ivar code: The JSON-RPC error code.
-    @ivar message: Its message.
-    @ivar data: Its C{data} member, or L{None}.
-    """
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(f"JSON-RPC error {code}: {message}")
-        self.code = code
-        self.message = message
-        self.data = data
-
-
-class ExitInfo:
-    """
-    How a child ended.
-
-    @ivar exit_code: The exit status, or L{None} when killed by a signal.
-    @ivar signal: The signal number, or L{None}.
-    @ivar reason: Why the gateway thinks it ended (e.g. a protocol violation),
-        or L{None} when it simply exited.
-    @ivar stderr_tail: The last few KiB the child wrote to stderr.
-    """
-
-    def __init__(self, exit_code: int | None, signal: int | None, reason: str | None, stderr_tail: str) -> None:
-        self.exit_code = exit_code
-        self.signal = signal
-        self.reason = reason
-        self.stderr_tail = stderr_tail
-
-    def describe(self) -> str:
-        """
-        @return: One human line, e.g. C{"exited with status 3"}.
-        """
-        if self.reason:
-            return self.reason
-        if self.signal is not None:
-            return f"killed by signal {self.signal}"
-        return f"exited with status {self.exit_code}"
-
-
-class ChildExited(Exception):
-    """
-    The child is gone; every request still waiting fails with this.
-
-    @ivar info: The L{ExitInfo}.
-    """
-
-    def __init__(self, info: ExitInfo) -> None:
-        super().__init__(f"the MCP server {info.describe()}")
-        self.info = info
-
-
-class StderrTail:
-    """
-    Keeps the last C{keep} bytes of a child's stderr and logs its lines,
-    truncated and rate-limited, so a child that floods stderr keeps working
-    and the log stays readable.
-    """
-
-    def __init__(
-        self,
-        log: Logger,
-        clock: IReactorTime,
-        keep: int = 4096,
-        line_limit: int = 2000,
-        lines_per_second: int = 20,
-    ) -> None:
-        self._log = log
-        self._clock = clock
-        self._keep = keep
-        self._line_limit = line_limit
-        self._rate = lines_per_second
-        self._tail = bytearray()
-        self._partial = bytearray()
-        self._window = 0.0
-        self._logged = 0
-        self._dropped = 0
-        self.total_bytes = 0
-
-    def feed(self, data: bytes) -> None:
-        """
-        Take the next chunk of stderr.
-
-        @param data: Bytes the child wrote.
-        """
-        self.total_bytes += len(data)
-        self._tail += data
-        if len(self._tail) > 2 * self._keep:
-            del self._tail[: -self._keep]
-        self._partial += data
-        *lines, rest = self._partial.split(b"\n")
-        if len(rest) > self._line_limit:
-            lines.append(rest)
-            rest = bytearray()
-        self._partial = bytearray(rest)
-        for line in lines:
-            self._emit(bytes(line))
-
-    def _emit(self, line: bytes) -> None:
-        now = self._clock.seconds()
-        if now - self._window >= 1.0:
-            if self._dropped:
-                self._log.warn("stderr: {dropped} lines not logged (rate limit)", dropped=self._dropped)
-            self._window, self._logged, self._dropped = now, 0, 0
-        if self._logged >= self._rate:
-            self._dropped += 1
-            return
-        self._logged += 1
-        text = line[: self._line_limit].decode("utf-8", "replace").rstrip()
-        if text:
-            self._log.info("stderr: {line}", line=text)
-
-    def text(self) -> str:
-        """
-        @return: The kept tail, decoded.
-        """
-        return bytes(self._tail[-self._keep :]).decode("utf-8", "replace")
 
 
 class ChildProtocol(ProcessProtocol):
@@ -198,7 +74,7 @@ class ChildProtocol(ProcessProtocol):
         self._pending: dict[int, Deferred[dict[str, Any]]] = {}
         self._next_id = 1
         self._on_notification = on_notification
-        # Optional hooks (see mcpgateway.front); with none set the behaviour is
+        # Optional hooks (see mcpgateway.front.server); with none set the behaviour is
         # the default one: ping answered, other child requests -32601, every
         # notification to on_notification.
         #: Consulted first for each request of the child: a Deferred of the
@@ -245,7 +121,7 @@ class ChildProtocol(ProcessProtocol):
         if params is not None:
             message["params"] = params
         try:
-            line = _encode(message)
+            line = encode_line(message)
         except ValueError as error:
             return fail(error)
         self._next_id += 1
@@ -273,7 +149,7 @@ class ChildProtocol(ProcessProtocol):
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
-            line = _encode(message)
+            line = encode_line(message)
         except ValueError as error:
             self.log.warn(
                 "could not send a {method} message: {error}", method=message.get("method", "reply"), error=error
@@ -301,7 +177,7 @@ class ChildProtocol(ProcessProtocol):
     def _received(self, line: bytes) -> None:
         try:
             # json.loads(line, parse_constant=..., parse_float=...) without a decoder per line
-            message = _DECODER.decode(line.decode(json.detect_encoding(line), "surrogatepass"))
+            message = decode(line.decode(json.detect_encoding(line), "surrogatepass"))
         except ValueError:
             self.log.warn("stdout: skipped a line that is not JSON: {line!r}", line=line[:200])
             return
@@ -360,7 +236,7 @@ class ChildProtocol(ProcessProtocol):
             if answer is not None:
                 answer.addCallbacks(
                     lambda result: self._reply(request_id, result),
-                    lambda failure: self._send({"jsonrpc": "2.0", "id": request_id, "error": _error_of(failure)}),
+                    lambda failure: self._send({"jsonrpc": "2.0", "id": request_id, "error": error_member(failure)}),
                 )
                 return
         if method == "ping":
@@ -380,7 +256,7 @@ class ChildProtocol(ProcessProtocol):
 
     def _reply(self, request_id: Any, result: Any) -> None:
         try:
-            line = _encode({"jsonrpc": "2.0", "id": request_id, "result": result})
+            line = encode_line({"jsonrpc": "2.0", "id": request_id, "result": result})
         except ValueError as error:
             self._send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32603, "message": str(error)}})
             return
@@ -459,49 +335,3 @@ class ChildProtocol(ProcessProtocol):
         pending, self._pending = self._pending, {}
         for waiting in pending.values():
             waiting.errback(ChildExited(info))
-
-
-def _no_constant(name: str) -> None:
-    """
-    A child's C{NaN} or C{Infinity} (not JSON, but Python's encoder writes
-    them) is read as C{null}: no client could read it.
-    """
-    return None
-
-
-def _finite_or_none(text: str) -> float | None:
-    """
-    A number that overflows a double (e.g. C{1e400}) is read as C{null}.
-    """
-    value = float(text)
-    return value if math.isfinite(value) else None
-
-
-_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_or_none)
-
-
-def _encode(message: dict[str, Any]) -> bytes:
-    """
-    @return: C{message} as one NDJSON line.
-    @raise ValueError: If it holds a non-finite number, a value JSON cannot
-        represent, or nesting too deep to serialise.
-    """
-    try:
-        return dumps(message).encode() + b"\n"
-    except RecursionError:
-        raise ValueError("the message is nested too deeply to send") from None
-    except TypeError as error:
-        raise ValueError(f"the message cannot be sent as JSON: {error}") from None
-
-
-def _error_of(failure: Failure) -> dict[str, Any]:
-    """
-    @return: The JSON-RPC C{error} member answering a request with C{failure}.
-    """
-    error = failure.value
-    if isinstance(error, RPCError):
-        body: dict[str, Any] = {"code": error.code, "message": error.message}
-        if error.data is not None:
-            body["data"] = error.data
-        return body
-    return {"code": -32603, "message": f"the gateway could not answer: {error}"}

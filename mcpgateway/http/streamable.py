@@ -1,6 +1,6 @@
 """
 Streamable HTTP, the MCP transport of C{/mcp} and C{/services/<name>/mcp},
-in both protocol eras.  The MCP logic lives in L{mcpgateway.front}.
+in both protocol eras.  The MCP logic lives in L{mcpgateway.front.server}.
 
 Every request: a foreign C{Origin} gets 403 (before authentication); then the
 REST API's authentication (401 with C{WWW-Authenticate}) and rate limits
@@ -34,23 +34,31 @@ stream cancels the request.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
-import weakref
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.web.iweb import IRequest
 
-from .auth import Principal
-from .errors import GatewayError, retry_after_header
-from .front import (
+from mcpgateway.calls import ToolCalls
+from mcpgateway.errors import GatewayError, retry_after_header
+from mcpgateway.front.client import Context, McpClient
+from mcpgateway.front.errors import McpError, gateway_error
+from mcpgateway.front.server import McpFront
+from mcpgateway.gateway import Gateway
+from mcpgateway.http.guard import Guard
+from mcpgateway.http.streams import (
+    SESSION_HEADER,
+    EventStream,
+    Exchange,
+    accepts,
+    decode_header_value,
+    error_message,
+    header,
+    json_response,
+)
+from mcpgateway.lib.jsontext import JSONTextError, parse
+from mcpgateway.mcp.spec import (
     CAPABILITIES_KEY,
     HEADER_MISMATCH,
     INTERNAL_ERROR,
@@ -64,23 +72,16 @@ from .front import (
     REQUEST_CANCELLED,
     UNSUPPORTED_PROTOCOL_VERSION,
     VERSION_KEY,
-    Context,
-    McpClient,
-    McpError,
-    McpFront,
-    gateway_error,
 )
-from .jsontext import JSONTextError, parse
-from .logs import logger
-from .names import SERVICE_NAME
-from .sessions import Session
-from .web import GatewayApp, guarded
+from mcpgateway.names import SERVICE_NAME
+from mcpgateway.observe.logs import logger
+from mcpgateway.policy.auth import Principal
+from mcpgateway.sessions import Session
 
-__all__ = ["EventStream", "Exchange", "McpEndpoint", "serve"]
+__all__ = ["McpEndpoint", "Refusal"]
 
-log = logger(__name__)
+log = logger("mcpgateway.streamable")
 
-SESSION_HEADER = b"Mcp-Session-Id"
 VERSION_HEADER = b"MCP-Protocol-Version"
 METHOD_HEADER = b"Mcp-Method"
 NAME_HEADER = b"Mcp-Name"
@@ -98,29 +99,6 @@ ERROR_STATUS = {
 }
 #: Methods whose name (or URI) the Mcp-Name header mirrors.
 NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-_B64 = re.compile(r"^=\?base64\?(?P<payload>.*)\?=$")
-
-_endpoints: weakref.WeakKeyDictionary[GatewayApp, McpEndpoint] = weakref.WeakKeyDictionary()
-
-
-def serve(app: GatewayApp, request: IRequest, service: str | None) -> Any:
-    """
-    Answer a request to C{/mcp} (C{service} L{None}) or C{/services/<service>/mcp}.
-    """
-    endpoint = _endpoints.get(app)
-    if endpoint is None:
-        endpoint = _endpoints[app] = McpEndpoint(app)
-    refusal = endpoint.check_origin(request)
-    if refusal is not None:
-        return refusal
-    return _authenticated(app, request, endpoint, service)
-
-
-@guarded("mcp")
-async def _authenticated(
-    app: GatewayApp, request: IRequest, principal: Principal, endpoint: McpEndpoint, service: str | None
-) -> bytes:
-    return await endpoint.handle(request, principal, service)
 
 
 class Refusal(Exception):
@@ -138,179 +116,6 @@ class Refusal(Exception):
         self.allow = allow
 
 
-def _json(request: IRequest, status: int, body: dict[str, Any] | None) -> bytes:
-    request.setResponseCode(status)
-    if body is None:
-        return b""
-    request.setHeader(b"Content-Type", b"application/json")
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-def _event(message: dict[str, Any]) -> bytes:
-    return b"event: message\ndata: " + json.dumps(message, separators=(",", ":")).encode() + b"\n\n"
-
-
-def _error(request_id: Any, error: McpError) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "error": error.to_json()}
-
-
-def _header(request: IRequest, name: bytes) -> str | None:
-    values = request.requestHeaders.getRawHeaders(name)
-    if not values:
-        return None
-    return str(values[0].decode("latin-1"))
-
-
-def _accepts(request: IRequest) -> tuple[bool, bool]:
-    """
-    @return: Whether C{Accept} covers C{application/json}, and C{text/event-stream}.
-    """
-    raw = b",".join(request.requestHeaders.getRawHeaders(b"accept", [])).decode("latin-1")
-    kinds = {part.split(";")[0].strip().lower() for part in raw.split(",")}
-    anything = "*/*" in kinds
-    return (
-        anything or bool(kinds & {"application/json", "application/*"}),
-        anything or bool(kinds & {"text/event-stream", "text/*"}),
-    )
-
-
-def decode_header_value(value: str | None) -> str | None:
-    """
-    @return: A header value, with the C{=?base64?...?=} form decoded (L{None} if malformed).
-    """
-    if value is None:
-        return None
-    match = _B64.fullmatch(value)
-    if match is None:
-        return value
-    try:
-        return base64.b64decode(match.group("payload"), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-
-
-class Exchange:
-    """
-    The answer to one POSTed request: a JSON body, or an SSE stream as soon as
-    a message must go out before the result.
-    """
-
-    def __init__(self, request: IRequest, session_id: str | None) -> None:
-        self.request = request
-        self.session_id = session_id
-        self.streaming = False
-        self.finished = False
-        self._gone = False
-        request.notifyFinish().addBoth(self._ended)  # type: ignore[attr-defined]
-
-    def _ended(self, result: object) -> None:
-        self._gone = True
-
-    @property
-    def open(self) -> bool:
-        """
-        Whether messages may still be sent.
-        """
-        return not (self._gone or self.finished)
-
-    def send(self, message: dict[str, Any]) -> bool:
-        """
-        Send a message before the result (switching to SSE).
-        """
-        if not self.open:
-            return False
-        if not self.streaming:
-            self.streaming = True
-            self.request.setResponseCode(200)
-            self.request.setHeader(b"Content-Type", b"text/event-stream")
-            self.request.setHeader(b"X-Accel-Buffering", b"no")
-            if self.session_id:
-                self.request.setHeader(SESSION_HEADER, self.session_id.encode())
-        self.request.write(_event(message))
-        return True
-
-    def finish(self, message: dict[str, Any], status: int = 200) -> bytes:
-        """
-        @return: The rest of the response body: the final message.
-        """
-        self.finished = True
-        if self.streaming:
-            if not self._gone:
-                self.request.write(_event(message))
-            return b""
-        if self.session_id:
-            self.request.setHeader(SESSION_HEADER, self.session_id.encode())
-        return _json(self.request, status, message)
-
-
-class EventStream:
-    """
-    A legacy session's GET stream of server-initiated messages.
-
-    @ivar done: Fires (with C{b""}) when the gateway ends the stream.
-    """
-
-    def __init__(
-        self,
-        request: IRequest,
-        clock: IReactorTime,
-        session_id: str,
-        keepalive: float,
-        on_keepalive: Callable[[], None] | None = None,
-    ) -> None:
-        self.request = request
-        self._on_keepalive = on_keepalive
-        self.done: Deferred[bytes] = Deferred(lambda d: self._stop())
-        self._gone = False
-        request.notifyFinish().addBoth(self._ended)  # type: ignore[attr-defined]
-        request.setResponseCode(200)
-        request.setHeader(b"Content-Type", b"text/event-stream")
-        request.setHeader(b"X-Accel-Buffering", b"no")
-        request.setHeader(SESSION_HEADER, session_id.encode())
-        request.write(b": stream open\n\n")
-        self._ping = LoopingCall(self._keepalive)
-        self._ping.clock = clock
-        self._ping.start(keepalive, now=False)
-
-    def _ended(self, result: object) -> None:
-        self._gone = True
-        self._stop()
-
-    @property
-    def open(self) -> bool:
-        """
-        Whether messages may still be sent.
-        """
-        return not self._gone and not self.done.called
-
-    def send(self, message: dict[str, Any]) -> bool:
-        """
-        Send one message.
-        """
-        if not self.open:
-            return False
-        self.request.write(_event(message))
-        return True
-
-    def close(self) -> None:
-        """
-        End the stream (the response finishes).
-        """
-        self._stop()
-        if not self.done.called:
-            self.done.callback(b"")
-
-    def _keepalive(self) -> None:
-        if self.open:
-            self.request.write(b": keepalive\n\n")
-            if self._on_keepalive is not None:
-                self._on_keepalive()
-
-    def _stop(self) -> None:
-        if self._ping.running:
-            self._ping.stop()
-
-
 class McpEndpoint:
     """
     The Streamable HTTP endpoint of one L{GatewayApp}.
@@ -321,10 +126,30 @@ class McpEndpoint:
 
     keepalive = KEEPALIVE_SECONDS
 
-    def __init__(self, app: GatewayApp) -> None:
-        self.app = app
-        self.gateway = app.gateway
-        self.front = McpFront(app.gateway, app.calls)
+    def __init__(self, gateway: Gateway, calls: ToolCalls, guard: Guard) -> None:
+        """
+        @param gateway: Whose services and sessions.
+        @param calls: Runs and records C{tools/call} (the REST API's too).
+        @param guard: Credentials and rate limits (group C{mcp}).
+        """
+        self.gateway = gateway
+        self.guard = guard
+        self.front = McpFront(gateway, calls)
+
+    def serve(self, request: IRequest, service: str | None) -> Deferred[bytes]:
+        """
+        Answer a request to C{/mcp} (C{service} L{None}) or C{/services/<service>/mcp}:
+        a foreign C{Origin} is refused before anything else, then the guard
+        admits the caller (or raises the REST API's 401/429).
+        """
+        return Deferred.fromCoroutine(self._serve(request, service))
+
+    async def _serve(self, request: IRequest, service: str | None) -> bytes:
+        refusal = self.check_origin(request)
+        if refusal is not None:
+            return refusal
+        principal = await self.guard.admit(request, "mcp")
+        return await self.handle(request, principal, service)
 
     # -- checks ------------------------------------------------------------------
 
@@ -335,23 +160,23 @@ class McpEndpoint:
 
         @return: The 403 response, or L{None} to go on.
         """
-        origin = _header(request, b"origin")
+        origin = header(request, b"origin")
         if origin is None:
             return None
         origin = origin.strip()
         allowed = {entry.rstrip("/").lower() for entry in self.gateway.config.server.allowed_origins}
         if "*" in allowed or origin.rstrip("/").lower() in allowed:
             return None
-        host = (_header(request, b"host") or "").strip().lower()
+        host = (header(request, b"host") or "").strip().lower()
         try:
             parts = urlsplit(origin)
         except ValueError:  # e.g. "http://[::1": no origin of ours
             parts = None
         if parts is not None and parts.scheme in ("http", "https") and host and parts.netloc.lower() == host:
             return None
-        self.app.security("foreign_origin", request, None, origin=origin[:200])
+        self.guard.security("foreign_origin", request, None, origin=origin[:200])
         error = McpError(INVALID_REQUEST, f"Forbidden: origin {origin[:200]!r} is not allowed")
-        return _json(request, 403, _error(None, error))
+        return json_response(request, 403, error_message(None, error))
 
     def _version(self, request: IRequest) -> str | None:
         values = request.requestHeaders.getRawHeaders(VERSION_HEADER) or []
@@ -373,12 +198,12 @@ class McpEndpoint:
         """
         Check C{Accept} and C{Content-Type}, read one JSON-RPC message.
         """
-        json_ok, sse_ok = _accepts(request)
+        json_ok, sse_ok = accepts(request)
         if not (json_ok and sse_ok):
             raise Refusal(
                 406, INVALID_REQUEST, "Not Acceptable: Accept must list both application/json and text/event-stream"
             )
-        content_type = (_header(request, b"content-type") or "").split(";")[0].strip().lower()
+        content_type = (header(request, b"content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise Refusal(415, INVALID_REQUEST, "Unsupported Media Type: Content-Type must be application/json")
         raw = request.content.read() if request.content is not None else b""
@@ -427,25 +252,25 @@ class McpEndpoint:
             if method == b"DELETE":
                 client, _ = self._client(request, principal, scope)
                 self.front.close(client)
-                return _json(request, 200, None)
+                return json_response(request, 200, None)
             return await self._legacy(request, principal, scope, await self._post_checks(request))
         except Refusal as refusal:
             if refusal.allow:
                 request.setHeader(b"Allow", refusal.allow)
-            return _json(request, refusal.status, _error(refusal.request_id, refusal.error))
+            return json_response(request, refusal.status, error_message(refusal.request_id, refusal.error))
         except GatewayError as error:
             if error.retry_after is not None:
                 request.setHeader(b"Retry-After", retry_after_header(error.retry_after))
-            return _json(request, error.status, _error(None, gateway_error(error)))
+            return json_response(request, error.status, error_message(None, gateway_error(error)))
         except CancelledError:
             raise  # the client went away
         except Exception:
             log.failure("unexpected error answering {method} {path}", method=request.method, path=request.path)
             internal = McpError(INTERNAL_ERROR, "internal error (logged); the request may be retried")
-            return _json(request, 500, _error(None, internal))
+            return json_response(request, 500, error_message(None, internal))
 
     def _client(self, request: IRequest, principal: Principal, scope: str | None) -> tuple[McpClient, Session]:
-        session_id = _header(request, SESSION_HEADER)
+        session_id = header(request, SESSION_HEADER)
         if not session_id:
             raise Refusal(400, INVALID_REQUEST, "Bad Request: missing Mcp-Session-Id header (initialize first)")
         found = self.front.client(session_id, principal)
@@ -454,7 +279,7 @@ class McpEndpoint:
         return found
 
     async def _get(self, request: IRequest, principal: Principal, scope: str | None) -> bytes:
-        _, sse_ok = _accepts(request)
+        _, sse_ok = accepts(request)
         if not sse_ok:
             raise Refusal(406, INVALID_REQUEST, "Not Acceptable: Accept must list text/event-stream")
         client, session = self._client(request, principal, scope)
@@ -485,19 +310,19 @@ class McpEndpoint:
             try:
                 client, result = self.front.initialize(principal, scope, params)
             except McpError as error:
-                return _json(request, 400, _error(request_id, error))
+                return json_response(request, 400, error_message(request_id, error))
             request.setHeader(SESSION_HEADER, client.id.encode())
-            return _json(request, 200, {"jsonrpc": "2.0", "id": request_id, "result": result})
+            return json_response(request, 200, {"jsonrpc": "2.0", "id": request_id, "result": result})
         client, session = self._client(request, principal, scope)
         if method is None:
             if "id" in message and ("result" in message or "error" in message):
                 self.front.answered(client, message)
-                return _json(request, 202, None)
+                return json_response(request, 202, None)
             raise Refusal(400, INVALID_REQUEST, "Invalid Request: neither a request, a notification nor a response")
         if "id" not in message:
             if method == "notifications/cancelled":
                 self.front_cancel(client, params)
-            return _json(request, 202, None)
+            return json_response(request, 202, None)
         exchange = Exchange(request, client.id)
         call = client.begin(request_id, exchange)
         ctx = Context(principal, scope, False, session, exchange, client, call)
@@ -505,13 +330,13 @@ class McpEndpoint:
         try:
             response = {"jsonrpc": "2.0", "id": request_id, "result": await call.task}
         except McpError as error:
-            response = _error(request_id, error)
+            response = error_message(request_id, error)
         except GatewayError as error:
-            response = _error(request_id, gateway_error(error))
+            response = error_message(request_id, gateway_error(error))
         except CancelledError:
             if not call.cancelled:
                 raise  # the client went away
-            response = _error(request_id, McpError(REQUEST_CANCELLED, "Request cancelled"))
+            response = error_message(request_id, McpError(REQUEST_CANCELLED, "Request cancelled"))
         finally:
             client.end(call)
         return exchange.finish(response)
@@ -530,7 +355,7 @@ class McpEndpoint:
         if "id" not in message:
             if method is None:
                 raise Refusal(400, INVALID_REQUEST, "Invalid Request: a response cannot be posted in 2026-07-28")
-            return _json(request, 202, None)  # no client notifications on this wire: acknowledged, dropped
+            return json_response(request, 202, None)  # no client notifications on this wire: acknowledged, dropped
         request_id = message.get("id")
         if method is None:
             raise Refusal(400, INVALID_REQUEST, "Invalid Request: a response cannot be posted in 2026-07-28")
@@ -548,9 +373,9 @@ class McpEndpoint:
                 "result": await self.front.dispatch(ctx, method, message.get("params") or {}),
             }
         except McpError as error:
-            response, status = _error(request_id, error), ERROR_STATUS.get(error.code, 200)
+            response, status = error_message(request_id, error), ERROR_STATUS.get(error.code, 200)
         except GatewayError as error:
-            response = _error(request_id, gateway_error(error))
+            response = error_message(request_id, gateway_error(error))
         return exchange.finish(response, status)
 
     def _ladder(self, request: IRequest, message: dict[str, Any]) -> None:
@@ -571,17 +396,17 @@ class McpEndpoint:
                 request_id=request_id,
             )
         version = meta[VERSION_KEY]
-        if _header(request, VERSION_HEADER) != version:
+        if header(request, VERSION_HEADER) != version:
             raise Refusal(
                 400, HEADER_MISMATCH, "MCP-Protocol-Version does not match params._meta", request_id=request_id
             )
         method = message["method"]
-        if _header(request, METHOD_HEADER) != method:
+        if header(request, METHOD_HEADER) != method:
             raise Refusal(400, HEADER_MISMATCH, "Mcp-Method does not match the body's method", request_id=request_id)
         key = NAME_BEARING.get(method)
         if key is not None and isinstance(params, dict):
             value = params.get(key)
-            if value is not None and decode_header_value(_header(request, NAME_HEADER)) != value:
+            if value is not None and decode_header_value(header(request, NAME_HEADER)) != value:
                 raise Refusal(
                     400, HEADER_MISMATCH, f"Mcp-Name does not match the body's {key!r}", request_id=request_id
                 )

@@ -13,17 +13,14 @@ counted as C{other}, so a client cannot mint label values.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping, Sized
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .gateway import Gateway
-
-__all__ = ["CONTENT_TYPE", "GatewayMetrics", "route_of"]
+__all__ = ["CONTENT_TYPE", "GatewayMetrics", "GatewayState", "ServiceState", "route_of"]
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60)
@@ -52,12 +49,91 @@ def route_of(path: str) -> str:
     return "other"
 
 
+class ServiceState(Protocol):
+    """
+    What the metrics read of a service (L{mcpgateway.children.service.Service}).
+    """
+
+    on_handshake: Callable[[float], None] | None
+
+    @property
+    def children(self) -> Sized:
+        """
+        Its live children.
+        """
+
+    @property
+    def spawns(self) -> int:
+        """
+        Children started (or tried).
+        """
+
+    @property
+    def start_failures(self) -> int:
+        """
+        Children that failed to start.
+        """
+
+    @property
+    def crashes(self) -> int:
+        """
+        Children that ended without being asked to.
+        """
+
+    @property
+    def state(self) -> str:
+        """
+        C{ready}, C{failing}, ...
+        """
+
+    @property
+    def pool_size(self) -> int:
+        """
+        Ready children in the warm pool.
+        """
+
+    @property
+    def stderr_bytes(self) -> int:
+        """
+        Bytes its children wrote to stderr.
+        """
+
+    def declares(self, tool: str) -> bool:
+        """
+        Whether C{tool} is in its tool list.
+        """
+
+
+class GatewayState(Protocol):
+    """
+    What the metrics read of the gateway (L{mcpgateway.gateway.Gateway}).
+    """
+
+    @property
+    def services(self) -> Mapping[str, ServiceState]:
+        """
+        The services, by name.
+        """
+
+    @property
+    def sessions(self) -> Sized:
+        """
+        The live sessions.
+        """
+
+    @property
+    def restarts(self) -> Mapping[str, int]:
+        """
+        Session children replaced after a crash, by service.
+        """
+
+
 class GatewayMetrics:
     """
     The gateway's metrics and their text rendering.
     """
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayState) -> None:
         """
         @param gateway: Whose state is collected at scrape time.
         """
@@ -142,7 +218,7 @@ class _StateCollector(Collector):
     Reads the gateway's own counters and sizes at scrape time.
     """
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayState) -> None:
         self.gateway = gateway
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

@@ -49,7 +49,7 @@ Any other storage (C{redis://}, C{rediss://}, C{redis+unix://}) shares the
 budget between gateway processes; C{limits} talks to it with blocking
 redis-py, so every hit runs in the reactor's thread pool
 (L{twisted.internet.threads.deferToThread}) and the reactor is never blocked.
-Each Redis operation is bounded by L{REDIS_SOCKET_TIMEOUT} (connect and read;
+Each Redis operation is bounded by L{mcpgateway.policy.storage.REDIS_SOCKET_TIMEOUT} (connect and read;
 one immediate retry for a stale pooled connection) and a whole hit by
 L{HIT_TIMEOUT}.  Query parameters of the URI (e.g. C{?socket_timeout=2}) take
 precedence over these defaults, and a whole hit may then take as long as
@@ -76,11 +76,8 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from limits import RateLimitItem, parse_many
-from limits.errors import ConfigurationError
 from limits.storage import RedisStorage, Storage
 from limits.strategies import FixedWindowRateLimiter
 from twisted.internet.defer import Deferred, succeed
@@ -88,9 +85,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
-from .config import ConfigError, RateLimitConfig
-from .errors import retry_after_header
-from .logs import logger
+from mcpgateway.config import ConfigError, RateLimitConfig
+from mcpgateway.errors import retry_after_header
+from mcpgateway.observe.logs import logger
+from mcpgateway.policy.storage import InlineMemoryStorage, make_storage, redact, uri_hit_timeout
 
 __all__ = [
     "AUTH_FAILURE_LIMIT",
@@ -105,7 +103,7 @@ __all__ = [
     "RateLimiter",
 ]
 
-log = logger(__name__)
+log = logger("mcpgateway.ratelimit")
 
 # -- defaults (RateLimitConfig's; see its docstring for why) ----------------------
 
@@ -120,19 +118,12 @@ STORAGE_URI = _DEFAULTS.storage_uri
 #: The groups a request can be counted in.
 GROUPS: tuple[str, ...] = ("default", "tools", "call", "session_delete", "auth_failure", "mcp")
 
-#: Redis connect and read timeout, seconds (Redis answers in well under a millisecond).
-REDIS_SOCKET_TIMEOUT = 0.5
 #: The longest a hit may take before it is counted in this process instead, seconds.
 HIT_TIMEOUT = 2.0
 #: After a storage failure, how long to count in this process before trying it again, seconds.
 STORAGE_RETRY_INTERVAL = 5.0
 #: While the storage keeps failing, how often to repeat the warning, seconds.
 WARNING_INTERVAL = 60.0
-#: Prefix of every Redis key.
-REDIS_KEY_PREFIX = "mcpgateway"
-
-_MEMORY_SCHEMES = ("memory",)
-_REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
 _SYNTAX = (
     "expected e.g. '30 per minute', '10/second' or '1/second; 50/hour' (units: second, minute, hour, day, month, year)"
 )
@@ -214,21 +205,6 @@ def _parse(text: str, path: str) -> list[RateLimitItem]:
     return items
 
 
-def _redact(uri: str) -> str:
-    """
-    @return: C{uri} without its password, for messages.
-    """
-    try:
-        parts = urlsplit(uri)
-        if parts.password is None:
-            return uri
-        host = parts.netloc.rsplit("@", 1)[1]
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        return urlunsplit(parts._replace(netloc=user + host))
-    except ValueError:
-        return "<unparsable URI>"
-
-
 def _escape(key: str) -> str:
     """
     @return: C{key} with C{/} (the separator of counter names) escaped.
@@ -291,119 +267,6 @@ def _group_limits(config: RateLimitConfig) -> dict[str, tuple[RateLimitItem, ...
     return groups
 
 
-class InlineMemoryStorage(Storage):
-    """
-    Fixed-window counters in a dict, for use on the reactor thread only.
-
-    limits' own C{MemoryStorage} expires keys from a C{threading.Timer} it
-    starts again every 10 ms under load, and guards each key with a lock: on
-    the gateway's hot path that cost more than the rest of the call (profiled:
-    a thread start per few requests and the GIL traffic that comes with it).
-    Here keys expire lazily when read, and expired keys are swept whenever the
-    dict has doubled since the last sweep.  No thread, no lock.
-    """
-
-    STORAGE_SCHEME = ["mcpgateway-inline-memory"]
-
-    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: str) -> None:
-        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-        self._counts: dict[str, list[float]] = {}
-        self._sweep_at = 1024
-
-    @property
-    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
-        return ValueError
-
-    def _live(self, key: str, now: float) -> list[float] | None:
-        entry = self._counts.get(key)
-        if entry is not None and entry[1] <= now:
-            del self._counts[key]
-            return None
-        return entry
-
-    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
-        now = time.time()
-        entry = self._live(key, now)
-        if entry is None:
-            if len(self._counts) >= self._sweep_at:
-                self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
-                self._sweep_at = max(1024, 2 * len(self._counts))
-            entry = self._counts[key] = [0, now + expiry]
-        entry[0] += amount
-        return int(entry[0])
-
-    def get(self, key: str) -> int:
-        entry = self._live(key, time.time())
-        return 0 if entry is None else int(entry[0])
-
-    def get_expiry(self, key: str) -> float:
-        now = time.time()
-        entry = self._live(key, now)
-        return now if entry is None else entry[1]
-
-    def check(self) -> bool:
-        return True
-
-    def reset(self) -> int | None:
-        count = len(self._counts)
-        self._counts.clear()
-        return count
-
-    def clear(self, key: str) -> None:
-        self._counts.pop(key, None)
-
-
-def _uri_hit_timeout(uri: str) -> float:
-    """
-    @return: The longest a hit may take with the socket timeouts the URI's
-        query sets (connect, then a command and its one retry), or 0 when
-        it sets none.
-    """
-    try:
-        query = parse_qs(urlsplit(uri).query)
-        if "socket_timeout" not in query and "socket_connect_timeout" not in query:
-            return 0.0
-        connect = float(query.get("socket_connect_timeout", [REDIS_SOCKET_TIMEOUT])[0])
-        command = float(query.get("socket_timeout", [REDIS_SOCKET_TIMEOUT])[0])
-    except ValueError:
-        return 0.0
-    total = connect + 2 * command
-    return total if math.isfinite(total) else 0.0
-
-
-def _storage(uri: str) -> Storage:
-    """
-    @return: The storage for C{uri}, not yet connected.
-    @raise ConfigError: If C{uri} is not a supported storage.
-    """
-    shown = _redact(uri)
-    try:
-        scheme = urlsplit(uri).scheme
-    except ValueError:
-        scheme = ""
-    if scheme in _MEMORY_SCHEMES:
-        return InlineMemoryStorage()
-    if scheme not in _REDIS_SCHEMES:
-        supported = ", ".join(f"{name}://" for name in (*_MEMORY_SCHEMES, *_REDIS_SCHEMES))
-        raise ConfigError(f"rate_limiting.storage_uri: unsupported storage {shown!r} (supported: {supported})")
-    try:
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-    except ImportError:
-        raise ConfigError(f"rate_limiting.storage_uri: {shown} needs the redis package (pip install redis)") from None
-    options: dict[str, Any] = {
-        "socket_timeout": REDIS_SOCKET_TIMEOUT,
-        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
-        "retry": Retry(NoBackoff(), 1),
-    }
-    try:
-        return RedisStorage(uri, key_prefix=REDIS_KEY_PREFIX, **options)
-    except ConfigurationError as error:
-        raise ConfigError(f"rate_limiting.storage_uri: {shown}: {error}") from None
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"rate_limiting.storage_uri: cannot use {shown!r}: {error}") from None
-
-
 class RateLimiter:
     """
     Counts requests per group and key against the configured limits.
@@ -444,9 +307,9 @@ class RateLimiter:
         self._enabled = config.enabled
         self._limits = _group_limits(config)
         self._uri = config.storage_uri.strip() or STORAGE_URI
-        self._shown = _redact(self._uri)
+        self._shown = redact(self._uri)
         self._retry_interval = storage_retry_interval
-        self._hit_timeout = max(hit_timeout, _uri_hit_timeout(self._uri))
+        self._hit_timeout = max(hit_timeout, uri_hit_timeout(self._uri))
         self._storages: list[Storage] = []
         self._primary: FixedWindowRateLimiter | None = None
         self._fallback: FixedWindowRateLimiter | None = None
@@ -454,7 +317,7 @@ class RateLimiter:
         self._probing = False
         self._retry_at = 0.0
         self._last_warning = -math.inf
-        storage = _storage(self._uri)  # checked even when disabled
+        storage = make_storage(self._uri)  # checked even when disabled
         if not self._enabled:
             self._close_storage(storage)
             return

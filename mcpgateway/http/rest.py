@@ -25,21 +25,20 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
-from . import jsontext
-from .access import AccessLog
-from .auth import CHALLENGES, Authenticator, Principal
-from .calls import ToolCalls, rest_session_id
-from .errors import BadRequest, GatewayError, LimitReached, Unauthorized, UnsupportedMediaType, retry_after_header
-from .gateway import Gateway
-from .logs import logger
-from .metrics import CONTENT_TYPE, GatewayMetrics
-from .names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
-from .ratelimit import Decision
-from .security import security_event
+from mcpgateway.calls import ToolCalls, rest_session_id
+from mcpgateway.errors import BadRequest, GatewayError, UnsupportedMediaType, retry_after_header
+from mcpgateway.gateway import Gateway
+from mcpgateway.http.guard import Guard, Limiter
+from mcpgateway.lib import jsontext
+from mcpgateway.names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
+from mcpgateway.observe.access import AccessLog
+from mcpgateway.observe.logs import logger
+from mcpgateway.observe.metrics import CONTENT_TYPE, GatewayMetrics
+from mcpgateway.policy.auth import Authenticator, Principal
 
-__all__ = ["GatewayApp", "MetricsPage"]
+__all__ = ["GatewayApp", "McpMount", "MetricsPage"]
 
-log = logger(__name__)
+log = logger("mcpgateway.web")
 
 MAX_SESSION_TIMEOUT = 86400.0
 
@@ -61,27 +60,15 @@ def _render(request: IRequest, status: int, body: Any) -> bytes:
     return data
 
 
-class Limiter(Protocol):
+class McpMount(Protocol):
     """
-    What the routes need of a rate limiter (L{mcpgateway.ratelimit.RateLimiter}).
+    What serves the MCP endpoints (L{mcpgateway.http.streamable.McpEndpoint}).
     """
 
-    def hit(self, group: str, key: str) -> Deferred[Decision]:
+    def serve(self, request: IRequest, service: str | None) -> Any:
         """
-        Count one request of C{group} for C{key}.
+        Answer a request to C{/mcp} (C{service} L{None}) or C{/services/<service>/mcp}.
         """
-
-    def peek(self, group: str, key: str) -> Deferred[Decision]:
-        """
-        Would a request of C{group} for C{key} be allowed?  (Counts nothing.)
-        """
-
-
-def client_address(request: IRequest) -> str:
-    """
-    @return: The peer's IP address (or C{"-"} for a non-IP transport).
-    """
-    return str(getattr(request.getClientAddress(), "host", "-"))
 
 
 def guarded(
@@ -91,36 +78,15 @@ def guarded(
     Callable[Concatenate[GatewayApp, IRequest, P], Deferred[Any]],
 ]:
     """
-    Authenticate the request (401 otherwise) and count it against the rate
-    limit of C{group} for its principal; the route gets the L{Principal}.
-
-    Requests without valid credentials count against C{auth_failure} for the
-    client's address, so password guessing is limited too.
+    Pass the request through the app's L{Guard} for C{group}; the route
+    gets the L{Principal}.
     """
 
     def decorate(
         route: Callable[Concatenate[GatewayApp, IRequest, Principal, P], Awaitable[Any] | Any],
     ) -> Callable[Concatenate[GatewayApp, IRequest, P], Deferred[Any]]:
         async def guard(self: GatewayApp, request: IRequest, /, *args: P.args, **kwargs: P.kwargs) -> Any:
-            address = f"addr:{client_address(request)}"
-            # An address that used up its failures is refused before its
-            # credentials are even checked, so a right guess gains nothing.
-            await self.limit(request, "auth_failure", address, None, count=False)
-            header = request.getHeader(b"authorization")
-            # A password hash to verify is counted as an attempt first, so a
-            # burst of guesses cannot make the gateway hash more than the budget.
-            costly = self.authenticator.costly(header)
-            if costly:
-                await self.limit(request, "auth_failure", address, None)
-            principal = await self.authenticator.authenticate(header)
-            if principal is None:
-                self.metrics.auth_failures.inc()
-                self.security("auth_failure", request, None)
-                if not costly:
-                    await self.limit(request, "auth_failure", address, None)
-                request.responseHeaders.setRawHeaders(b"WWW-Authenticate", list(CHALLENGES))
-                raise Unauthorized("missing or invalid credentials")
-            await self.limit(request, group, f"principal:{principal.name}", principal)
+            principal = await self.guard.admit(request, group)
             result = route(self, request, principal, *args, **kwargs)
             return (await result) if isawaitable(result) else result
 
@@ -157,49 +123,27 @@ class GatewayApp:
         @param access: The access log of tool calls (the Twisted log if L{None}).
         """
         self.gateway = gateway
-        self.authenticator = authenticator
-        self.limiter = limiter
         self.metrics = metrics if metrics is not None else GatewayMetrics(gateway)
         self.access = access if access is not None else AccessLog()
+        #: Credentials and rate limits, for this API and the MCP endpoint alike.
+        self.guard = Guard(authenticator, limiter, self.metrics)
         #: Runs and records tool calls, for this API and the MCP endpoint alike.
         self.calls = ToolCalls(gateway, self.metrics, self.access)
-
-    async def limit(
-        self, request: IRequest, group: str, key: str, principal: Principal | None, *, count: bool = True
-    ) -> None:
-        """
-        Count the request against C{group}'s limit for C{key} (or, with
-        C{count=False}, only check that the limit is not used up).
-
-        @raise LimitReached: With C{Retry-After} when over the limit.
-        """
-        if self.limiter is None:
-            return
-        decision = await (self.limiter.hit(group, key) if count else self.limiter.peek(group, key))
-        if count or not decision.allowed:
-            for name, value in decision.headers():
-                request.setHeader(name, value)
-        if not decision.allowed:
-            self.metrics.rate_limited.labels(group).inc()
-            self.security("rate_limited", request, principal, group=group)
-            raise LimitReached(
-                f"rate limit reached for {group} requests; retry after {decision.retry_after:.0f} s",
-                "rate_limited",
-                retry_after=decision.retry_after,
-            )
+        #: What serves C{/mcp} (see L{mount_mcp}).
+        self.mcp_endpoint: McpMount | None = None
 
     def security(self, kind: str, request: IRequest, principal: Principal | None, **fields: Any) -> None:
         """
         Record a security event about C{request}.
         """
-        route = f"{request.method.decode('latin-1')} {request.path.decode('latin-1')}"
-        security_event(
-            kind,
-            address=client_address(request),
-            principal=principal.name if principal else None,
-            route=route,
-            **fields,
-        )
+        self.guard.security(kind, request, principal, **fields)
+
+    def mount_mcp(self, endpoint: McpMount) -> None:
+        """
+        Serve C{/mcp} and C{/services/<name>/mcp} with C{endpoint}
+        (L{mcpgateway.http.streamable.McpEndpoint}); until then they are 404.
+        """
+        self.mcp_endpoint = endpoint
 
     def resource(self) -> Any:
         """
@@ -266,19 +210,19 @@ class GatewayApp:
         check_name(session_id, SESSION_ID, "the session id", "invalid_session_id")
         return _render(request, 200, self.gateway.close_session(session_id, principal))
 
-    # -- MCP (Streamable HTTP; see mcpgateway.streamable) ------------------------
+    # -- MCP (Streamable HTTP; see mcpgateway.http.streamable) ------------------------
 
     @app.route("/mcp", methods=["GET", "POST", "DELETE"])
     def mcp(self, request: IRequest) -> Any:
-        from .streamable import serve
-
-        return serve(self, request, None)
+        if self.mcp_endpoint is None:
+            raise RouteNotFound()
+        return self.mcp_endpoint.serve(request, None)
 
     @app.route("/services/<string:name>/mcp", methods=["GET", "POST", "DELETE"])
     def service_mcp(self, request: IRequest, name: str) -> Any:
-        from .streamable import serve
-
-        return serve(self, request, name)
+        if self.mcp_endpoint is None:
+            raise RouteNotFound()
+        return self.mcp_endpoint.serve(request, name)
 
     # -- errors ------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ The access log: one line per tool call (principal, service, tool, session,
 status, outcome, duration).
 
 By default the lines are events of the Twisted log (namespace
-C{mcpgateway.access}), which twistd formats and writes one by one.  At high
+C{mcpgateway.observe.access}), which twistd formats and writes one by one.  At high
 call rates that costs about a tenth of the gateway's CPU, so
 C{logging.access_log} may instead name a file: lines are then buffered as
 JSON and written once a second (and at shutdown) by the reactor.
@@ -19,7 +19,7 @@ from typing import IO
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
-from .logs import logger
+from mcpgateway.observe.logs import logger
 
 __all__ = ["AccessLog"]
 

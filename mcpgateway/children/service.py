@@ -1,6 +1,7 @@
 """
 A configured MCP service: how to start its children, whether it is healthy,
-which era it speaks, and its cached tool list.
+which era it speaks, its warm pool, and its cached tool list
+(L{mcpgateway.children.tools}).
 
 Start failures are retried with exponential backoff and jitter: while a
 service is backing off, L{Service.spawn} fails at once with
@@ -18,25 +19,25 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
-from .child import LEGACY, MODERN, Child, Era, StartFailed, spawn_child
-from .config import ServiceConfig
-from .deferreds import Shared, observe
-from .errors import CallTimedOut, ChildFailed, ServiceUnavailable
-from .logs import logger
-from .protocol import ChildExited, ChildProtocol, ExitInfo, RPCError
-from .sandbox import Launch, build_launch
-from .security import security_event
+from mcpgateway.children.child import LEGACY, MODERN, Child, Era, StartFailed, spawn_child
+from mcpgateway.children.sandbox import Launch, build_launch
+from mcpgateway.children.tools import ToolCache
+from mcpgateway.config import ServiceConfig
+from mcpgateway.errors import ServiceUnavailable
+from mcpgateway.mcp.exits import ExitInfo
+from mcpgateway.mcp.stdio import ChildProtocol
+from mcpgateway.observe.logs import logger
+from mcpgateway.observe.security import security_event
 
 __all__ = ["Service"]
 
-log = logger(__name__)
+log = logger("mcpgateway.service")
 
-_MAX_REFETCH = 3
 POOL_REFILL_DELAY = 0.2
 #: A child ended by one of these (CPU time, file size, or a kill it did not
 #: get from us, e.g. the kernel's OOM killer) is reported as a security event.
@@ -84,10 +85,8 @@ class Service:
         self.last_failure: ServiceUnavailable | None = None
         self._retry_at = 0.0
         self._starting = 0
-        self._tools: list[dict[str, Any]] | None = None
-        self._tools_fill: Shared[list[dict[str, Any]]] | None = None
-        self._tools_generation = 0
-        self._tool_names: frozenset[str] = frozenset()
+        #: The tool list its children declare, fetched once and shared.
+        self.tool_cache = ToolCache(config, self._ready_child, self.spawn)
         self._stable_timers: dict[Child, IDelayedCall] = {}
         self._stopping = False
         self.start_failures = 0
@@ -190,7 +189,7 @@ class Service:
                 discover_timeout=self.config.discover_timeout,
                 close_grace=self.config.close_grace,
                 hint=self.era,
-                on_notification=lambda method, params: self._notified(holder, method, params),
+                on_notification=lambda method, params: self.tool_cache.notified(holder, method, params),
                 on_process=running,
             )
         except StartFailed as failure:
@@ -384,7 +383,7 @@ class Service:
         """
         @return: Whether C{tool} is in the cached tool list the service declared.
         """
-        return tool in self._tool_names
+        return self.tool_cache.declares(tool)
 
     def tools(self) -> Deferred[list[dict[str, Any]]]:
         """
@@ -392,77 +391,10 @@ class Service:
 
         @return: Fires with the MCP C{Tool} objects of every page.
         """
-        if self._tools is not None:
-            return succeed(self._tools)
-        if self._tools_fill is None:
-            return self._start_fill(None).wait()
-        return self._tools_fill.wait()
+        return self.tool_cache.tools()
 
-    def _start_fill(self, source: Child | None) -> Shared[list[dict[str, Any]]]:
-        """
-        Start filling the tool cache; later callers share it while it runs
-        (one that fails at once, e.g. during backoff, is not kept).
-        """
-        fill = observe(ensureDeferred(self._fill_tools(source)))
-        if not fill.done:
-            self._tools_fill = fill
-        return fill
-
-    async def _fill_tools(self, source: Child | None) -> list[dict[str, Any]]:
-        """
-        Fetch the tool list from C{source}, or from a short-lived lister child.
-
-        A C{list_changed} that arrives during the fetch (a Node server sends
-        one before its first answer) makes it fetch once more from the same
-        child, a bounded number of times.
-        """
-        lister = None
-        try:
-            if source is None or not source.alive:
-                source = next((child for child in self._pool if child.alive), None)
-            if source is None:
-                source = lister = await self.spawn()
-            for _ in range(_MAX_REFETCH):
-                generation = self._tools_generation
-                tools = await self._list_from(source)
-                if generation == self._tools_generation:
-                    break
-            self._tools = tools
-            self._tool_names = frozenset(str(tool.get("name")) for tool in tools)
-            return tools
-        finally:
-            self._tools_fill = None
-            if lister is not None:
-                lister.close(self.config.close_grace)
-
-    async def _list_from(self, child: Child) -> list[dict[str, Any]]:
-        """
-        @raise GatewayError: L{CallTimedOut} or L{ChildFailed} (never a bare
-            protocol error), so that C{/tools} answers a JSON 504 or 502.
-        """
-        timeout = self.config.call_timeout
-        try:
-            return await child.list_tools(timeout)
-        except TimeoutError:
-            raise CallTimedOut(f"{self.name} did not list its tools within {timeout:g} s") from None
-        except RPCError as error:
-            raise ChildFailed(
-                f"{self.name} answered tools/list with JSON-RPC error {error.code}: {error.message}"
-            ) from None
-        except ChildExited as error:
-            raise ChildFailed.ended(self.name, "while listing its tools", error.info) from None
-
-    def _notified(self, holder: list[Child], method: str, params: dict[str, Any]) -> None:
-        if method != "notifications/tools/list_changed":
-            return
-        self._tools_generation += 1
-        if self._tools_fill is not None:
-            return  # the fill under way sees the new generation and fetches again
-        self._tools = None
-        source = holder[0] if holder else None
-        self._start_fill(source).wait().addErrback(
-            lambda f: log.warn("{service}: tool list refresh failed: {e}", service=self.name, e=f.value)
-        )
+    def _ready_child(self) -> Child | None:
+        return next((child for child in self._pool if child.alive), None)
 
     # -- shutdown ----------------------------------------------------------------
 

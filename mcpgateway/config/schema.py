@@ -14,15 +14,28 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .names import SERVICE_NAME
-from .sandbox import SandboxPolicy, policy_from_config
+from mcpgateway.config.sandbox import SandboxPolicy, policy_from_config
+from mcpgateway.config.values import (
+    ConfigError,
+    Reader,
+    boolean,
+    integer,
+    kind,
+    non_negative,
+    number,
+    positive,
+    section,
+    string,
+    string_list,
+    string_map,
+)
+from mcpgateway.names import SERVICE_NAME
 
 __all__ = [
-    "ConfigError",
     "GatewayConfig",
     "LoggingConfig",
     "PrincipalConfig",
@@ -32,16 +45,7 @@ __all__ = [
     "SessionConfig",
     "load_config",
     "parse_config",
-    "substitute",
 ]
-
-_VARIABLE = re.compile(r"\$\{([^}|]*)(?:\|([^}]*))?\}")
-
-
-class ConfigError(Exception):
-    """
-    The configuration cannot be used; the message names the key path.
-    """
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ class SessionConfig:
 @dataclass(frozen=True)
 class RateLimitConfig:
     """
-    The seeds' C{rate_limiting} section, enforced by L{mcpgateway.ratelimit}.
+    The seeds' C{rate_limiting} section, enforced by L{mcpgateway.policy.ratelimit}.
 
     The defaults are sized for a voice agent: one principal carries every
     live phone call of an agent deployment, each conversation turn may call
@@ -165,209 +169,59 @@ class GatewayConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
-def substitute(text: str, environ: Mapping[str, str]) -> str:
-    """
-    Replace every C{${VAR}} and C{${VAR|default}} in C{text}.
-
-    An unset variable without a default becomes the empty string.
-
-    @param text: A string value from the configuration file.
-    @param environ: The environment to read variables from.
-    @return: The substituted string.
-    """
-
-    def one(match: re.Match[str]) -> str:
-        value = environ.get(match.group(1).strip())
-        if value is None:
-            return match.group(2) or ""
-        return value
-
-    return _VARIABLE.sub(one, text)
-
-
-# -- schema readers -------------------------------------------------------
-#
-# A reader takes (value, path, environ) and returns the typed value, raising
-# ConfigError naming the path.
-
-_Reader = Callable[[Any, str, Mapping[str, str]], Any]
-
-
-def _string(value: Any, path: str, environ: Mapping[str, str]) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{path}: expected a string, got {_kind(value)}")
-    return substitute(value, environ)
-
-
-def _integer(value: Any, path: str, environ: Mapping[str, str]) -> int:
-    if isinstance(value, str):
-        text = substitute(value, environ).strip()
-        if not re.fullmatch(r"[+-]?\d+", text):
-            raise ConfigError(f"{path}: expected an integer, got {text!r}")
-        return int(text)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{path}: expected an integer, got {_kind(value)}")
-    return value
-
-
-def _number(value: Any, path: str, environ: Mapping[str, str]) -> float:
-    if isinstance(value, str):
-        text = substitute(value, environ).strip()
-        try:
-            number = float(text)
-        except ValueError:
-            raise ConfigError(f"{path}: expected a number, got {text!r}") from None
-    elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{path}: expected a number, got {_kind(value)}")
-    else:
-        number = float(value)
-    if number != number or number in (float("inf"), float("-inf")):
-        raise ConfigError(f"{path}: expected a finite number")
-    return number
-
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _boolean(value: Any, path: str, environ: Mapping[str, str]) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        text = substitute(value, environ).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-    raise ConfigError(f"{path}: expected true or false, got {value!r}")
-
-
-def _string_list(value: Any, path: str, environ: Mapping[str, str]) -> tuple[str, ...]:
-    if isinstance(value, str):
-        # The seeds allow one limit string where a list is expected.
-        return (_string(value, path, environ),)
-    if not isinstance(value, list):
-        raise ConfigError(f"{path}: expected a list of strings, got {_kind(value)}")
-    return tuple(_string(item, f"{path}[{i}]", environ) for i, item in enumerate(value))
-
-
-def _string_map(value: Any, path: str, environ: Mapping[str, str]) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: expected an object of strings, got {_kind(value)}")
-    return {key: _string(item, f"{path}.{key}", environ) for key, item in value.items()}
-
-
-def _positive(reader: _Reader) -> _Reader:
-    def check(value: Any, path: str, environ: Mapping[str, str]) -> Any:
-        result = reader(value, path, environ)
-        if result <= 0:
-            raise ConfigError(f"{path}: must be greater than zero, got {result}")
-        return result
-
-    return check
-
-
-def _non_negative(reader: _Reader) -> _Reader:
-    def check(value: Any, path: str, environ: Mapping[str, str]) -> Any:
-        result = reader(value, path, environ)
-        if result < 0:
-            raise ConfigError(f"{path}: must not be negative, got {result}")
-        return result
-
-    return check
-
-
 def _port(value: Any, path: str, environ: Mapping[str, str]) -> int:
-    port = _integer(value, path, environ)
+    port = integer(value, path, environ)
     if not 0 <= port <= 65535:
         raise ConfigError(f"{path}: not a TCP port: {port}")
     return port
 
 
 def _level(value: Any, path: str, environ: Mapping[str, str]) -> str:
-    level = _string(value, path, environ).upper()
+    level = string(value, path, environ).upper()
     if level not in {"DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"}:
         raise ConfigError(f"{path}: unknown log level {level!r}")
     return level
 
 
 def _protocol(value: Any, path: str, environ: Mapping[str, str]) -> str:
-    era = _string(value, path, environ)
+    era = string(value, path, environ)
     if era not in ("auto", "legacy", "modern"):
         raise ConfigError(f"{path}: expected auto, legacy or modern, got {era!r}")
     return era
 
 
-def _kind(value: Any) -> str:
-    return {
-        dict: "an object",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
-
-
-def _section(
-    raw: Any,
-    path: str,
-    environ: Mapping[str, str],
-    readers: Mapping[str, _Reader],
-    aliases: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """
-    Read one JSON object against C{readers}, refusing unknown keys.
-    """
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected an object, got {_kind(raw)}")
-    result: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = (aliases or {}).get(key, key)
-        reader = readers.get(name)
-        where = f"{path}.{key}" if path else key
-        if reader is None:
-            known = ", ".join(sorted(readers))
-            raise ConfigError(f"{where}: unknown key (known keys: {known})")
-        if name in result:
-            raise ConfigError(f"{where}: given twice (also as {name!r})")
-        result[name] = reader(value, where, environ)
-    return result
-
-
-_SERVER: dict[str, _Reader] = {
-    "host": _string,
+_SERVER: dict[str, Reader] = {
+    "host": string,
     "port": _port,
-    "auth_user": _string,
-    "auth_password": _string,
-    "auth_token": _string,
-    "max_body_bytes": _positive(_integer),
-    "tls_cert": _string,
-    "idle_timeout": _positive(_number),
-    "request_timeout": _positive(_number),
-    "max_header_bytes": _positive(_integer),
-    "metrics_listen": _string,
+    "auth_user": string,
+    "auth_password": string,
+    "auth_token": string,
+    "max_body_bytes": positive(integer),
+    "tls_cert": string,
+    "idle_timeout": positive(number),
+    "request_timeout": positive(number),
+    "max_header_bytes": positive(integer),
+    "metrics_listen": string,
     "principals": lambda v, p, e: _principals(v, p, e),
-    "allowed_origins": _string_list,
+    "allowed_origins": string_list,
 }
 
-_PRINCIPAL: dict[str, _Reader] = {
-    "name": _string,
-    "role": _string,
-    "password_hash": _string,
-    "token_hash": _string,
+_PRINCIPAL: dict[str, Reader] = {
+    "name": string,
+    "role": string,
+    "password_hash": string,
+    "token_hash": string,
 }
 
 
 def _principals(value: Any, path: str, environ: Mapping[str, str]) -> tuple[PrincipalConfig, ...]:
     if not isinstance(value, list):
-        raise ConfigError(f"{path}: expected a list of principals, got {_kind(value)}")
+        raise ConfigError(f"{path}: expected a list of principals, got {kind(value)}")
     result: list[PrincipalConfig] = []
     names: set[str] = set()
     for index, raw in enumerate(value):
         where = f"{path}[{index}]"
-        entry = PrincipalConfig(**{"name": "", **_section(raw, where, environ, _PRINCIPAL)})
+        entry = PrincipalConfig(**{"name": "", **section(raw, where, environ, _PRINCIPAL)})
         if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,128}", entry.name):
             raise ConfigError(f"{where}.name: 1-128 of A-Z a-z 0-9 _ . @ -")
         if entry.name in names:
@@ -389,59 +243,55 @@ def _principals(value: Any, path: str, environ: Mapping[str, str]) -> tuple[Prin
     return tuple(result)
 
 
-def _sandbox(value: Any, path: str, environ: Mapping[str, str]) -> SandboxPolicy:
-    return policy_from_config(value, path, environ)
-
-
 def _command(value: Any, path: str, environ: Mapping[str, str]) -> tuple[str, ...]:
-    command = _string_list(value, path, environ) if isinstance(value, list) else None
+    command = string_list(value, path, environ) if isinstance(value, list) else None
     if not command or not command[0]:
         raise ConfigError(f"{path}: expected a non-empty list of strings (program and arguments)")
     return command
 
 
-_SERVICE: dict[str, _Reader] = {
+_SERVICE: dict[str, Reader] = {
     "command": _command,
-    "description": _string,
-    "enabled": _boolean,
-    "env": _string_map,
+    "description": string,
+    "enabled": boolean,
+    "env": string_map,
     "protocol": _protocol,
-    "call_timeout": _positive(_number),
-    "handshake_timeout": _positive(_number),
-    "discover_timeout": _positive(_number),
-    "max_line_bytes": _positive(_integer),
-    "close_grace": _positive(_number),
-    "backoff_initial": _positive(_number),
-    "backoff_max": _positive(_number),
-    "backoff_reset": _positive(_number),
-    "prewarm": _non_negative(_integer),
-    "sandbox": _sandbox,
+    "call_timeout": positive(number),
+    "handshake_timeout": positive(number),
+    "discover_timeout": positive(number),
+    "max_line_bytes": positive(integer),
+    "close_grace": positive(number),
+    "backoff_initial": positive(number),
+    "backoff_max": positive(number),
+    "backoff_reset": positive(number),
+    "prewarm": non_negative(integer),
+    "sandbox": policy_from_config,
 }
 
-_SESSION: dict[str, _Reader] = {
-    "default_timeout": _positive(_number),
-    "max_sessions_per_service": _positive(_integer),
-    "max_total_sessions": _positive(_integer),
-    "cleanup_interval": _positive(_number),
-    "sandbox_dir": _string,
+_SESSION: dict[str, Reader] = {
+    "default_timeout": positive(number),
+    "max_sessions_per_service": positive(integer),
+    "max_total_sessions": positive(integer),
+    "cleanup_interval": positive(number),
+    "sandbox_dir": string,
 }
 
-_RATE_LIMITING: dict[str, _Reader] = {
-    "enabled": _boolean,
-    "default_limits": _string_list,
-    "tools_limit": _string,
-    "call_limit": _string,
-    "session_delete_limit": _string,
-    "auth_failure_limit": _string,
-    "storage_uri": _string,
+_RATE_LIMITING: dict[str, Reader] = {
+    "enabled": boolean,
+    "default_limits": string_list,
+    "tools_limit": string,
+    "call_limit": string,
+    "session_delete_limit": string,
+    "auth_failure_limit": string,
+    "storage_uri": string,
 }
 
-_LOGGING: dict[str, _Reader] = {
+_LOGGING: dict[str, Reader] = {
     "level": _level,
-    "file": _string,
-    "security_file": _string,
-    "http_access": _boolean,
-    "access_log": _string,
+    "file": string,
+    "security_file": string,
+    "http_access": boolean,
+    "access_log": string,
 }
 
 
@@ -449,7 +299,7 @@ def _service(name: str, raw: Any, environ: Mapping[str, str]) -> ServiceConfig:
     path = f"services.{name}"
     if not SERVICE_NAME.fullmatch(name):
         raise ConfigError(f"{path}: a service name is 1-64 of A-Z a-z 0-9 _ -")
-    values = _section(raw, path, environ, _SERVICE, aliases={"sandbox_config": "sandbox"})
+    values = section(raw, path, environ, _SERVICE, aliases={"sandbox_config": "sandbox"})
     if "command" not in values:
         raise ConfigError(f"{path}.command: missing (the program and its arguments)")
     return ServiceConfig(name=name, **values)
@@ -467,18 +317,18 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayC
     """
     env: Mapping[str, str] = {"MCPGATEWAY_PYTHON": sys.executable, **(os.environ if environ is None else environ)}
     if not isinstance(raw, dict):
-        raise ConfigError(f"the configuration must be a JSON object, got {_kind(raw)}")
-    sections: dict[str, _Reader] = {
-        "server": lambda v, p, e: ServerConfig(**_section(v, p, e, _SERVER)),
+        raise ConfigError(f"the configuration must be a JSON object, got {kind(raw)}")
+    sections: dict[str, Reader] = {
+        "server": lambda v, p, e: ServerConfig(**section(v, p, e, _SERVER)),
         "services": lambda v, p, e: v,  # read below, per service
-        "session": lambda v, p, e: SessionConfig(**_section(v, p, e, _SESSION)),
-        "rate_limiting": lambda v, p, e: RateLimitConfig(**_section(v, p, e, _RATE_LIMITING)),
-        "logging": lambda v, p, e: LoggingConfig(**_section(v, p, e, _LOGGING)),
+        "session": lambda v, p, e: SessionConfig(**section(v, p, e, _SESSION)),
+        "rate_limiting": lambda v, p, e: RateLimitConfig(**section(v, p, e, _RATE_LIMITING)),
+        "logging": lambda v, p, e: LoggingConfig(**section(v, p, e, _LOGGING)),
     }
-    top = _section(raw, "", env, sections)
+    top = section(raw, "", env, sections)
     services_raw = top.pop("services", {})
     if not isinstance(services_raw, dict):
-        raise ConfigError(f"services: expected an object keyed by service name, got {_kind(services_raw)}")
+        raise ConfigError(f"services: expected an object keyed by service name, got {kind(services_raw)}")
     services = {name: _service(name, value, env) for name, value in services_raw.items()}
     return GatewayConfig(services=services, **top)
 

@@ -35,7 +35,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from .errors import BadRequest, GatewayError, NotFound, PayloadTooLarge
+from mcpgateway.errors import BadRequest, GatewayError, NotFound, PayloadTooLarge
 
 __all__ = [
     "HSTS",

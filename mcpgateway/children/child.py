@@ -14,17 +14,21 @@ from typing import Any
 from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 
-from . import __version__
-from .deferreds import Shared, observe, wait_for
-from .protocol import ChildProtocol, ExitInfo, NotificationHandler, RPCError
+from mcpgateway import __version__
+from mcpgateway.lib.deferreds import Shared, observe, wait_for
+from mcpgateway.mcp.exits import ExitInfo
+from mcpgateway.mcp.jsonrpc import RPCError
+from mcpgateway.mcp.spec import (
+    CAPABILITIES_KEY,
+    LEGACY_VERSION,
+    MODERN_VERSION,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    VERSION_KEY,
+)
+from mcpgateway.mcp.stdio import ChildProtocol, NotificationHandler
 
 __all__ = ["LEGACY", "MODERN", "Child", "Era", "StartFailed", "spawn_child"]
 
-MODERN_VERSION = "2026-07-28"
-LEGACY_VERSION = "2025-11-25"
-UNSUPPORTED_PROTOCOL_VERSION = -32022
-_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
-_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 _MAX_TOOL_PAGES = 1000
 
 
@@ -50,7 +54,7 @@ class Era:
 
 MODERN = Era(True, MODERN_VERSION)
 LEGACY = Era(False, LEGACY_VERSION)
-_ENVELOPE = {_VERSION_KEY: MODERN_VERSION, _CAPABILITIES_KEY: {}}
+_ENVELOPE = {VERSION_KEY: MODERN_VERSION, CAPABILITIES_KEY: {}}
 
 
 class StartFailed(Exception):
@@ -290,7 +294,7 @@ async def spawn_child(
     """
     Start an MCP server and complete its handshake.
 
-    The command line comes from L{mcpgateway.sandbox.build_launch}: an exec
+    The command line comes from L{mcpgateway.children.sandbox.launch.build_launch}: an exec
     chain that puts the child in its own session and process group, applies
     its limits and execs the server.
 

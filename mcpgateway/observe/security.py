@@ -1,7 +1,7 @@
 """
 The security-event log: authentication failures, rate-limit hits, invalid
 input, children killed by a resource limit.  Each event is a structured log
-event in the C{mcpgateway.security} namespace (so it shows in the gateway's
+event in the C{mcpgateway.observe.security} namespace (so it shows in the gateway's
 log) and, with C{logging.security_file}, one JSON line in that file.
 """
 
@@ -13,8 +13,7 @@ from typing import IO, Any
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from zope.interface import implementer
 
-from .logs import logger
-from .sessions import now_iso
+from mcpgateway.observe.logs import logger, now_iso
 
 __all__ = ["SecurityFile", "security_event"]
 

@@ -1,0 +1,41 @@
+"""
+Startup's configuration: the seeds' JSON format read against a schema into
+frozen dataclasses that every layer below the startup code reads.
+
+  - L{values}: C{${VAR|default}} substitution and the typed readers;
+  - L{sandbox}: a service's C{sandbox} block (the policy, as data);
+  - L{schema}: the sections, L{parse_config} and L{load_config}.
+
+The names below are the public API (C{from mcpgateway.config import ...}).
+"""
+
+from mcpgateway.config.sandbox import ResourceLimits, SandboxPolicy, policy_from_config
+from mcpgateway.config.schema import (
+    GatewayConfig,
+    LoggingConfig,
+    PrincipalConfig,
+    RateLimitConfig,
+    ServerConfig,
+    ServiceConfig,
+    SessionConfig,
+    load_config,
+    parse_config,
+)
+from mcpgateway.config.values import ConfigError, substitute
+
+__all__ = [
+    "ConfigError",
+    "GatewayConfig",
+    "LoggingConfig",
+    "PrincipalConfig",
+    "RateLimitConfig",
+    "ResourceLimits",
+    "SandboxPolicy",
+    "ServerConfig",
+    "ServiceConfig",
+    "SessionConfig",
+    "load_config",
+    "parse_config",
+    "policy_from_config",
+    "substitute",
+]

@@ -1,0 +1,11 @@
+"""
+What an operator sees of the gateway: logs, metrics, traces and the
+records of tool calls and security events.  Everything here only records;
+nothing decides.
+
+  - L{logs}: the gateway's loggers and their level, JSON log output;
+  - L{metrics}: Prometheus metrics, rendered inline;
+  - L{tracing}: an optional OpenTelemetry span per tool call;
+  - L{access}: the access log of tool calls;
+  - L{security}: security events (refused credentials, limits, bad input).
+"""

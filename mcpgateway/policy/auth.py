@@ -1,0 +1,241 @@
+"""
+Who may call, and as whom.
+
+Credentials come from the C{server} section: the seeds' single
+C{auth_user}/C{auth_password} and C{auth_token} (an admin principal), and a
+list of C{principals}, each with a role and a password hash and/or a token
+hash, so several agents or teams share one gateway without seeing each
+other's sessions.
+
+Everything is compared as bytes in constant time, so non-ASCII and
+digit-only credentials work.  Password hashes are scrypt, verified in a
+thread (never on the reactor), at most L{VERIFY_CONCURRENCY} at a time, and
+remembered for a while, so only the first request of a client pays for the
+hash.  L{Authenticator.costly} tells the caller beforehand that a header
+needs such a verification, so that the attempt can be counted against the
+client's failure budget I{before} the work is done (a burst of guesses
+then costs at most that budget in hashing).  An unknown user name costs the
+same hash as a known one, so timing does not tell which names exist.
+
+C{python -m mcpgateway.auth password} and C{python -m mcpgateway.auth token}
+print the hash to put in the configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import getpass
+import hashlib
+import hmac
+import os
+import secrets
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
+from twisted.internet.threads import deferToThread
+
+from mcpgateway.config import PrincipalConfig, ServerConfig
+
+__all__ = ["ADMIN", "AGENT", "CHALLENGES", "Authenticator", "Principal", "hash_password", "hash_token"]
+
+CHALLENGES = (b'Basic realm="mcpgateway", charset="UTF-8"', b'Bearer realm="mcpgateway"')
+ADMIN = "admin"
+AGENT = "agent"
+_CACHE_SIZE = 1024
+#: Password hashes verified at once (each takes a thread and ~16 MiB).
+VERIFY_CONCURRENCY = 2
+#: Verified for an unknown user name, so it costs what a known one does.
+_DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+
+@dataclass(frozen=True)
+class Principal:
+    """
+    An authenticated caller.
+
+    @ivar name: Who it is (owns the sessions it creates).
+    @ivar role: C{"admin"} (sees every session) or C{"agent"} (only its own).
+    """
+
+    name: str
+    role: str
+
+    @property
+    def admin(self) -> bool:
+        """
+        @return: Whether this principal may see and close every session.
+        """
+        return self.role == ADMIN
+
+
+def hash_password(password: str, *, n: int = 2**14, r: int = 8, p: int = 1) -> str:
+    """
+    @param password: The clear password.
+    @return: C{scrypt$n$r$p$salt$hash} (base64), for C{principals[].password_hash}.
+    """
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=32)
+    encode = base64.b64encode
+    return f"scrypt${n}${r}${p}${encode(salt).decode()}${encode(digest).decode()}"
+
+
+def hash_token(token: str) -> str:
+    """
+    @param token: A bearer token (high entropy: a fast hash is enough).
+    @return: C{sha256$<hex>}, for C{principals[].token_hash}.
+    """
+    return "sha256$" + hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _verify_password(encoded: str, password: bytes) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(
+            password, salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected)
+        )
+    except (ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+class Authenticator:
+    """
+    Turns an C{Authorization} header into a L{Principal}, or L{None}.
+    """
+
+    def __init__(self, server: ServerConfig) -> None:
+        """
+        @param server: The C{server} section with the credentials.
+        """
+        self._user = server.auth_user.encode("utf-8")
+        self._password = server.auth_password.encode("utf-8")
+        self._token = server.auth_token.encode("utf-8")
+        self._basic = bool(server.auth_user and server.auth_password)
+        self._seed = Principal(server.auth_user or "admin", ADMIN)
+        self._by_name: dict[bytes, PrincipalConfig] = {p.name.encode("utf-8"): p for p in server.principals}
+        self._by_token: dict[str, PrincipalConfig] = {
+            p.token_hash.split("$", 1)[1]: p for p in server.principals if p.token_hash
+        }
+        self._verified: OrderedDict[bytes, Principal] = OrderedDict()
+        self._slots = DeferredSemaphore(VERIFY_CONCURRENCY)
+
+    def check(self, header: bytes | None) -> bool:
+        """
+        Synchronous check of the seed credentials only (no principals list).
+
+        @param header: The raw C{Authorization} header, or L{None}.
+        @return: Whether it carries the seeds' valid credentials.
+        """
+        return self._seed_principal(*_parse(header)) is not None
+
+    def authenticate(self, header: bytes | None) -> Deferred[Principal | None]:
+        """
+        @param header: The raw C{Authorization} header, or L{None}.
+        @return: Fires with the L{Principal}, or L{None} for missing or
+            wrong credentials.
+        """
+        scheme, value = _parse(header)
+        principal = self._seed_principal(scheme, value)
+        if principal is not None or (not self._by_name and not self._by_token):
+            return succeed(principal)
+        if scheme == b"bearer":
+            entry = self._by_token.get(hashlib.sha256(value).hexdigest())
+            return succeed(Principal(entry.name, entry.role) if entry else None)
+        if scheme != b"basic":
+            return succeed(None)
+        user, password = _basic(value)
+        if user is None or password is None:
+            return succeed(None)
+        key = hashlib.sha256(value).digest()
+        cached = self._verified.get(key)
+        if cached is not None:
+            self._verified.move_to_end(key)
+            return succeed(cached)
+        entry = self._by_name.get(user)
+        found = Principal(entry.name, entry.role) if entry is not None and entry.password_hash else None
+        encoded = entry.password_hash if entry is not None and found is not None else _DUMMY_HASH
+
+        def verified(ok: bool) -> Principal | None:
+            if not ok or found is None:
+                return None
+            self._verified[key] = found
+            if len(self._verified) > _CACHE_SIZE:
+                self._verified.popitem(last=False)
+            return found
+
+        return self._slots.run(deferToThread, _verify_password, encoded, password).addCallback(verified)
+
+    def costly(self, header: bytes | None) -> bool:
+        """
+        Whether L{authenticate} would have to verify a password hash for
+        C{header} (Basic credentials that are neither the seed's nor
+        remembered, while principals are configured).
+
+        @param header: The raw C{Authorization} header, or L{None}.
+        """
+        if not self._by_name:
+            return False
+        scheme, value = _parse(header)
+        if scheme != b"basic" or self._seed_principal(scheme, value) is not None:
+            return False
+        user, password = _basic(value)
+        return user is not None and password is not None and hashlib.sha256(value).digest() not in self._verified
+
+    def _seed_principal(self, scheme: bytes, value: bytes) -> Principal | None:
+        if scheme == b"bearer" and self._token:
+            return self._seed if hmac.compare_digest(value, self._token) else None
+        if scheme == b"basic" and self._basic:
+            user, password = _basic(value)
+            if user is None or password is None:
+                return None
+            # Evaluate both comparisons: no early exit on a wrong user name.
+            user_ok = hmac.compare_digest(user, self._user)
+            password_ok = hmac.compare_digest(password, self._password)
+            return self._seed if user_ok and password_ok else None
+        return None
+
+
+def _parse(header: bytes | None) -> tuple[bytes, bytes]:
+    if not header:
+        return b"", b""
+    scheme, _, value = header.strip().partition(b" ")
+    return scheme.lower(), value.strip()
+
+
+def _basic(value: bytes) -> tuple[bytes | None, bytes | None]:
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None, None
+    user, colon, password = decoded.partition(b":")
+    if not colon:
+        return None, None
+    return user, password
+
+
+def main(argv: list[str] | None = None) -> None:
+    """
+    C{python -m mcpgateway.auth password|token}: print a hash for the configuration.
+
+    @param argv: C{["password"]} (asks for it) or C{["token"]} (makes one).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["password"]:
+        password = getpass.getpass("password: ")
+        print(hash_password(password))
+    elif args == ["token"]:
+        token = secrets.token_urlsafe(32)
+        print(f"token (give to the client): {token}")
+        print(f"token_hash (put in the configuration): {hash_token(token)}")
+    else:
+        raise SystemExit("usage: python -m mcpgateway.auth password|token")
+
+
+if __name__ == "__main__":
+    main()
