@@ -37,7 +37,6 @@ Profilers:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dis
 import itertools
 import os
@@ -55,10 +54,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import CodeType, FrameType
 
+from harness import HERE, TAG_VARIABLE, BenchError, GatewayProcess, say, stop_and_sweep
 from loadgen import Connection, Response, drive
-from run import HERE, TAG_VARIABLE, TRANSPORTS, BenchError, GatewayProcess, Tally, cpu_seconds, say, tagged_processes
+from procfs import cpu_seconds
+from stats import Tally
+from transports import REST
 
-REST = TRANSPORTS[0]
 WARMUP_CALLS = 500  # per session, before the timed rounds
 TOP = 25
 SAMPLER = "--sampled-twistd"  # this script's own argument when it runs the gateway
@@ -264,7 +265,7 @@ def report(functions: Sequence[Own], scale: float, calls: int, header: Iterable[
 
 class ProfiledGateway(GatewayProcess):
     """
-    bench/run.py's gateway, under the sampler, twistd's cProfile runner, or nothing.
+    The benchmark's gateway (bench/harness.py), under the sampler, twistd's cProfile runner, or nothing.
     """
 
     def __init__(self, workdir: Path, env: dict[str, str], sessions: int, profiler: str, output: Path) -> None:
@@ -362,22 +363,6 @@ def measure(gateway: ProfiledGateway, args: argparse.Namespace, tally: Tally) ->
     return found
 
 
-def stop(gateway: ProfiledGateway, tag: str) -> int:
-    """
-    SIGTERM the gateway, wait, then kill anything this run started that is left.
-
-    @return: How many processes were left.
-    """
-    gateway.stop()
-    deadline = time.perf_counter() + 5
-    while (leftover := tagged_processes(tag, exclude=gateway.pid)) and time.perf_counter() < deadline:
-        time.sleep(0.1)
-    for pid in leftover:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    return len(leftover)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """
     Parse the command line, profile, report.
@@ -408,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"{args.sessions} sessions, {WARMUP_CALLS} warm-up calls each, then {args.calls} timed calls")
             found = measure(gateway, args, tally)
         finally:
-            leftover = stop(gateway, tag)
+            leftover = len(stop_and_sweep(gateway, tag))
             say(f"gateway stopped (status {gateway.exit_code}); processes left behind: {leftover}")
     cpu, (calls, timed), seconds = found["cpu"], found["calls"], found["seconds"][0]
     spread = f" (rounds: {', '.join(f'{c:.0f}' for c in cpu)}; sd {statistics.stdev(cpu):.1f})" if len(cpu) > 1 else ""
