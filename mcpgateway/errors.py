@@ -39,6 +39,7 @@ class ExitDescription(Protocol):
     exit_code: int | None
     signal: int | None
     stderr_tail: str
+    cause: dict[str, Any] | None
 
     def describe(self) -> str:
         """
@@ -151,13 +152,19 @@ class ChildFailed(GatewayError):
         @param info: How it ended.
         @return: E.g. C{"the todo server exited with status 3 during the
             call"}, with its exit status, signal and the last 2 KiB of its
-            stderr for the client.
+            stderr for the client; code C{child_limit} with C{limit},
+            C{value} and C{key} when a sandbox limit stopped it.
         """
+        cause = info.cause or {}
+        limit = {key: cause[key] for key in ("limit", "value", "key") if key in cause}
         return cls(
             f"the {service} server {info.describe()} {when}",
+            "child_limit" if limit else None,
+            service=service,
             exit_status=info.exit_code,
             exit_signal=info.signal,
             stderr_tail=info.stderr_tail[-2048:],
+            **limit,
         )
 
 

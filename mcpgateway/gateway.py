@@ -133,6 +133,16 @@ class Gateway:
         """
         return {name: service.describe() for name, service in self.services.items()}
 
+    def shows_stderr(self, principal: Principal, service: object) -> bool:
+        """
+        Whether C{principal} may see a child's stderr tail in an error of
+        C{service} (its C{stderr_tail} setting: C{admins}, the default, C{all}
+        or C{none}); a child's stderr may hold what it should not tell.
+        """
+        known = self.services.get(service) if isinstance(service, str) else None
+        setting = known.config.stderr_tail if known is not None else "admins"
+        return setting == "all" or (setting == "admins" and principal.admin)
+
     def service(self, name: str) -> Service:
         """
         @raise NotFound: If C{name} is no enabled service.

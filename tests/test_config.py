@@ -591,3 +591,12 @@ def test_non_loopback_refuses_placeholder_and_empty_credentials(
     with pytest.raises(StartRefused) as info:
         Options().parseOptions(["--config", path])
     assert refused in str(info.value)
+
+
+def test_child_dir_is_left_for_the_sandbox_to_fill() -> None:
+    config = parse_config(
+        {"services": {"mem": {"command": ["x"], "env": {"MEMORY_FILE_PATH": "${MCPGATEWAY_CHILD_DIR}/m.jsonl"}}}},
+        {"MCPGATEWAY_CHILD_DIR": "/not/this"},
+    )
+    assert config.services["mem"].env["MEMORY_FILE_PATH"] == "${MCPGATEWAY_CHILD_DIR}/m.jsonl"
+    assert substitute("${MCPGATEWAY_CHILD_DIR|x}", {}) == "x"  # only the exact name is kept

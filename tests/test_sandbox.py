@@ -47,6 +47,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 
 MIB = 1024 * 1024
 DEFAULT = SandboxPolicy()
+#: A task limit of 10, to see the limit's mechanics with few processes.
+TEN_TASKS = SandboxPolicy(limits=ResourceLimits(tasks=10))
 MEDIUM = SandboxPolicy(level="medium")
 NONE = SandboxPolicy(level="none", limits=None)
 TOKEN = "tok-3f9a1c"
@@ -298,7 +300,7 @@ def test_policy_defaults_are_high_with_limits() -> None:
     policy = policy_from_config({}, "services.x.sandbox")
     assert policy == SandboxPolicy()
     assert policy.level == "high"
-    assert policy.limits == ResourceLimits(cpu_seconds=300, memory_mb=512, processes=10, file_size_mb=10)
+    assert policy.limits == ResourceLimits(cpu_seconds=300, memory_mb=512, processes=10, file_size_mb=256)
     assert policy.uid is None and policy.env_passthrough == ()
 
 
@@ -329,7 +331,7 @@ def test_policy_limits_object() -> None:
         environ={},
     )
     assert policy.limits == ResourceLimits(
-        cpu_seconds=None, memory_mb=1024, processes=50, file_size_mb=10, open_files=256
+        cpu_seconds=None, memory_mb=1024, processes=50, file_size_mb=256, open_files=256
     )
 
 
@@ -430,9 +432,9 @@ def test_high_child_limits_group_pdeathsig_and_private_dir(place: Place, build: 
     seen = run_json(launch)
     assert seen["cwd"] == launch.path
     assert os.path.dirname(launch.path) == str(place.sandbox)
-    assert seen["rlimits"]["CPU"] == [300, 300]
+    assert seen["rlimits"]["CPU"] == [300, 301]  # SIGXCPU, then SIGKILL a second later
     assert seen["rlimits"]["DATA"] == [512 * MIB, 512 * MIB]
-    assert seen["rlimits"]["FSIZE"] == [10 * MIB, 10 * MIB]
+    assert seen["rlimits"]["FSIZE"] == [256 * MIB, 256 * MIB]
     assert seen["rlimits"]["NOFILE"] == list(resource.getrlimit(resource.RLIMIT_NOFILE))
     assert seen["group_leader"] and seen["sid"] == seen["pid"] == seen["pgid"]
     assert seen["sid"] != os.getsid(0)
@@ -443,7 +445,8 @@ def test_high_child_limits_group_pdeathsig_and_private_dir(place: Place, build: 
         assert int(seen["status"]["CapEff"], 16) == 0
         assert int(seen["status"]["CapBnd"], 16) == 0
     if launch.cgroup:
-        assert Path(launch.cgroup, "pids.max").read_text().strip() == "10"
+        assert DEFAULT.limits is not None
+        assert Path(launch.cgroup, "pids.max").read_text().strip() == str(DEFAULT.limits.task_limit())
         relative = launch.cgroup.split("/mcpgateway/", 1)[1]
         assert f"/mcpgateway/{relative}\n" in seen["cgroup"]
     else:
@@ -468,7 +471,7 @@ def test_custom_limits_and_open_files(place: Place, build: Callable[..., Launch]
     launch = build(SandboxPolicy(level="medium", limits=limits), probe(place, "report"))
     seen = run_json(launch)
     assert launch.cgroup is None  # no process limit: no cgroup
-    assert seen["rlimits"]["CPU"] == [7, 7]
+    assert seen["rlimits"]["CPU"] == [7, 8]
     assert seen["rlimits"]["DATA"] == [1024 * MIB, 1024 * MIB]
     assert seen["rlimits"]["NOFILE"] == [64, 64]
     assert seen["rlimits"]["FSIZE"][0] == -1
@@ -604,7 +607,7 @@ def _fork_bomb(launch: Launch) -> dict[str, Any]:
 
 def test_fork_bomb_is_contained_by_the_cgroup(place: Place, build: Callable[..., Launch]) -> None:
     need_cgroup()
-    launch = build(DEFAULT, probe(place, "forkbomb", "200"))
+    launch = build(TEN_TASKS, probe(place, "forkbomb", "200"))
     directory = str(launch.cgroup)
     outcome = _fork_bomb(launch)
     assert outcome["error"] == "EAGAIN"
@@ -617,11 +620,30 @@ def test_fork_bomb_is_contained_by_the_user(
     place: Place, build: Callable[..., Launch], user: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sandbox_launch, "probe", machine_without(cgroup=None))
-    launch = build(user_policy(user), probe(place, "forkbomb", "200", python=python_for(user)))
+    policy = user_policy(user, limits=ResourceLimits(tasks=10))
+    launch = build(policy, probe(place, "forkbomb", "200", python=python_for(user)))
     assert launch.cgroup is None and launch.uid == user[0]
     outcome = _fork_bomb(launch)
     assert outcome["error"] == "EAGAIN"
     assert 1 <= outcome["forked"] <= 9  # RLIMIT_NPROC 10 for this uid, the probe included
+
+
+@pytest.mark.parametrize("bomb", ["forkbomb", "threadbomb"])
+def test_default_limits_bound_fork_and_thread_bombs(place: Place, build: Callable[..., Launch], bomb: str) -> None:
+    """
+    The default task limit (10 processes x 64 threads, more on many cores)
+    admits a Node or Python server but stops a bomb of either kind.
+    """
+    need_cgroup()
+    assert DEFAULT.limits is not None
+    tasks = DEFAULT.limits.task_limit()
+    assert tasks is not None and tasks >= 640
+    launch = build(DEFAULT, probe(place, bomb, str(tasks + 100)))
+    outcome = _fork_bomb(launch)
+    made = outcome["forked"] if bomb == "forkbomb" else outcome["threads"]
+    assert outcome["error"], outcome  # refused before the bomb's own count ran out
+    assert 1 <= made < tasks
+    assert outcome["pids.current"] <= tasks
 
 
 def test_memory_hog_gets_memory_error(place: Place, build: Callable[..., Launch]) -> None:
@@ -630,11 +652,12 @@ def test_memory_hog_gets_memory_error(place: Place, build: Callable[..., Launch]
 
 
 def test_disk_filler_gets_efbig_or_sigxfsz(place: Place, build: Callable[..., Launch]) -> None:
-    launch = build(DEFAULT, probe(place, "fill", "20"))
+    ten = SandboxPolicy(limits=ResourceLimits(file_size_mb=10))
+    launch = build(ten, probe(place, "fill", "20"))
     # Python ignores SIGXFSZ, so its write fails with EFBIG ...
     assert run_json(launch) == {"written": 10 * MIB, "size": 10 * MIB, "error": "EFBIG"}
     # ... where another program is killed by the signal.
-    launch = build(DEFAULT, ("sh", "-c", "exec head -c 20971520 /dev/zero > big"))
+    launch = build(ten, ("sh", "-c", "exec head -c 20971520 /dev/zero > big"))
     done = run(launch)
     assert done.returncode == -signal.SIGXFSZ, done
     assert os.path.getsize(os.path.join(launch.path, "big")) == 10 * MIB
@@ -713,7 +736,8 @@ def test_own_user_gets_nproc_and_its_private_dir(
     assert (launch.uid, launch.gid) == user
     seen = run_json(launch)
     assert (seen["uid"], seen["euid"], seen["gid"], seen["egid"], seen["groups"]) == (*user, *user, [])
-    assert seen["rlimits"]["NPROC"] == [10, 10]
+    tasks = ResourceLimits().task_limit()
+    assert seen["rlimits"]["NPROC"] == [tasks, tasks]
     assert seen["pdeathsig"] == signal.SIGKILL and seen["no_new_privs"] == 1
     assert int(seen["status"]["CapEff"], 16) == 0
     assert seen["cwd"] == launch.path == seen["environ"]["HOME"]
@@ -786,12 +810,13 @@ def test_python_shim_enforces_the_same(
     assert launch.executable == sys.executable
     seen = run_json(launch)
     assert seen["environ"] == launch.env
-    assert seen["rlimits"]["DATA"] == [512 * MIB, 512 * MIB] and seen["rlimits"]["CPU"] == [300, 300]
+    assert seen["rlimits"]["DATA"] == [512 * MIB, 512 * MIB] and seen["rlimits"]["CPU"] == [300, 301]
     assert seen["group_leader"] and seen["sid"] == seen["pid"]
     assert seen["pdeathsig"] == signal.SIGKILL and seen["no_new_privs"] == 1
     if as_user:
         assert (seen["uid"], seen["gid"], seen["groups"]) == (*request.getfixturevalue("user"), [])
-        assert seen["rlimits"]["NPROC"] == [10, 10]
+        tasks = ResourceLimits().task_limit()
+        assert seen["rlimits"]["NPROC"] == [tasks, tasks]
     elif sandbox.sandbox_capabilities()["capability_drop"]:
         assert int(seen["status"]["CapBnd"], 16) == 0
     if launch.cgroup:
@@ -881,3 +906,9 @@ async def test_twisted_spawn_of_an_mcp_server(place: Place, build: Callable[...,
     assert seen["pdeathsig"] == signal.SIGKILL
     assert seen["environ"]["MCPGATEWAY_TEST_TAG"] == "sandbox" and seen["cwd"] == launch.path
     assert launch.cleanup()
+
+
+def test_env_values_may_name_the_child_directory(place: Place, build: Callable[..., Launch]) -> None:
+    launch = build(DEFAULT, ("true",), env={"MEMORY_FILE_PATH": "${MCPGATEWAY_CHILD_DIR}/memory.jsonl"})
+    assert launch.env["MEMORY_FILE_PATH"] == os.path.join(launch.path, "memory.jsonl")
+    assert launch.env["HOME"] == launch.path

@@ -185,7 +185,8 @@ def test_failed_start_removes_its_workdir(
     workdir = fake.calls[0]["workdir"]
     assert workdir.startswith(str(tmp_path / "sandbox" / "todo-"))
     assert not os.path.exists(workdir)
-    assert os.listdir(tmp_path / "sandbox") == []
+    assert os.listdir(tmp_path / "sandbox") == [".cache"]  # the service's cache stays (npx, uvx)
+    assert os.listdir(tmp_path / "sandbox" / ".cache") == ["todo"]
 
 
 def test_fixed_working_dir_is_used_and_kept(fake: FakeSpawn, tmp_path: Path) -> None:
@@ -196,7 +197,7 @@ def test_fixed_working_dir_is_used_and_kept(fake: FakeSpawn, tmp_path: Path) -> 
     unavailable(spawn(service))
     assert fake.calls[0]["workdir"] == str(fixed)
     assert fixed.is_dir()
-    assert not (tmp_path / "sandbox").exists()
+    assert os.listdir(tmp_path / "sandbox") == [".cache"]  # no private directory, only the cache
 
 
 def test_backing_off_fails_at_once_without_spawning(make_service: Callable[..., Service], fake: FakeSpawn) -> None:
@@ -345,10 +346,14 @@ def test_child_ending_early_keeps_the_failure_count(
 
 
 def test_spawn_passes_the_service_settings(make_service: Callable[..., Service], fake: FakeSpawn) -> None:
-    service = make_service(max_line_bytes=1234, handshake_timeout=9.0, discover_timeout=0.5, close_grace=0.25)
+    service = make_service(
+        max_line_bytes=1234, handshake_timeout=9.0, startup_timeout=70.0, discover_timeout=0.5, close_grace=0.25
+    )
     fake.succeed = True
     outcome(spawn(service))
-    [call] = fake.calls
+    outcome(spawn(service))
+    first, second = fake.calls
+    call = second
     assert call["command"] == (SECRET_PROGRAM, SECRET_ARGUMENT)
     assert call["label"] == "todo"
     assert (call["max_line"], call["handshake_timeout"], call["discover_timeout"], call["close_grace"]) == (
@@ -357,7 +362,9 @@ def test_spawn_passes_the_service_settings(make_service: Callable[..., Service],
         0.5,
         0.25,
     )
-    assert call["hint"] is None  # protocol "auto": no era known yet
+    # The first start may have to download the server: it gets startup_timeout.
+    assert first["handshake_timeout"] == 70.0
+    assert first["hint"] is None  # protocol "auto": no era known yet
     outcome(spawn(service))
     assert fake.calls[1]["hint"] is LEGACY  # remembered from the first child
 

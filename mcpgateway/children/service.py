@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from mcpgateway.children.child import LEGACY, MODERN, Child, Era, StartFailed, spawn_child
 from mcpgateway.children.sandbox import Launch, build_launch
+from mcpgateway.children.sandbox.limits import explain_exit
 from mcpgateway.children.tools import ToolCache
 from mcpgateway.config import ServiceConfig
 from mcpgateway.errors import ServiceUnavailable
@@ -91,6 +92,8 @@ class Service:
         self._stopping = False
         self.start_failures = 0
         self.crashes = 0
+        #: Children stopped by a sandbox limit, by limit (C{pids}, C{cpu}, ...).
+        self.limit_stops: dict[str, int] = {}
         self._ended_stderr_bytes = 0
         self._pool: list[Child] = []
         self._pool_starting = 0
@@ -161,6 +164,7 @@ class Service:
         def running(protocol: ChildProtocol) -> None:
             started.append(protocol)
             self._starting_protocols.add(protocol)
+            protocol.explain_exit = lambda info: self._explain(info, launch)
 
         try:
             try:
@@ -173,6 +177,7 @@ class Service:
                     extra_env=self.config.env,
                     gateway_env=os.environ,
                     secrets=self._secrets,
+                    cache_dir=self._cache_dir(),
                 )
             except OSError as error:
                 raise StartFailed(f"cannot set up the sandbox: {error.strerror or error}", None, "") from None
@@ -185,7 +190,10 @@ class Service:
                 launch.env,
                 launch.path,
                 max_line=self.config.max_line_bytes,
-                handshake_timeout=self.config.handshake_timeout,
+                # The first start may have to download the server (npx, uvx).
+                handshake_timeout=self.config.handshake_timeout
+                if self._started_once
+                else max(self.config.handshake_timeout, self.config.startup_timeout),
                 discover_timeout=self.config.discover_timeout,
                 close_grace=self.config.close_grace,
                 hint=self.era,
@@ -303,11 +311,16 @@ class Service:
         delay = delay / 2 + self._random() * delay / 2
         self._retry_at = self._clock.seconds() + delay
         details: dict[str, Any] = {"service": self.name, "stderr_tail": failure.stderr_tail[-2048:]}
+        code = None
         if failure.exit_info is not None:
             details["exit_status"] = failure.exit_info.exit_code
             details["exit_signal"] = failure.exit_info.signal
+            cause = failure.exit_info.cause
+            if cause is not None:
+                code = "child_limit"
+                details.update(limit=cause["limit"], value=cause["value"], key=cause["key"])
         error = ServiceUnavailable(
-            f"service {self.name!r} failed to start: {failure.reason}", retry_after=delay, **details
+            f"service {self.name!r} failed to start: {failure.reason}", code, retry_after=delay, **details
         )
         self.last_failure = error
         log.warn(
@@ -327,11 +340,28 @@ class Service:
             )
         self.failures = 0
 
+    def _explain(self, info: ExitInfo, launch: Launch | None) -> dict[str, Any] | None:
+        """
+        Tell what stopped a child that has just exited (before its cgroup is
+        removed): a sandbox limit is counted and logged.
+        """
+        cause = explain_exit(info, self.config.sandbox, self.name, launch.cgroup if launch else None)
+        if cause is not None:
+            self.limit_stops[cause["limit"]] = self.limit_stops.get(cause["limit"], 0) + 1
+            log.warn(
+                "{service}: a child was stopped by a sandbox limit: {text}",
+                service=self.name,
+                limit=cause["limit"],
+                key=cause["key"],
+                text=cause["message"],
+            )
+        return cause
+
     def _ended(self, info: ExitInfo, child: Child, launch: Launch | None = None) -> None:
         self.children.discard(child)
         if launch is not None:
             launch.cleanup()  # its cgroup, and anything left in it
-        if not child.closing and info.signal in _LIMIT_SIGNALS:
+        if not child.closing and (info.signal in _LIMIT_SIGNALS or info.cause is not None):
             security_event(
                 "child_limit",
                 address="-",
@@ -340,6 +370,7 @@ class Service:
                 pid=child.pid,
                 signal=info.signal,
                 how=info.describe(),
+                **({"limit": info.cause["limit"], "key": info.cause["key"]} if info.cause else {}),
             )
         self._ended_stderr_bytes += child.protocol.stderr.total_bytes
         if not child.closing:
@@ -370,6 +401,22 @@ class Service:
         # directory (which build_launch gives it); nobody may list the others.
         os.makedirs(self._sandbox_dir, mode=0o711 if self.config.sandbox.uid is not None else 0o700, exist_ok=True)
         return tempfile.mkdtemp(prefix=f"{self.name}-", dir=self._sandbox_dir)
+
+    def _cache_dir(self) -> str:
+        """
+        @return: The service's cache directory, C{<sandbox_dir>/.cache/<name>}:
+            kept between its children (so C{npx} and C{uvx} download once),
+            private to the service (and owned by its C{user}).
+        """
+        sandbox = self.config.sandbox
+        root = os.path.join(self._sandbox_dir, ".cache")
+        directory = os.path.join(root, self.name)
+        os.makedirs(root, mode=0o711, exist_ok=True)
+        if not os.path.isdir(directory):
+            os.mkdir(directory, 0o700)
+            if sandbox.uid is not None and sandbox.gid is not None:
+                os.chown(directory, sandbox.uid, sandbox.gid)
+        return os.path.abspath(directory)
 
     def _remove_workdir(self, workdir: str | None) -> None:
         if workdir and workdir != self.config.sandbox.working_dir:

@@ -91,8 +91,15 @@ class ResourceLimits:
     @ivar memory_mb: C{RLIMIT_DATA} in MiB (heap and private writable
         mappings; C{RLIMIT_AS} would kill Node, whose V8 reserves far more
         address space than it uses).  Node 20 starts with 64 MiB, hangs with 32.
-    @ivar processes: C{pids.max} of the child's cgroup and, when it runs as
-        its own user, C{RLIMIT_NPROC}.  Both count threads: Node 20 needs 7.
+    @ivar processes: How many processes the child's tree may run (the
+        seeds' meaning).  The kernel cannot count processes alone: its limits
+        (a cgroup's C{pids.max}, C{RLIMIT_NPROC}) count I{tasks}, processes
+        and their threads together, and a Node or Python server runs a dozen
+        threads or more, growing with the cores.  So the limit enforced is
+        L{task_limit}: C{processes} times L{threads_per_process}.
+    @ivar tasks: The task limit itself (C{pids.max}, and C{RLIMIT_NPROC}
+        when the child runs as its own user), overriding the product; L{None}
+        (the default, or C{null}) derives it from C{processes}.
     @ivar file_size_mb: C{RLIMIT_FSIZE} in MiB (SIGXFSZ, or EFBIG where the
         signal is ignored, as Python does).
     @ivar open_files: C{RLIMIT_NOFILE}; unchanged if L{None}.
@@ -101,8 +108,35 @@ class ResourceLimits:
     cpu_seconds: int | None = 300
     memory_mb: int | None = 512
     processes: int | None = 10
-    file_size_mb: int | None = 10
+    file_size_mb: int | None = 256
     open_files: int | None = None
+    tasks: int | None = None
+
+    @staticmethod
+    def threads_per_process() -> int:
+        """
+        @return: The threads each of C{processes} may run: 64, or 8 per CPU
+            on a machine with more than 8 (Node's V8 and libuv pools, and
+            the thread pools of Python servers, grow with the cores).
+        """
+        return max(64, 8 * (os.cpu_count() or 1))
+
+    def task_limit(self) -> int | None:
+        """
+        @return: The tasks (processes and threads) the child's tree may run,
+            or L{None} for no limit.
+        """
+        if self.tasks is not None:
+            return self.tasks
+        if self.processes is None:
+            return None
+        return self.processes * self.threads_per_process()
+
+    def task_limit_key(self) -> str:
+        """
+        @return: The C{resource_limits} key that sets L{task_limit}.
+        """
+        return "tasks" if self.tasks is not None else "processes"
 
 
 @dataclass(frozen=True)
@@ -129,7 +163,7 @@ class SandboxPolicy:
     working_dir: str = ""
 
 
-_LIMIT_KEYS = ("cpu_seconds", "memory_mb", "processes", "file_size_mb", "open_files")
+_LIMIT_KEYS = ("cpu_seconds", "memory_mb", "processes", "tasks", "file_size_mb", "open_files")
 
 
 def _limit(value: Any, path: str, environ: Mapping[str, str]) -> int | None:
@@ -211,9 +245,10 @@ def policy_from_config(raw: Any, path: str, environ: Mapping[str, str] | None = 
 
     Keys: the seeds' C{enabled}, C{restricted_env}, C{resource_limits} (a
     boolean, or an object of C{cpu_seconds}, C{memory_mb}, C{processes},
-    C{file_size_mb}, C{open_files}: a positive integer or C{null} for
-    unlimited; missing ones take their defaults 300 s, 512 MiB, 10, 10 MiB,
-    unchanged) and C{working_dir}; and C{level} (C{high}, C{medium} or
+    C{tasks}, C{file_size_mb}, C{open_files}: a positive integer or C{null}
+    for unlimited; missing ones take their defaults 300 s, 512 MiB, 10
+    processes, C{processes} x L{ResourceLimits.threads_per_process} tasks,
+    256 MiB, unchanged) and C{working_dir}; and C{level} (C{high}, C{medium} or
     C{none}: overrides what C{enabled}/C{restricted_env} imply),
     C{env_passthrough} (names), C{user} and C{group} (a name or a number;
     C{group} defaults to the user's primary group).

@@ -95,6 +95,7 @@ class ServiceConfig:
     protocol: str = "auto"
     call_timeout: float = 25.0
     handshake_timeout: float = 30.0
+    startup_timeout: float = 120.0
     discover_timeout: float = 3.0
     max_line_bytes: int = 128 * 1024 * 1024
     close_grace: float = 2.0
@@ -102,6 +103,7 @@ class ServiceConfig:
     backoff_max: float = 60.0
     backoff_reset: float = 30.0
     prewarm: int = 0
+    stderr_tail: str = "admins"
     sandbox: SandboxPolicy = field(default_factory=SandboxPolicy)
 
 
@@ -214,6 +216,13 @@ _PRINCIPAL: dict[str, Reader] = {
 }
 
 
+def _stderr_tail(value: Any, path: str, environ: Mapping[str, str]) -> str:
+    who = string(value, path, environ).strip().lower()
+    if who not in ("admins", "all", "none"):
+        raise ConfigError(f"{path}: expected admins, all or none, got {who!r}")
+    return who
+
+
 def _principals(value: Any, path: str, environ: Mapping[str, str]) -> tuple[PrincipalConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{path}: expected a list of principals, got {kind(value)}")
@@ -258,6 +267,7 @@ _SERVICE: dict[str, Reader] = {
     "protocol": _protocol,
     "call_timeout": positive(number),
     "handshake_timeout": positive(number),
+    "startup_timeout": positive(number),
     "discover_timeout": positive(number),
     "max_line_bytes": positive(integer),
     "close_grace": positive(number),
@@ -265,6 +275,7 @@ _SERVICE: dict[str, Reader] = {
     "backoff_max": positive(number),
     "backoff_reset": positive(number),
     "prewarm": non_negative(integer),
+    "stderr_tail": _stderr_tail,
     "sandbox": policy_from_config,
 }
 

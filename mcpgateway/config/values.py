@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
+    "CHILD_DIR",
     "ConfigError",
     "Reader",
     "boolean",
@@ -33,6 +34,10 @@ __all__ = [
 
 _VARIABLE = re.compile(r"\$\{([^}|]*)(?:\|([^}]*))?\}")
 
+#: Left in place by L{substitute}: filled in when a child starts (the
+#: child's private directory, for a service's C{env} values).
+CHILD_DIR = "${MCPGATEWAY_CHILD_DIR}"
+
 #: C{(value, path, environ) -> typed value}, raising L{ConfigError}.
 Reader = Callable[[Any, str, Mapping[str, str]], Any]
 
@@ -48,6 +53,7 @@ def substitute(text: str, environ: Mapping[str, str]) -> str:
     Replace every C{${VAR}} and C{${VAR|default}} in C{text}.
 
     An unset variable without a default becomes the empty string.
+    L{CHILD_DIR} stays as it is (the sandbox fills it in per child).
 
     @param text: A string value from the configuration file.
     @param environ: The environment to read variables from.
@@ -55,6 +61,8 @@ def substitute(text: str, environ: Mapping[str, str]) -> str:
     """
 
     def one(match: re.Match[str]) -> str:
+        if match.group(0) == CHILD_DIR:
+            return CHILD_DIR
         value = environ.get(match.group(1).strip())
         if value is None:
             return match.group(2) or ""

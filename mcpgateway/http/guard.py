@@ -8,6 +8,7 @@ client's address, so password guessing is limited too.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -58,6 +59,13 @@ class Guard:
         self.authenticator = authenticator
         self.limiter = limiter
         self.metrics = metrics
+        self._admitted: weakref.WeakKeyDictionary[IRequest, Principal] = weakref.WeakKeyDictionary()
+
+    def principal_of(self, request: IRequest) -> Principal | None:
+        """
+        @return: Who L{admit} admitted C{request} as, or L{None}.
+        """
+        return self._admitted.get(request)
 
     async def admit(self, request: IRequest, group: str) -> Principal:
         """
@@ -87,6 +95,7 @@ class Guard:
             request.responseHeaders.setRawHeaders(b"WWW-Authenticate", list(CHALLENGES))
             raise Unauthorized("missing or invalid credentials")
         await self.limit(request, group, f"principal:{principal.name}", principal)
+        self._admitted[request] = principal
         return principal
 
     async def limit(

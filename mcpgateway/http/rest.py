@@ -234,7 +234,12 @@ class GatewayApp:
             self.security("invalid_input", request, None, code=error.code)
         if error.retry_after is not None:
             request.setHeader(b"Retry-After", retry_after_header(error.retry_after))
-        return _render(request, error.status, error.body())
+        body = error.body()
+        if "stderr_tail" in body:
+            principal = self.guard.principal_of(request)
+            if principal is None or not self.gateway.shows_stderr(principal, body.get("service")):
+                del body["stderr_tail"]
+        return _render(request, error.status, body)
 
     @app.handle_errors(RouteNotFound)
     def no_route(self, request: IRequest, failure: Failure) -> bytes:

@@ -261,7 +261,9 @@ class McpEndpoint:
         except GatewayError as error:
             if error.retry_after is not None:
                 request.setHeader(b"Retry-After", retry_after_header(error.retry_after))
-            return json_response(request, error.status, error_message(None, gateway_error(error)))
+            return json_response(
+                request, error.status, error_message(None, self._shown(gateway_error(error), principal))
+            )
         except CancelledError:
             raise  # the client went away
         except Exception:
@@ -330,9 +332,9 @@ class McpEndpoint:
         try:
             response = {"jsonrpc": "2.0", "id": request_id, "result": await call.task}
         except McpError as error:
-            response = error_message(request_id, error)
+            response = error_message(request_id, self._shown(error, principal))
         except GatewayError as error:
-            response = error_message(request_id, gateway_error(error))
+            response = error_message(request_id, self._shown(gateway_error(error), principal))
         except CancelledError:
             if not call.cancelled:
                 raise  # the client went away
@@ -340,6 +342,18 @@ class McpEndpoint:
         finally:
             client.end(call)
         return exchange.finish(response)
+
+    def _shown(self, error: McpError, principal: Principal) -> McpError:
+        """
+        @return: C{error} without a child's stderr tail unless C{principal}
+            may see it (L{Gateway.shows_stderr}).
+        """
+        data = error.data
+        if not isinstance(data, dict) or "stderr_tail" not in data:
+            return error
+        if self.gateway.shows_stderr(principal, data.get("service")):
+            return error
+        return McpError(error.code, error.message, {k: v for k, v in data.items() if k != "stderr_tail"})
 
     def front_cancel(self, client: McpClient, params: dict[str, Any]) -> None:
         """
@@ -373,9 +387,12 @@ class McpEndpoint:
                 "result": await self.front.dispatch(ctx, method, message.get("params") or {}),
             }
         except McpError as error:
-            response, status = error_message(request_id, error), ERROR_STATUS.get(error.code, 200)
+            response, status = (
+                error_message(request_id, self._shown(error, principal)),
+                ERROR_STATUS.get(error.code, 200),
+            )
         except GatewayError as error:
-            response = error_message(request_id, gateway_error(error))
+            response = error_message(request_id, self._shown(gateway_error(error), principal))
         return exchange.finish(response, status)
 
     def _ladder(self, request: IRequest, message: dict[str, Any]) -> None:

@@ -6,6 +6,8 @@ child never blocks on a full pipe.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -21,6 +23,8 @@ class ExitInfo:
     @ivar reason: Why the gateway thinks it ended (e.g. a protocol violation),
         or L{None} when it simply exited.
     @ivar stderr_tail: The last few KiB the child wrote to stderr.
+    @ivar cause: What stopped it, when its supervisor can tell (e.g. a
+        sandbox limit: C{limit}, C{value}, C{key}, C{message}), or L{None}.
     """
 
     def __init__(self, exit_code: int | None, signal: int | None, reason: str | None, stderr_tail: str) -> None:
@@ -28,16 +32,20 @@ class ExitInfo:
         self.signal = signal
         self.reason = reason
         self.stderr_tail = stderr_tail
+        self.cause: dict[str, Any] | None = None
 
     def describe(self) -> str:
         """
-        @return: One human line, e.g. C{"exited with status 3"}.
+        @return: One human line, e.g. C{"exited with status 3"}, followed by
+            its L{cause} when known.
         """
         if self.reason:
-            return self.reason
-        if self.signal is not None:
-            return f"killed by signal {self.signal}"
-        return f"exited with status {self.exit_code}"
+            what = self.reason
+        elif self.signal is not None:
+            what = f"killed by signal {self.signal}"
+        else:
+            what = f"exited with status {self.exit_code}"
+        return f"{what} ({self.cause['message']})" if self.cause else what
 
 
 class ChildExited(Exception):

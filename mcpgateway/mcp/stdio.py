@@ -86,6 +86,8 @@ class ChildProtocol(ProcessProtocol):
         self.progress_routes: dict[str | int, ProgressRoute] = {}
         #: Also told of every other notification, after on_notification.
         self.listeners: list[NotificationHandler] = []
+        #: Asked, when the process has ended, what stopped it (L{ExitInfo.cause}).
+        self.explain_exit: Callable[[ExitInfo], dict[str, Any] | None] | None = None
         self._violation: str | None = None
         self.pid: int | None = None
 
@@ -320,6 +322,8 @@ class ChildProtocol(ProcessProtocol):
         elif isinstance(value, ProcessDone):
             code = 0
         info = ExitInfo(code, sig, self._violation, self.stderr.text())
+        if self.explain_exit is not None:
+            info.cause = self.explain_exit(info)
         self.exit_info = info
         if self._stdout_check is not None and self._stdout_check.active():
             self._stdout_check.cancel()

@@ -98,6 +98,12 @@ class ServiceState(Protocol):
         Bytes its children wrote to stderr.
         """
 
+    @property
+    def limit_stops(self) -> Mapping[str, int]:
+        """
+        Children stopped by a sandbox limit, by limit.
+        """
+
     def declares(self, tool: str) -> bool:
         """
         Whether C{tool} is in its tool list.
@@ -243,6 +249,11 @@ class _StateCollector(Collector):
             "stderr": CounterMetricFamily(
                 "mcpgateway_stderr_bytes", "Bytes children wrote to stderr.", labels=["service"]
             ),
+            "limits": CounterMetricFamily(
+                "mcpgateway_child_limit_stops",
+                "Children stopped by a sandbox limit, by service and limit (pids, cpu, file_size, memory).",
+                labels=["service", "limit"],
+            ),
         }
         for name, service in gateway.services.items():
             families["children"].add_metric([name], len(service.children))
@@ -253,4 +264,6 @@ class _StateCollector(Collector):
             families["crashes"].add_metric([name], service.crashes)
             families["restarts"].add_metric([name], gateway.restarts.get(name, 0))
             families["stderr"].add_metric([name], service.stderr_bytes)
+            for limit, count in service.limit_stops.items():
+                families["limits"].add_metric([name, limit], count)
         yield from families.values()

@@ -135,6 +135,27 @@ class FixtureServer(Server):
                 ("megabytes",),
             ),
             Tool(
+                "burn",
+                "Spend CPU time for the given number of seconds (a CPU limit stops the process first).",
+                self.burn,
+                {"seconds": {"type": "number", "description": "CPU seconds."}},
+                ("seconds",),
+            ),
+            Tool(
+                "hog",
+                "Allocate the given MiB; a failed allocation ends the process with a MemoryError traceback.",
+                self.hog,
+                {"megabytes": {"type": "integer", "description": "How many MiB."}},
+                ("megabytes",),
+            ),
+            Tool(
+                "threads",
+                "Start the given number of sleeping threads; a refused start ends the process.",
+                self.threads,
+                {"count": {"type": "integer", "description": "How many threads."}},
+                ("count",),
+            ),
+            Tool(
                 "spawn_grandchild",
                 "Start 'sleep 300' as a child of this server and return its pid.",
                 self.spawn,
@@ -259,6 +280,38 @@ class FixtureServer(Server):
                 handle.write(chunk)
                 handle.flush()
         return str(os.path.getsize("fill.bin"))
+
+    def burn(self, request: Request, arguments: dict[str, Any]) -> str:
+        """
+        @return: The CPU seconds spent (a CPU limit kills the process with SIGXCPU first).
+        """
+        until = time.process_time() + float(_number(arguments, "seconds"))
+        while time.process_time() < until:
+            pass
+        return f"{time.process_time():.1f}"
+
+    def hog(self, request: Request, arguments: dict[str, Any]) -> str:
+        """
+        @return: The MiB allocated; a failed allocation ends the process as an
+            unhandled MemoryError would (traceback on stderr, status 1).
+        """
+        try:
+            block = bytearray(int(_number(arguments, "megabytes")) * 1024 * 1024)
+        except MemoryError:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+        return str(len(block) // (1024 * 1024))
+
+    def threads(self, request: Request, arguments: dict[str, Any]) -> str:
+        """
+        @return: How many threads were started; a refused start ends the process (status 1).
+        """
+        count = int(_number(arguments, "count"))
+        start_threads(count)
+        return str(count)
 
     def meta(self, request: Request, arguments: dict[str, Any]) -> str:
         """
@@ -420,6 +473,19 @@ class FixtureServer(Server):
                 time.sleep(3600)
 
 
+def start_threads(count: int) -> None:
+    """
+    Start C{count} sleeping daemon threads; if the kernel refuses one, end
+    the process at once (status 1) as a server that cannot start a thread would.
+    """
+    for _ in range(count):
+        try:
+            threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+        except RuntimeError as error:
+            log(f"cannot start a thread: {error}")
+            os._exit(1)
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     """
     @param argv: The command-line arguments.
@@ -437,6 +503,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ignore-eof", action="store_true", help="keep running after stdin closes")
     parser.add_argument("--ignore-sigterm", action="store_true", help="ignore SIGTERM")
     parser.add_argument("--start-delay", type=float, default=0, metavar="SECONDS", help="sleep before reading")
+    parser.add_argument("--start-threads", type=int, default=0, metavar="N", help="start N threads before serving")
     parser.add_argument("--crash-after", type=int, default=None, metavar="N", help="exit 5 after N tools/call answers")
     parser.add_argument("--tools-sleep", type=float, default=0, metavar="SECONDS", help="delay tools/list answers")
     parser.add_argument(
@@ -454,6 +521,7 @@ if __name__ == "__main__":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if options.start_delay > 0:
         time.sleep(options.start_delay)
+    start_threads(options.start_threads)
     if options.exit_at_start is not None:
         log("boom: cannot start")
         sys.exit(options.exit_at_start)

@@ -6,6 +6,8 @@ a copy of this one file runs anywhere, under any uid, with C{python -I -S}:
 
   - C{report}: print one JSON object (L{report}) and exit.
   - C{wait}: print the report, then sleep until killed.
+  - C{threadbomb N}: start up to C{N} sleeping threads, print how many
+    started and the error, then sleep;
   - C{forkbomb N}: fork up to C{N} children that sleep, print
     C{{"forked": k, "error": ...}}, then sleep until killed.
   - C{hog MB}: allocate C{MB} MiB, print C{{"allocated": ..., "error": ...}}.
@@ -25,6 +27,7 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
 from typing import Any
 
@@ -132,6 +135,23 @@ def fork_bomb(limit: int) -> None:
     _sleep_forever()
 
 
+def thread_bomb(limit: int) -> None:
+    """
+    Start sleeping threads until the kernel refuses (or C{limit}), report, then wait to be killed.
+    """
+    started = 0
+    error = ""
+    while started < limit:
+        try:
+            threading.Thread(target=_sleep_forever, daemon=True).start()
+        except RuntimeError as e:
+            error = str(e)
+            break
+        started += 1
+    _say({"threads": started, "error": error})
+    _sleep_forever()
+
+
 def hog(megabytes: int) -> None:
     """
     Allocate C{megabytes} MiB and touch every page.
@@ -207,6 +227,8 @@ def run(argv: list[str]) -> None:
         _sleep_forever()
     elif mode == "forkbomb":
         fork_bomb(int(argv[1]))
+    elif mode == "threadbomb":
+        thread_bomb(int(argv[1]))
     elif mode == "hog":
         hog(int(argv[1]))
     elif mode == "fill":

@@ -18,7 +18,7 @@ import re
 import signal
 from dataclasses import dataclass
 
-__all__ = ["CgroupBase", "find_cgroup", "make_cgroup", "release_cgroup", "retry_pending"]
+__all__ = ["CgroupBase", "find_cgroup", "make_cgroup", "pids_refused", "release_cgroup", "retry_pending"]
 
 _counter = itertools.count(1)
 #: Cgroups of exited children that the kernel had not let go yet.
@@ -195,9 +195,9 @@ def find_cgroup() -> tuple[CgroupBase | None, str]:
     return None, "; ".join(reasons)
 
 
-def make_cgroup(base: CgroupBase, service: str, processes: int) -> str:
+def make_cgroup(base: CgroupBase, service: str, tasks: int) -> str:
     """
-    Make a child's own cgroup below C{base} with C{pids.max} = C{processes}.
+    Make a child's own cgroup below C{base} with C{pids.max} = C{tasks}.
 
     @return: Its directory.
     @raise OSError: If it cannot be made.
@@ -206,7 +206,7 @@ def make_cgroup(base: CgroupBase, service: str, processes: int) -> str:
     directory = os.path.join(base.directory, f"{name}-{os.getpid()}-{next(_counter)}")
     try:
         os.mkdir(directory, 0o755)
-        _write(os.path.join(directory, "pids.max"), str(processes))
+        _write(os.path.join(directory, "pids.max"), str(tasks))
     except OSError as error:
         with contextlib.suppress(OSError):
             os.rmdir(directory)
@@ -214,6 +214,22 @@ def make_cgroup(base: CgroupBase, service: str, processes: int) -> str:
             error.errno or errno.EIO, f"cannot make the child's cgroup {directory}: {error.strerror or error}"
         ) from None
     return directory
+
+
+def pids_refused(directory: str) -> int:
+    """
+    @return: How often a fork or thread start in the cgroup was refused
+        because C{pids.max} was reached (its C{pids.events} C{max} count);
+        0 when that cannot be read.
+    """
+    try:
+        for line in _read(os.path.join(directory, "pids.events")).splitlines():
+            name, _, count = line.partition(" ")
+            if name == "max":
+                return int(count)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def remove_cgroup(directory: str) -> bool:

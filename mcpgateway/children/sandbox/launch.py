@@ -17,8 +17,10 @@ The level comes from the service's C{sandbox} block
   ========  ========================  ==========================  ==============
 
 The allow-list is C{PATH}, C{LANG} (default C{C.UTF-8}), C{HOME}, C{TMPDIR},
-C{TMP} and C{TEMP} (the child's private directory), the service's C{env} and
-the C{env_passthrough} variables.  At every level: L{ALWAYS_REMOVED} and the
+C{TMP} and C{TEMP} (the child's private directory), the TLS trust variables
+(L{TRUST_VARIABLES}) when the gateway has them, the package managers' cache
+variables (L{launcher_caches}: the service's cache directory, kept between
+its children), the service's C{env} and the C{env_passthrough} variables.  At every level: L{ALWAYS_REMOVED} and the
 L{ALWAYS_REMOVED_PREFIXES} go, whatever their source; so does any variable
 whose value is one of the gateway's secrets; L{NOT_INHERITED} are not taken
 from the gateway's environment (but are kept when named in C{env} or
@@ -43,11 +45,12 @@ has no program that does it and execs in place.  Without C{setsid},
 C{prlimit} or C{setpriv} one Python shim (C{python -I -S .../shim.py ...},
 L{mcpgateway.children.sandbox.shim}; ~25 ms instead of ~3) does all of it.
 
-The process limit is enforced twice where the machine allows it: a cgroup
-with C{pids.max} (v2 if the C{pids} controller can be enabled below the
-gateway's cgroup, else the v1 C{pids} hierarchy), and C{RLIMIT_NPROC}, which
-counts every process of the child's real uid and never binds root, so it is
-only set when the child runs as its own C{user}.  Both count threads.
+The task limit (C{processes} x threads, L{ResourceLimits.task_limit}) is
+enforced twice where the machine allows it: a cgroup with C{pids.max} (v2 if
+the C{pids} controller can be enabled below the gateway's cgroup, else the v1
+C{pids} hierarchy), and C{RLIMIT_NPROC}, which counts every process of the
+child's real uid and never binds root, so it is only set when the child runs
+as its own C{user}.  Both count threads.
 L{sandbox_capabilities} says what this machine enforces.
 """
 
@@ -63,20 +66,28 @@ from dataclasses import dataclass
 from mcpgateway.children.sandbox.cgroup import make_cgroup, release_cgroup, retry_pending
 from mcpgateway.children.sandbox.machine import Machine, probe, util_linux
 from mcpgateway.config.sandbox import NOT_INHERITED, SandboxPolicy, always_removed
+from mcpgateway.config.values import CHILD_DIR
 from mcpgateway.observe.logs import logger
 
-__all__ = ["SHIM", "Launch", "SandboxError", "build_launch"]
+__all__ = ["SHIM", "TRUST_VARIABLES", "Launch", "SandboxError", "build_launch", "launcher_caches"]
 
 log = logger("mcpgateway.sandbox")
 
+#: Where the machine's TLS trust anchors are: passed on at level high too
+#: (they hold no secret), so a server that downloads (npx, uvx) or calls out
+#: trusts what the gateway's host trusts.
+TRUST_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE")
+
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 _DEFAULT_LANG = "C.UTF-8"
+
 
 class SandboxError(OSError):
     """
     The child cannot be started as its sandbox requires (an L{OSError}, so a
     spawn's C{except OSError} reports it with C{strerror}).
     """
+
 
 @dataclass(eq=False)
 class Launch:
@@ -123,12 +134,32 @@ class Launch:
         return False
 
 
+def launcher_caches(cache_dir: str) -> dict[str, str]:
+    """
+    @param cache_dir: The service's cache directory (kept between its children).
+    @return: The variables that point the package managers' caches there:
+        C{npx} (npm), C{uvx} (uv), pip, and anything following XDG; that
+        keep npm from checking for its own updates; and that make uv trust
+        the machine's certificate store, as npm, pip and curl do.
+    """
+    return {
+        "UV_SYSTEM_CERTS": "1",
+        "XDG_CACHE_HOME": cache_dir,
+        "npm_config_cache": os.path.join(cache_dir, "npm"),
+        "npm_config_update_notifier": "false",
+        "NO_UPDATE_NOTIFIER": "1",
+        "UV_CACHE_DIR": os.path.join(cache_dir, "uv"),
+        "PIP_CACHE_DIR": os.path.join(cache_dir, "pip"),
+    }
+
+
 def _environment(
     policy: SandboxPolicy,
     home: str,
     extra_env: Mapping[str, str],
     gateway_env: Mapping[str, str],
     secrets: Collection[str],
+    cache_dir: str | None,
 ) -> dict[str, str]:
     env: dict[str, str]
     if policy.level == "high":
@@ -140,12 +171,15 @@ def _environment(
             "TMP": home,
             "TEMP": home,
         }
+        env.update({name: gateway_env[name] for name in TRUST_VARIABLES if gateway_env.get(name)})
     else:
         env = {name: value for name, value in gateway_env.items() if name.upper() not in NOT_INHERITED}
+    if cache_dir and policy.level != "none":
+        env.update(launcher_caches(cache_dir))
     for name in policy.env_passthrough:
         if name in gateway_env:
             env[name] = gateway_env[name]
-    env.update(extra_env)
+    env.update({name: value.replace(CHILD_DIR, home) for name, value in extra_env.items()})
     hidden = {secret for secret in secrets if secret}
     return {
         name: value
@@ -240,6 +274,10 @@ _JOIN_CGROUP = 'echo $$ >"$0" || { echo "mcpgateway: cannot join the cgroup $0" 
 SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.py")
 
 
+def _prlimit(option: str, soft: int, hard: int) -> str:
+    return f"--{option}={soft}" if soft == hard else f"--{option}={soft}:{hard}"
+
+
 def build_launch(
     policy: SandboxPolicy,
     command: tuple[str, ...],
@@ -249,6 +287,7 @@ def build_launch(
     extra_env: Mapping[str, str],
     gateway_env: Mapping[str, str],
     secrets: Collection[str],
+    cache_dir: str | None = None,
 ) -> Launch:
     """
     Say how to start C{command} under C{policy}.
@@ -266,6 +305,8 @@ def build_launch(
     @param extra_env: The service's C{env}.
     @param gateway_env: The gateway's environment (C{os.environ}).
     @param secrets: Values no variable may carry (the auth password and token).
+    @param cache_dir: The service's cache directory for C{npx}, C{uvx} and
+        pip (L{launcher_caches}; not at level C{none}), or L{None}.
     @return: The L{Launch}.
     @raise SandboxError: If the sandbox cannot be set up (an L{OSError}).
     """
@@ -278,12 +319,13 @@ def build_launch(
     if uid is not None and gid is not None:
         private = not policy.working_dir or os.path.abspath(policy.working_dir) != home
         _prepare_home(home, private, uid, gid)
-    env = _environment(policy, home, extra_env, gateway_env, secrets)
+    env = _environment(policy, home, extra_env, gateway_env, secrets, cache_dir)
     _warn_dropped(service, extra_env, env)
     limits = policy.limits if policy.level != "none" else None
-    rlimits: list[tuple[str, str, int]] = []
+    rlimits: list[tuple[str, str, int, int]] = []  # option, name, soft, hard
     cgroup: str | None = None
     if limits is not None:
+        tasks = limits.task_limit()
         for option, name, value in (
             ("cpu", "RLIMIT_CPU", limits.cpu_seconds),
             ("data", "RLIMIT_DATA", None if limits.memory_mb is None else limits.memory_mb * _MIB),
@@ -291,13 +333,14 @@ def build_launch(
             ("nofile", "RLIMIT_NOFILE", limits.open_files),
             # Counts every process of the real uid and never binds root: only
             # meaningful for a child that runs as its own user.
-            ("nproc", "RLIMIT_NPROC", limits.processes if uid not in (None, 0) else None),
+            ("nproc", "RLIMIT_NPROC", tasks if uid not in (None, 0) else None),
         ):
             if value is not None:
-                rlimits.append((option, name, value))
-        if limits.processes is not None and machine.cgroup is not None:
+                # CPU: SIGXCPU at the soft limit (a named, catchable stop), SIGKILL a second later.
+                rlimits.append((option, name, value, value + 1 if option == "cpu" else value))
+        if tasks is not None and machine.cgroup is not None:
             try:
-                cgroup = make_cgroup(machine.cgroup, service, limits.processes)
+                cgroup = make_cgroup(machine.cgroup, service, tasks)
             except OSError as error:
                 raise SandboxError(error.errno, error.strerror) from None
     confined = policy.level != "none"
@@ -311,7 +354,7 @@ def build_launch(
             script = _JOIN_CGROUP + ('exec "$@"' if "PWD" in env else 'unset PWD; exec "$@"')
             args += [bins["sh"], "-c", script, procs]
         if rlimits:
-            args += [bins["prlimit"], *(f"--{option}={value}" for option, _, value in rlimits), "--"]
+            args += [bins["prlimit"], *(_prlimit(option, soft, hard) for option, _, soft, hard in rlimits), "--"]
         args += [bins["setpriv"], "--pdeathsig", "KILL"]
         if confined:
             args.append("--nnp")
@@ -323,7 +366,7 @@ def build_launch(
     else:
         spec = {
             "cgroup": procs,
-            "rlimits": [[name, value] for _, name, value in rlimits],
+            "rlimits": [[name, soft, hard] for _, name, soft, hard in rlimits],
             "uid": uid,
             "gid": gid,
             "nnp": confined,

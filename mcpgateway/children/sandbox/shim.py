@@ -5,7 +5,7 @@ C{setsid}, C{prlimit} or C{setpriv}::
     python -I -S shim.py SPEC command [arguments...]
 
 C{SPEC} is JSON: C{cgroup} (a C{cgroup.procs} file to join, or null),
-C{rlimits} (C{[[name, value], ...]}, e.g. C{["RLIMIT_CPU", 300]}), C{uid} and
+C{rlimits} (C{[[name, soft, hard], ...]}, e.g. C{["RLIMIT_CPU", 300, 301]}), C{uid} and
 C{gid} (or null), C{nnp} (set no_new_privs), C{drop_caps} (empty the
 bounding set).  It joins the cgroup, leads a new session, sets the limits,
 changes ids, drops capabilities, asks for SIGKILL when its parent dies, and
@@ -42,8 +42,8 @@ def main(argv: list[str]) -> None:
         with open(spec["cgroup"], "w") as handle:
             handle.write(str(os.getpid()))
     os.setsid()
-    for name, value in spec["rlimits"]:
-        resource.setrlimit(getattr(resource, name), (value, value))
+    for name, soft, hard in spec["rlimits"]:
+        resource.setrlimit(getattr(resource, name), (soft, hard))
     libc = ctypes.CDLL(None, use_errno=True)
     if spec["uid"] is not None:
         os.setgroups([])
