@@ -266,3 +266,65 @@ def test_unusable_input_names_the_key_path(document: Any, message: str) -> None:
 def test_convert_servers_strict_raises_the_first_note() -> None:
     with pytest.raises(ConfigError, match=r"^mcpServers\.x\.autoApprove: field 'autoApprove' not mapped"):
         convert_servers({"x": {"command": "x", "autoApprove": []}}, "mcpServers", strict=True)
+
+
+# -- mcpServers in a gateway configuration --------------------------------------------
+
+
+def config_error(raw: Any) -> str:
+    """
+    @return: The message of the L{ConfigError} that C{parse_config} raises for C{raw}.
+    """
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, {})
+    return str(info.value)
+
+
+def test_config_may_hold_mcp_servers() -> None:
+    raw = {
+        "services": {"todo": {"command": ["prog"]}},
+        **CLAUDE_DESKTOP,
+    }
+    config = parse_config(raw, {"TIME_KEY": "k"})
+    assert list(config.services) == ["todo", "filesystem", "time"]
+    assert config.services["filesystem"].command == ("npx", "-y", "@modelcontextprotocol/server-filesystem", "/tmp")
+    assert config.services["time"].env == {"TZ": "Europe/Paris", "KEY": "k"}
+
+
+def test_config_mcp_servers_cwd_and_disabled() -> None:
+    raw = {"mcpServers": {"x": {"command": "x", "cwd": "${DIR|/srv}", "disabled": True}}}
+    service = parse_config(raw, {}).services["x"]
+    assert service.sandbox.working_dir == "/srv"
+    assert not service.enabled
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"services": {"todo": {"command": ["a"]}}, "mcpServers": {"todo": {"command": "b"}}},
+            "mcpServers.todo: also defined in services",
+        ),
+        (
+            {"mcpServers": {"todo": {"command": "b", "autoApprove": ["x"]}}},
+            "mcpServers.todo.autoApprove: field 'autoApprove' not mapped (the gateway does not ask before a tool call)",
+        ),
+        (
+            {"mcpServers": {"web": {"url": "https://example.com/mcp"}}},
+            "mcpServers.web: remote servers are not supported yet (url; the gateway runs stdio servers)",
+        ),
+        (
+            {"mcpServers": {"web": {"type": "sse", "url": "https://example.com/sse"}}},
+            "mcpServers.web: remote servers are not supported yet (type 'sse'; the gateway runs stdio servers)",
+        ),
+        ({"mcpServers": {"my server": {"command": "b"}}}, "mcpServers.my server: a service name is 1-64"),
+        ({"mcpServers": {"x": {"command": "x", "args": "-y"}}}, "mcpServers.x.args: expected a list of strings"),
+        (
+            {"mcpServers": {"x": {"command": "x", "cwd": "${workspaceFolder}"}}},
+            "mcpServers.x.cwd: '${workspaceFolder}'",
+        ),
+        ({"mcpServers": ["x"]}, "mcpServers: expected an object keyed by server name, got a list"),
+    ],
+)
+def test_config_mcp_servers_errors_name_the_key_path(raw: Any, message: str) -> None:
+    assert config_error(raw).startswith(message)
