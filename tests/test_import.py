@@ -7,12 +7,20 @@ block (L{mcpgateway.config.schema}) and C{mcp-gateway import}
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mcpgateway.config import ConfigError, parse_config
+from mcpgateway.config import ConfigError, load_config, parse_config
 from mcpgateway.config.claude import Note, convert_servers, import_servers
+
+ROOT = Path(__file__).parent.parent
 
 #: Claude Desktop's example: two servers, one with env.
 CLAUDE_DESKTOP = {
@@ -328,3 +336,197 @@ def test_config_mcp_servers_cwd_and_disabled() -> None:
 )
 def test_config_mcp_servers_errors_name_the_key_path(raw: Any, message: str) -> None:
     assert config_error(raw).startswith(message)
+
+
+# -- mcp-gateway import ------------------------------------------------------------------
+
+
+def run(*arguments: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{mcp-gateway import ARGUMENTS} in a subprocess, this checkout first on C{PYTHONPATH}.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-c", "from mcpgateway.cli import main; main()", "import", *map(str, arguments)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def write_json(path: Path, document: Any) -> Path:
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return path
+
+
+def test_import_prints_a_configuration_that_loads(tmp_path: Path) -> None:
+    source = write_json(tmp_path / "claude_desktop_config.json", CLAUDE_DESKTOP)
+    result = run(source, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == json.dumps({"services": CLAUDE_DESKTOP_SERVICES}, indent=2) + "\n"
+    printed = tmp_path / "config.json"
+    printed.write_text(result.stdout, encoding="utf-8")
+    config = load_config(str(printed), {"TIME_KEY": "k"})
+    assert config.services["time"].command == ("uvx", "mcp-server-time")
+    assert config.services["time"].env == {"TZ": "Europe/Paris", "KEY": "k"}
+
+
+def test_import_reports_notes_on_stderr_and_exits_zero(tmp_path: Path) -> None:
+    document = {
+        "mcpServers": {
+            "time": {"command": "uvx", "args": ["mcp-server-time"], "autoApprove": ["get_current_time"]},
+            "my tools": {"command": "tools"},
+            "web": {"url": "https://example.com/mcp"},
+        }
+    }
+    result = run(write_json(tmp_path / ".mcp.json", document), cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stderr.splitlines() == [
+        "note: services.time: field 'autoApprove' not mapped (the gateway does not ask before a tool call)",
+        "note: services.my_tools: renamed from 'my tools' (a service name is 1-64 of A-Z a-z 0-9 _ -)",
+        "note: mcpServers.web: skipped: remote servers are not supported yet (url; the gateway runs stdio servers)",
+    ]
+    assert json.loads(result.stdout) == {
+        "services": {"time": {"command": ["uvx", "mcp-server-time"]}, "my_tools": {"command": ["tools"]}}
+    }
+
+
+def test_import_reads_vscode_json_with_comments(tmp_path: Path) -> None:
+    source = tmp_path / "mcp.json"
+    source.write_text(
+        """{
+  // VS Code writes JSON with comments
+  "servers": {
+    "time": {
+      "type": "stdio", /* the only kind the gateway runs */
+      "command": "uvx",
+      "args": ["mcp-server-time", "--url=http://x//y", "a,}"],
+    },
+  },
+}""",
+        encoding="utf-8",
+    )
+    result = run(source, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert json.loads(result.stdout) == {
+        "services": {"time": {"command": ["uvx", "mcp-server-time", "--url=http://x//y", "a,}"]}}
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read: No such file or directory"),
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b'{"preferences": {}}', "no mcpServers or servers object"),
+        (b'{"mcpServers": {"x": {"command": "x", "args": "-y"}}}', "mcpServers.x.args: expected a list of strings"),
+    ],
+)
+def test_import_unusable_input_exits_2(tmp_path: Path, content: bytes | None, message: str) -> None:
+    source = tmp_path / "client.json"
+    if content is not None:
+        source.write_bytes(content)
+    result = run(source, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"mcp-gateway import: {source}: {message}")
+
+
+def gateway_config(path: Path, mode: int = 0o640) -> Path:
+    """
+    A copy of the shipped configuration (its todo service), with C{mode}.
+    """
+    path.write_text((ROOT / "config" / "config.json").read_text(encoding="utf-8"), encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+def test_import_into_merges_and_keeps_the_mode(tmp_path: Path) -> None:
+    target = gateway_config(tmp_path / "config.json")
+    before = json.loads(target.read_text(encoding="utf-8"))
+    result = run(write_json(tmp_path / "c.json", CLAUDE_DESKTOP), "--into", target, cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    after = json.loads(target.read_text(encoding="utf-8"))
+    assert after == {**before, "services": {**before["services"], **CLAUDE_DESKTOP_SERVICES}}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert list(load_config(str(target), {}).services) == ["todo", "filesystem", "time"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["c.json", "config.json"]
+
+
+def test_import_into_refuses_a_taken_name(tmp_path: Path) -> None:
+    target = gateway_config(tmp_path / "config.json")
+    before = target.read_bytes()
+    source = write_json(tmp_path / "c.json", {"mcpServers": {"todo": {"command": "other-todo"}}})
+    result = run(source, "--into", target, cwd=tmp_path)
+    assert result.returncode == 1
+    assert (
+        result.stderr
+        == f"mcp-gateway import: {target}: already has todo: rename them in the imported file, or give --replace\n"
+    )
+    assert target.read_bytes() == before
+
+
+def test_import_into_replace(tmp_path: Path) -> None:
+    target = gateway_config(tmp_path / "config.json")
+    source = write_json(tmp_path / "c.json", {"mcpServers": {"todo": {"command": "other-todo"}}})
+    result = run(source, "--into", target, "--replace", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert load_config(str(target), {}).services["todo"].command == ("other-todo",)
+
+
+def test_import_into_replace_takes_the_name_out_of_mcp_servers(tmp_path: Path) -> None:
+    target = write_json(
+        tmp_path / "config.json", {"mcpServers": {"time": {"command": "old"}, "keep": {"command": "k"}}}
+    )
+    source = write_json(tmp_path / "c.json", CLAUDE_DESKTOP)
+    assert run(source, "--into", target, cwd=tmp_path).returncode == 1
+    result = run(source, "--into", target, "--replace", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert json.loads(target.read_text(encoding="utf-8"))["mcpServers"] == {"keep": {"command": "k"}}
+    config = load_config(str(target), {})
+    assert config.services["time"].command == ("uvx", "mcp-server-time")
+    assert config.services["keep"].command == ("k",)
+
+
+def test_import_into_a_file_that_is_not_a_configuration_exits_2(tmp_path: Path) -> None:
+    source = write_json(tmp_path / "c.json", CLAUDE_DESKTOP)
+    target = write_json(tmp_path / "config.json", {"services": []})
+    result = run(source, "--into", target, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == f"mcp-gateway import: {target}: services: expected an object, got a list\n"
+    assert run(source, "--into", tmp_path / "missing.json", cwd=tmp_path).returncode == 2
+
+
+def test_import_output_writes_a_new_private_file(tmp_path: Path) -> None:
+    output = tmp_path / "gateway.json"
+    result = run(write_json(tmp_path / "c.json", CLAUDE_DESKTOP), "--output", output, cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    # env values are often secrets (API keys)
+    assert stat.S_IMODE(output.stat().st_mode) == 0o600
+    assert json.loads(output.read_text(encoding="utf-8")) == {"services": CLAUDE_DESKTOP_SERVICES}
+
+
+def test_import_into_with_output_leaves_the_configuration_alone(tmp_path: Path) -> None:
+    target = gateway_config(tmp_path / "config.json")
+    before = target.read_bytes()
+    output = tmp_path / "merged.json"
+    result = run(write_json(tmp_path / "c.json", CLAUDE_DESKTOP), "--into", target, "--output", output, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert target.read_bytes() == before
+    assert list(load_config(str(output), {}).services) == ["todo", "filesystem", "time"]
+
+
+def test_import_end_to_end_todo_server(tmp_path: Path) -> None:
+    """
+    A client's entry for the gateway's own example server, imported by the
+    command and loaded by the gateway, runs exactly that command.
+    """
+    document = {"mcpServers": {"todo": {"command": sys.executable, "args": ["-m", "mcpgateway.examples.todo_server"]}}}
+    result = run(write_json(tmp_path / "claude_desktop_config.json", document), cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    config = parse_config(json.loads(result.stdout), {})
+    assert config.services["todo"].command == (sys.executable, "-m", "mcpgateway.examples.todo_server")

@@ -101,6 +101,9 @@ class _Converter:
             raise ConfigError(f"{source}: {message}")
         self.notes.append(Note(source, target, message))
 
+    def imported(self) -> Imported:
+        return Imported(self.services, tuple(self.notes))
+
     def block(self, raw: Any, path: str) -> None:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected an object keyed by server name, got {kind(raw)}")
@@ -227,7 +230,7 @@ def convert_servers(raw: Any, path: str = "mcpServers", strict: bool = False) ->
     """
     converter = _Converter(strict)
     converter.block(raw, path)
-    return Imported(converter.services, tuple(converter.notes))
+    return converter.imported()
 
 
 def import_servers(document: Any) -> Imported:
@@ -260,4 +263,4 @@ def import_servers(document: Any) -> Imported:
             converter.note(f"{prefix}{key}", "", "not a list of MCP servers, not read")
     for key in blocks:
         converter.block(container[key], f"{prefix}{key}")
-    return Imported(converter.services, tuple(converter.notes))
+    return converter.imported()
