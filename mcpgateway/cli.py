@@ -4,6 +4,9 @@ C{twistd -n mcpgateway --config config.json} does.
 
 C{mcp-gateway bridge URL ...}: run the stdio bridge to a remote gateway
 (L{mcpgateway.bridge}).
+
+C{mcp-gateway import FILE ...}: a Claude Desktop, Cursor or VS Code server
+list as gateway services (L{mcpgateway.importer}).
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ def main(argv: list[str] | None = None) -> None:
 
         bridge(arguments[1:])
         return
+    if arguments[:1] == ["import"]:
+        from mcpgateway.importer import main as import_servers
+
+        raise SystemExit(import_servers(arguments[1:]))
     parser = argparse.ArgumentParser(prog="mcp-gateway", description="Run the MCP gateway in the foreground.")
     parser.add_argument("-c", "--config", default="config.json", help="JSON configuration file (default: config.json)")
     parser.add_argument("-l", "--listen", help="strports endpoint overriding server.host/port")

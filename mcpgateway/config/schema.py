@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcpgateway.config.claude import convert_servers
 from mcpgateway.config.sandbox import SandboxPolicy, policy_from_config
 from mcpgateway.config.values import (
     ConfigError,
@@ -316,6 +317,21 @@ def _service(name: str, raw: Any, environ: Mapping[str, str]) -> ServiceConfig:
     return ServiceConfig(name=name, **values)
 
 
+def _mcp_servers(raw: Any, services: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """
+    Read a top-level C{mcpServers} block, Claude Desktop's shape, into raw
+    C{services} entries (L{mcpgateway.config.claude}).
+
+    @raise ConfigError: For a field that does not map, a remote server, or a
+        name also given in C{services}.
+    """
+    entries = convert_servers(raw, "mcpServers", strict=True).services
+    for name in entries:
+        if name in services:
+            raise ConfigError(f"mcpServers.{name}: also defined in services")
+    return entries
+
+
 def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """
     Turn the decoded JSON document into a L{GatewayConfig}.
@@ -335,11 +351,13 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayC
         "session": lambda v, p, e: SessionConfig(**section(v, p, e, _SESSION)),
         "rate_limiting": lambda v, p, e: RateLimitConfig(**section(v, p, e, _RATE_LIMITING)),
         "logging": lambda v, p, e: LoggingConfig(**section(v, p, e, _LOGGING)),
+        "mcpServers": lambda v, p, e: v,  # read below, into services
     }
     top = section(raw, "", env, sections)
     services_raw = top.pop("services", {})
     if not isinstance(services_raw, dict):
         raise ConfigError(f"services: expected an object keyed by service name, got {kind(services_raw)}")
+    services_raw = {**services_raw, **_mcp_servers(top.pop("mcpServers", {}), services_raw)}
     services = {name: _service(name, value, env) for name, value in services_raw.items()}
     return GatewayConfig(services=services, **top)
 
