@@ -10,6 +10,13 @@ outcome is C{ok}, C{tool_error} (the tool answered C{isError}), or the
 error's machine code with the HTTP status the REST API answers for it, so
 both doors report the same outcome for the same failure.
 
+Governance hooks in here too, so each is applied exactly once per call,
+whichever door: every L{CallPolicy} is asked to L{admit <CallPolicy.admit>}
+the call before it runs (a refusal is a L{GatewayError}, recorded like any
+other outcome) and says which tools a principal may see in a listing
+(L{ToolCalls.visible_tools}); every L{CallObserver} gets one L{CallRecord}
+per call, refused or run, when it has ended.
+
 Session ids starting with L{MCP_SESSION_PREFIX} belong to the MCP endpoint
 (it mints them); a REST call may not name one (L{rest_session_id}), so a REST
 client can neither squat nor use an MCP client's session.  They remain valid
@@ -19,10 +26,11 @@ in C{GET /sessions} and C{DELETE /sessions/<id>}.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 
 from mcpgateway.errors import BadRequest, GatewayError
 from mcpgateway.gateway import Gateway
@@ -33,7 +41,16 @@ from mcpgateway.observe.metrics import GatewayMetrics
 from mcpgateway.observe.tracing import CallSpan
 from mcpgateway.policy.auth import Principal
 
-__all__ = ["MCP_SESSION_PREFIX", "ToolCalls", "outcome_of", "rest_session_id"]
+__all__ = [
+    "MCP_SESSION_PREFIX",
+    "CallObserver",
+    "CallPolicy",
+    "CallRecord",
+    "CallRequest",
+    "ToolCalls",
+    "outcome_of",
+    "rest_session_id",
+]
 
 T = TypeVar("T")
 
@@ -75,68 +92,167 @@ def outcome_of(error: BaseException) -> tuple[str, int]:
     return "internal_error", 500
 
 
-class ToolCalls:
+@dataclass(frozen=True)
+class CallRequest:
     """
-    Runs tool calls and records each: span, metric, access-log line.
+    One tool call, as policies and observers see it.
+
+    @ivar principal: The caller.
+    @ivar service: The service called.
+    @ivar tool: The tool's name in the child.
+    @ivar arguments: Its arguments.
+    @ivar session_id: The gateway session it runs in.
+    @ivar front: The door it came in by: C{"rest"} or C{"mcp"}.
+    @ivar address: The client's IP address (C{"-"} if unknown).
     """
 
-    def __init__(self, gateway: Gateway, metrics: GatewayMetrics, access: AccessLog) -> None:
+    principal: Principal
+    service: str
+    tool: str
+    arguments: Mapping[str, Any]
+    session_id: str
+    front: str
+    address: str = "-"
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """
+    How one call ended.
+
+    @ivar request: The call.
+    @ivar started: When it started (POSIX time).
+    @ivar seconds: How long it took (refusals included).
+    @ivar outcome: C{ok}, C{tool_error} or the error's code.
+    @ivar status: The HTTP status the REST API answers for it.
+    @ivar result: What the call gave (the REST body or the MCP result), or
+        L{None} when it failed.
+    """
+
+    request: CallRequest
+    started: float
+    seconds: float
+    outcome: str
+    status: int
+    result: Any = None
+
+
+class CallPolicy(Protocol):
+    """
+    A decision taken before a call runs (per-tool rules, budgets...).
+    """
+
+    def admit(self, request: CallRequest) -> Deferred[None] | None:
+        """
+        @return: L{None} (or a Deferred firing with it) to let the call run.
+        @raise GatewayError: To refuse it (or fail the Deferred with one).
+        """
+
+    def visible(self, principal: Principal, service: str, tool: str) -> bool:
+        """
+        @return: Whether C{principal} may see C{tool} of C{service} in a listing.
+        """
+
+
+class CallObserver(Protocol):
+    """
+    Something told of every call once it has ended (an audit log...).
+    """
+
+    def record(self, record: CallRecord) -> None:
+        """
+        Take one record; must not block (queue it and write elsewhere).
+        """
+
+
+class ToolCalls:
+    """
+    Runs tool calls through the policies and records each: span, metric,
+    access-log line, observers.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        metrics: GatewayMetrics,
+        access: AccessLog,
+        policies: Sequence[CallPolicy] = (),
+        observers: Sequence[CallObserver] = (),
+    ) -> None:
         """
         @param gateway: Runs REST calls.
         @param metrics: Gets the call's latency by service, tool and outcome.
         @param access: Gets the call's access-log line.
+        @param policies: Asked, in order, to admit each call.
+        @param observers: Told of each call when it has ended.
         """
         self.gateway = gateway
         self.metrics = metrics
         self.access = access
+        self.policies = tuple(policies)
+        self.observers = tuple(observers)
 
-    async def call(
-        self,
-        service: str,
-        tool: str,
-        session_id: str,
-        arguments: dict[str, Any],
-        timeout: float,
-        metadata: dict[str, Any],
-        principal: Principal,
-    ) -> dict[str, Any]:
+    def visible(self, principal: Principal, service: str, tool: str) -> bool:
         """
-        A REST call: L{Gateway.call_tool}, recorded.
+        @return: Whether every policy lets C{principal} see C{tool} of C{service}.
+        """
+        return all(policy.visible(principal, service, tool) for policy in self.policies)
+
+    def visible_tools(self, principal: Principal, service: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """
+        @return: The tools of C{service} (MCP C{Tool} objects) that C{principal} may see.
+        """
+        if not self.policies:
+            return tools
+        return [tool for tool in tools if self.visible(principal, service, str(tool.get("name")))]
+
+    async def call(self, request: CallRequest, timeout: float, metadata: dict[str, Any]) -> dict[str, Any]:
+        """
+        A REST call: L{Gateway.call_tool}, through the policies, recorded.
 
         @return: The C{POST /services/<name>/call} body.
-        @raise GatewayError: As L{Gateway.call_tool}.
+        @raise GatewayError: As L{Gateway.call_tool}, or a policy's refusal.
         """
 
         def work(meta: dict[str, Any]) -> Awaitable[dict[str, Any]]:
-            return self.gateway.call_tool(service, tool, session_id, arguments, timeout, metadata, principal, meta)
+            return self.gateway.call_tool(
+                request.service,
+                request.tool,
+                request.session_id,
+                dict(request.arguments),
+                timeout,
+                metadata,
+                request.principal,
+                meta,
+            )
 
-        return await self.run(service, tool, session_id, principal, work, lambda answer: answer["is_error"] is True)
+        return await self.run(request, work, lambda answer: answer["is_error"] is True)
 
     async def run(
         self,
-        service: str,
-        tool: str,
-        session_id: str,
-        principal: Principal,
+        request: CallRequest,
         work: Callable[[dict[str, Any]], Awaitable[T]],
         is_error: Callable[[T], bool],
     ) -> T:
         """
-        Run one tool call and record it, however it ends.
+        Run one tool call through the policies and record it, however it ends.
 
-        @param service: The service called.
-        @param tool: The tool's name in the child.
-        @param session_id: The gateway session it runs in.
-        @param principal: The caller.
+        @param request: The call.
         @param work: Runs the call, given the C{params._meta} entries for the
             child (the span's C{traceparent}, if any).
         @param is_error: Whether a result is a tool error (C{isError}).
         @return: What C{work} gave.
+        @raise GatewayError: A policy's refusal, or the call's failure.
         """
         started = time.perf_counter()
         outcome, status = "internal_error", 500
-        span = CallSpan(service, tool, session_id)
+        result: T | None = None
+        span = CallSpan(request.service, request.tool, request.session_id)
         try:
+            for policy in self.policies:
+                waiting = policy.admit(request)
+                if waiting is not None:
+                    await waiting
             result = await work(span.meta())
             outcome, status = ("tool_error" if is_error(result) else "ok"), 200
             return result
@@ -146,13 +262,17 @@ class ToolCalls:
         finally:
             seconds = time.perf_counter() - started
             span.end(outcome)
-            self.metrics.tool_call(service, tool, outcome, seconds)
+            self.metrics.tool_call(request.service, request.tool, outcome, seconds)
             self.access.call(
-                principal=principal.name,
-                service=service,
-                tool=tool,
-                session=session_id,
+                principal=request.principal.name,
+                service=request.service,
+                tool=request.tool,
+                session=request.session_id,
                 status=status,
                 outcome=outcome,
                 seconds=seconds,
             )
+            if self.observers:
+                record = CallRecord(request, time.time() - seconds, seconds, outcome, status, result)
+                for observer in self.observers:
+                    observer.record(record)

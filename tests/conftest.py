@@ -207,13 +207,15 @@ async def live(make_config: Callable[..., dict[str, Any]]) -> AsyncIterator[Call
     """
     started: list[LiveGateway] = []
 
-    def start(services: dict[str, dict[str, Any]], **sections: Any) -> LiveGateway:
+    def start(
+        services: dict[str, dict[str, Any]], app_options: dict[str, Any] | None = None, **sections: Any
+    ) -> LiveGateway:
         raw = make_config(services, **sections)
         tag = next(iter(raw["services"].values()))["env"]["MCPGATEWAY_TEST_TAG"] if services else uuid.uuid4().hex
         config = parse_config(raw)
         gateway = Gateway(config, reactor, reactor)
         limiter = RateLimiter(config.rate_limiting)
-        app = GatewayApp(gateway, Authenticator(config.server), limiter)
+        app = GatewayApp(gateway, Authenticator(config.server), limiter, **(app_options or {}))
         site = make_site(app, config)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         gateway.start()

@@ -165,6 +165,7 @@ class Context:
     @ivar sink: The stream answering it (progress goes there).
     @ivar client: The legacy session, or L{None} for a modern client.
     @ivar call: The request in flight (legacy), or L{None}.
+    @ivar address: The client's IP address (C{"-"} if unknown).
     """
 
     principal: Principal
@@ -174,3 +175,4 @@ class Context:
     sink: Sink
     client: McpClient | None = None
     call: Call | None = None
+    address: str = "-"

@@ -32,7 +32,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred
 
 from mcpgateway import __version__
-from mcpgateway.calls import MCP_SESSION_PREFIX, ToolCalls
+from mcpgateway.calls import MCP_SESSION_PREFIX, CallRequest, ToolCalls
 from mcpgateway.errors import GatewayError
 from mcpgateway.front.catalog import MAX_NAME, RESOURCE_PREFIX, SEPARATOR, Entry, build_catalog, page, prefix_uri
 from mcpgateway.front.client import Context, McpClient, modern_session_id
@@ -299,7 +299,9 @@ class McpFront:
 
     async def _list_tools(self, ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         catalog = await self.tool_catalog(ctx.scope)
-        return self._page([entry.view() for entry in catalog], params, "tools")
+        visible = self.calls.visible
+        entries = [entry.view() for entry in catalog if visible(ctx.principal, entry.service, entry.name)]
+        return self._page(entries, params, "tools")
 
     def _page(self, items: list[dict[str, Any]], params: dict[str, Any], key: str) -> dict[str, Any]:
         return page(items, params, key, self.page_size)
@@ -339,8 +341,9 @@ class McpFront:
         def work(meta: dict[str, Any]) -> Deferred[dict[str, Any]]:
             return Deferred.fromCoroutine(self.relay.send(ctx, service, "tools/call", outgoing, meta))
 
+        request = CallRequest(ctx.principal, service, tool, arguments or {}, ctx.session.id, "mcp", ctx.address)
         try:
-            return await self.calls.run(service, tool, ctx.session.id, ctx.principal, work, _is_tool_error)
+            return await self.calls.run(request, work, _is_tool_error)
         except (GatewayError, RPCError) as error:
             raise as_mcp_error(error, "tools/call") from None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from inspect import isawaitable
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -25,10 +25,10 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
-from mcpgateway.calls import ToolCalls, rest_session_id
+from mcpgateway.calls import CallObserver, CallPolicy, CallRequest, ToolCalls, rest_session_id
 from mcpgateway.errors import BadRequest, GatewayError, UnsupportedMediaType, retry_after_header
 from mcpgateway.gateway import Gateway
-from mcpgateway.http.guard import Guard, Limiter
+from mcpgateway.http.guard import Guard, Limiter, client_address
 from mcpgateway.lib import jsontext
 from mcpgateway.names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
 from mcpgateway.observe.access import AccessLog
@@ -114,6 +114,8 @@ class GatewayApp:
         limiter: Limiter | None = None,
         metrics: GatewayMetrics | None = None,
         access: AccessLog | None = None,
+        policies: Sequence[CallPolicy] = (),
+        observers: Sequence[CallObserver] = (),
     ) -> None:
         """
         @param gateway: What the routes call.
@@ -121,6 +123,8 @@ class GatewayApp:
         @param limiter: Rate limits, or L{None} for none.
         @param metrics: Where to record requests and calls (a new one if L{None}).
         @param access: The access log of tool calls (the Twisted log if L{None}).
+        @param policies: Asked to admit each tool call, and which tools a principal sees.
+        @param observers: Told of each tool call once it has ended.
         """
         self.gateway = gateway
         self.metrics = metrics if metrics is not None else GatewayMetrics(gateway)
@@ -128,7 +132,7 @@ class GatewayApp:
         #: Credentials and rate limits, for this API and the MCP endpoint alike.
         self.guard = Guard(authenticator, limiter, self.metrics)
         #: Runs and records tool calls, for this API and the MCP endpoint alike.
-        self.calls = ToolCalls(gateway, self.metrics, self.access)
+        self.calls = ToolCalls(gateway, self.metrics, self.access, policies, observers)
         #: What serves C{/mcp} (see L{mount_mcp}).
         self.mcp_endpoint: McpMount | None = None
 
@@ -169,7 +173,9 @@ class GatewayApp:
     @guarded("tools")
     async def tools(self, request: IRequest, principal: Principal, name: str) -> bytes:
         check_name(name, SERVICE_NAME, "the service name", "invalid_service_name")
-        return _render(request, 200, await self.gateway.list_tools(name))
+        listing = await self.gateway.list_tools(name)
+        listing["tools"] = self.calls.visible_tools(principal, name, listing["tools"])
+        return _render(request, 200, listing)
 
     @app.route("/services/<string:name>/call", methods=["POST"])
     @guarded("call")
@@ -187,7 +193,8 @@ class GatewayApp:
                 f"timeout must be a number of seconds above 0 and at most {MAX_SESSION_TIMEOUT:g}", "invalid_timeout"
             )
         # Span, metric and access-log line: recorded there, as for /mcp calls.
-        answer = await self.calls.call(name, tool, session_id, arguments, float(timeout), metadata, principal)
+        call = CallRequest(principal, name, tool, arguments, session_id, "rest", client_address(request))
+        answer = await self.calls.call(call, float(timeout), metadata)
         return _render(request, 200, answer)
 
     @app.route("/metrics", methods=["GET"])

@@ -46,7 +46,7 @@ from mcpgateway.front.client import Context, McpClient
 from mcpgateway.front.errors import McpError, gateway_error
 from mcpgateway.front.server import McpFront
 from mcpgateway.gateway import Gateway
-from mcpgateway.http.guard import Guard
+from mcpgateway.http.guard import Guard, client_address
 from mcpgateway.http.streams import (
     SESSION_HEADER,
     EventStream,
@@ -327,7 +327,7 @@ class McpEndpoint:
             return json_response(request, 202, None)
         exchange = Exchange(request, client.id)
         call = client.begin(request_id, exchange)
-        ctx = Context(principal, scope, False, session, exchange, client, call)
+        ctx = Context(principal, scope, False, session, exchange, client, call, client_address(request))
         call.task = Deferred.fromCoroutine(self.front.dispatch(ctx, method, params))
         try:
             response = {"jsonrpc": "2.0", "id": request_id, "result": await call.task}
@@ -378,7 +378,7 @@ class McpEndpoint:
             raise Refusal(400, INVALID_REQUEST, "initialize is not part of 2026-07-28", request_id=request_id)
         session = self.front.modern_session(principal)
         exchange = Exchange(request, None)
-        ctx = Context(principal, scope, True, session, exchange)
+        ctx = Context(principal, scope, True, session, exchange, address=client_address(request))
         status = 200
         try:
             response = {
