@@ -141,7 +141,7 @@ class RateLimitConfig:
     call_limit: str = "1200 per minute"
     #: one per ended conversation
     session_delete_limit: str = "600 per minute"
-    #: wrong or missing credentials, per client address (password guessing)
+    #: wrong or missing credentials, per client address and per Basic user name (password guessing)
     auth_failure_limit: str = "20 per minute"
     storage_uri: str = "memory://"
 
