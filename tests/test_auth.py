@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 
 import pytest
+import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 
 import mcpgateway.policy.auth
 from mcpgateway.config import PrincipalConfig, ServerConfig
-from mcpgateway.policy.auth import STRONG_TOKEN_BYTES, Authenticator, Principal, hash_token
+from mcpgateway.policy.auth import STRONG_TOKEN_BYTES, Authenticator, Principal, hash_password, hash_token
 
 
 def basic(user: str | bytes, password: str | bytes, scheme: bytes = b"Basic") -> bytes:
@@ -270,3 +271,24 @@ def test_remembered_addresses_are_bounded(monkeypatch: pytest.MonkeyPatch) -> No
 )
 def test_user_name(header: bytes | None, name: bytes | None) -> None:
     assert lockout_authenticator().user_name(header) == name
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_verification_that_breaks_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    tried: list[bytes] = []
+
+    def broken(encoded: str, password: bytes) -> bool:
+        tried.append(password)
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(mcpgateway.policy.auth, "_verify_password", broken)
+    auth = Authenticator(
+        ServerConfig(principals=(PrincipalConfig("dave", password_hash=hash_password("pw", n=2**10)),))
+    )
+    header = basic("dave", "pw")
+    for attempt in (1, 2):
+        assert auth.costly(header), "neither remembered nor being verified"
+        with pytest.raises(RuntimeError):
+            await auth.authenticate(header, "192.0.2.1")
+        assert len(tried) == attempt
+    assert auth.recall(header, "192.0.2.1") is None

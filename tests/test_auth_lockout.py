@@ -4,23 +4,28 @@ address has used up C{auth_failure_limit}, a strong bearer token and a
 credential verified before from that address are still admitted, while a
 never verified password is refused unchecked; failures are also counted per
 Basic user name, so guesses at one name from a second address are refused
-too.  Real gateways on real sockets; the second address is 127.0.0.2 (any
+too; clients sending one password at once cost one hash and one attempt.
+Real gateways on real sockets; the second address is 127.0.0.2 (any
 127/8 address is local on Linux).
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.web.client import Agent
 
+import mcpgateway.policy.auth
 from mcpgateway.http.guard import user_key
 from mcpgateway.policy.auth import STRONG_TOKEN_BYTES, hash_password, hash_token
 
-from .conftest import AUTH, fixture_service
+from .conftest import AUTH, fixture_service, wait_until
 
 ALICE = ("alice", "alice-password")
 CAROL = ("carol", "carol-password")
@@ -160,6 +165,44 @@ async def test_a_wrong_strong_token_is_checked_and_counted(live: Any) -> None:
     assert response.code == 200, body
     rate_limited = gw.app.metrics.registry.get_sample_value("mcpgateway_rate_limited_total", {"group": "auth_failure"})
     assert rate_limited == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_clients_starting_at_once_cost_one_hash_and_one_attempt(
+    live: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    verified: list[bytes] = []
+    real = mcpgateway.policy.auth._verify_password
+
+    def held(encoded: str, password: bytes) -> bool:  # in a thread: waiting blocks no reactor
+        verified.append(password)
+        release.wait(10)
+        return real(encoded, password)
+
+    monkeypatch.setattr(mcpgateway.policy.auth, "_verify_password", held)
+    gw = start(live)
+    authenticator = gw.app.guard.authenticator
+    arrived: list[bytes | None] = []
+    authenticate = authenticator.authenticate
+
+    def counting(header: bytes | None, address: str | None = None) -> Any:
+        arrived.append(header)
+        return authenticate(header, address)
+
+    monkeypatch.setattr(authenticator, "authenticate", counting)
+    clients = 2 * LIMIT  # more than the budget: each counted as an attempt would be refused
+    try:
+        requests = [ensureDeferred(gw.request("GET", "/sessions", auth=ALICE)) for _ in range(clients)]
+        # All are waiting for the one hash (or some were answered: a failure).
+        await wait_until(lambda: len(arrived) == clients or any(request.called for request in requests))
+    finally:
+        release.set()
+    answers = await gatherResults(requests)
+    assert [response.code for response, _ in answers] == [200] * clients
+    assert len(verified) == 1, "the hash was verified once for all of them"
+    # One attempt was counted: the address has all but one of its budget left.
+    await use_up(gw, LIMIT - 1)
 
 
 def test_user_keys_stay_short_and_plain() -> None:

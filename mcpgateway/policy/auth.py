@@ -54,6 +54,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.threads import deferToThread
 
 from mcpgateway.config import PrincipalConfig, ServerConfig
+from mcpgateway.lib.deferreds import Shared, observe
 
 __all__ = [
     "ADMIN",
@@ -154,6 +155,7 @@ class Authenticator:
         }
         self._verified: OrderedDict[bytes, Principal] = OrderedDict()
         self._sources: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._pending: dict[bytes, Shared[Principal | None]] = {}
         self._slots = DeferredSemaphore(VERIFY_CONCURRENCY)
 
     def check(self, header: bytes | None) -> bool:
@@ -191,17 +193,16 @@ class Authenticator:
         if cached is not None:
             self._remember(key, cached, address)
             return succeed(cached)
-        entry = self._by_name.get(user)
-        found = Principal(entry.name, entry.role) if entry is not None and entry.password_hash else None
-        encoded = entry.password_hash if entry is not None and found is not None else _DUMMY_HASH
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._verify(key, user, password)
 
-        def verified(ok: bool) -> Principal | None:
-            if not ok or found is None:
-                return None
-            self._remember(key, found, address)
-            return found
+        def verified(principal: Principal | None) -> Principal | None:
+            if principal is not None:
+                self._remember(key, principal, address)
+            return principal
 
-        return self._slots.run(deferToThread, _verify_password, encoded, password).addCallback(verified)
+        return pending.wait().addCallback(verified)
 
     def recall(self, header: bytes | None, address: str) -> Principal | None:
         """
@@ -256,7 +257,8 @@ class Authenticator:
         """
         Whether L{authenticate} would have to verify a password hash for
         C{header} (Basic credentials that are neither the seed's nor
-        remembered, while principals are configured).
+        remembered nor being verified already, while principals are
+        configured).
 
         @param header: The raw C{Authorization} header, or L{None}.
         """
@@ -266,7 +268,33 @@ class Authenticator:
         if scheme != b"basic" or self._seed_principal(scheme, value) is not None:
             return False
         user, password = _basic(value)
-        return user is not None and password is not None and _key(scheme, value) not in self._verified
+        if user is None or password is None:
+            return False
+        key = _key(scheme, value)
+        return key not in self._verified and key not in self._pending
+
+    def _verify(self, key: bytes, user: bytes, password: bytes) -> Shared[Principal | None]:
+        """
+        Verify a password hash in a thread; the same credential sent again
+        meanwhile waits for this verification instead of starting another
+        (L{costly} says so), so a fleet of clients starting at once costs
+        one hash and one attempt.
+        """
+        entry = self._by_name.get(user)
+        found = Principal(entry.name, entry.role) if entry is not None and entry.password_hash else None
+        encoded = entry.password_hash if entry is not None and found is not None else _DUMMY_HASH
+
+        def verified(ok: bool) -> Principal | None:
+            return found if ok else None
+
+        work = self._slots.run(deferToThread, _verify_password, encoded, password).addCallback(verified)
+        shared = observe(work)
+        if not shared.done:
+            self._pending[key] = shared
+            # The first waiter, so the next request of this credential
+            # finds it remembered or verifies it again, even after an error.
+            shared.wait().addBoth(lambda _: self._pending.pop(key, None))
+        return shared
 
     def _token_principal(self, value: bytes) -> Principal | None:
         entry = self._by_token.get(hashlib.sha256(value).hexdigest())
