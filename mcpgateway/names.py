@@ -1,5 +1,6 @@
 """
-What a service name, a tool name and a session id may look like.
+What a service name, a tool name, a session id and a principal's name may
+look like.
 """
 
 from __future__ import annotations
@@ -8,13 +9,15 @@ import re
 
 from mcpgateway.errors import BadRequest
 
-__all__ = ["SERVICE_NAME", "SESSION_ID", "TOOL_NAME", "check_name"]
+__all__ = ["PRINCIPAL_NAME", "SERVICE_NAME", "SESSION_ID", "TOOL_NAME", "check_name"]
 
 SERVICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 # Not "." or "..": a URL path cannot carry them (clients and servers
 # normalise dot segments away), so DELETE /sessions/<id> could not name it.
 SESSION_ID = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9_.-]{1,128}")
+#: A principal's name (its Basic user name); C{@} for e-mail-like names.
+PRINCIPAL_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 
 _RULES = {
     SERVICE_NAME: "1-64 characters of A-Z a-z 0-9 _ -",

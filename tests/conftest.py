@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 
+import mcpgateway.policy.auth
 from mcpgateway.config import parse_config
 from mcpgateway.gateway import Gateway
 from mcpgateway.http.rest import GatewayApp
@@ -177,6 +178,23 @@ class LiveGateway:
         """
         body = {"tool": tool, "session_id": session, "arguments": arguments or {}, **extra}
         return await self.request("POST", f"/services/{service}/call", body)
+
+
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes]]:
+    """
+    @return: The password hashes the gateway verifies, as C{(hash, password)}
+        pairs, appended as it verifies them (for real).
+    """
+    verified: list[tuple[str, bytes]] = []
+    real = mcpgateway.policy.auth._verify_password
+
+    def counting(encoded: str, password: bytes) -> bool:
+        verified.append((encoded, password))
+        return real(encoded, password)
+
+    monkeypatch.setattr(mcpgateway.policy.auth, "_verify_password", counting)
+    return verified
 
 
 @pytest.fixture

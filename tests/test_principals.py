@@ -10,11 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet.defer import ensureDeferred, gatherResults
 
-import mcpgateway.policy.auth
 from mcpgateway.observe.security import SecurityFile
 from mcpgateway.policy.auth import hash_password, hash_token
 
@@ -118,45 +116,29 @@ async def test_security_events_are_json_lines(live: Any, tmp_path: Path) -> None
 
 @pytest_twisted.ensureDeferred
 async def test_a_burst_of_guesses_costs_at_most_the_failure_budget_in_hashing(
-    live: Any, monkeypatch: pytest.MonkeyPatch
+    live: Any, hashed: list[tuple[str, bytes]]
 ) -> None:
-    verified: list[bytes] = []
-    real = mcpgateway.policy.auth._verify_password
-
-    def counting(encoded: str, password: bytes) -> bool:
-        verified.append(password)
-        return real(encoded, password)
-
-    monkeypatch.setattr(mcpgateway.policy.auth, "_verify_password", counting)
     gw = live({"fx": fixture_service()}, server=_principals(), rate_limiting={"auth_failure_limit": "5 per minute"})
     guesses = [("alice", f"guess-{n}") for n in range(25)] + [("nobody", f"guess-{n}") for n in range(5)]
     answers = await gatherResults([ensureDeferred(gw.request("GET", "/sessions", auth=guess)) for guess in guesses])
     statuses = sorted(response.code for response, _ in answers)
     assert statuses == [401] * 5 + [429] * 25, statuses
     # Each attempt was counted before its hash was verified: five hashes, not thirty.
-    assert len(verified) == 5, len(verified)
+    assert len(hashed) == 5, len(hashed)
     # The right password from the same address is refused too (no oracle).
     response, body = await gw.request("GET", "/sessions", auth=ALICE)
     assert (response.code, body["code"]) == (429, "rate_limited")
-    assert len(verified) == 5
+    assert len(hashed) == 5
 
 
 @pytest_twisted.ensureDeferred
-async def test_unknown_user_costs_a_hash_like_a_known_one(live: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    verified: list[str] = []
-    real = mcpgateway.policy.auth._verify_password
-
-    def counting(encoded: str, password: bytes) -> bool:
-        verified.append(encoded)
-        return real(encoded, password)
-
-    monkeypatch.setattr(mcpgateway.policy.auth, "_verify_password", counting)
+async def test_unknown_user_costs_a_hash_like_a_known_one(live: Any, hashed: list[tuple[str, bytes]]) -> None:
     gw = live({"fx": fixture_service()}, server=_principals())
     response, _ = await gw.request("GET", "/sessions", auth=("nobody", "x"))
     assert response.code == 401
-    assert len(verified) == 1 and verified[0].startswith("scrypt$")
+    assert len(hashed) == 1 and hashed[0][0].startswith("scrypt$")
     # A verified password is remembered: the next request costs no hash.
     for _ in range(2):
         response, _ = await gw.request("GET", "/sessions", auth=ALICE)
         assert response.code == 200
-    assert len(verified) == 2
+    assert len(hashed) == 2

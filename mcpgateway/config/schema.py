@@ -34,7 +34,7 @@ from mcpgateway.config.values import (
     string_list,
     string_map,
 )
-from mcpgateway.names import SERVICE_NAME
+from mcpgateway.names import PRINCIPAL_NAME, SERVICE_NAME
 
 __all__ = [
     "GatewayConfig",
@@ -141,7 +141,7 @@ class RateLimitConfig:
     call_limit: str = "1200 per minute"
     #: one per ended conversation
     session_delete_limit: str = "600 per minute"
-    #: wrong or missing credentials, per client address (password guessing)
+    #: wrong or missing credentials, per client address and per Basic user name (password guessing)
     auth_failure_limit: str = "20 per minute"
     storage_uri: str = "memory://"
 
@@ -232,7 +232,7 @@ def _principals(value: Any, path: str, environ: Mapping[str, str]) -> tuple[Prin
     for index, raw in enumerate(value):
         where = f"{path}[{index}]"
         entry = PrincipalConfig(**{"name": "", **section(raw, where, environ, _PRINCIPAL)})
-        if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,128}", entry.name):
+        if not PRINCIPAL_NAME.fullmatch(entry.name):
             raise ConfigError(f"{where}.name: 1-128 of A-Z a-z 0-9 _ . @ -")
         if entry.name in names:
             raise ConfigError(f"{where}.name: {entry.name!r} is given twice")

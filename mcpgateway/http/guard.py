@@ -2,25 +2,35 @@
 The guard every route passes: credentials (401 otherwise) and rate limits
 (429), with security events and metrics for what it refuses.
 
-Requests without valid credentials count against C{auth_failure} for the
-client's address, so password guessing is limited too.
+Failed credentials are counted in the C{auth_failure} group, for the
+client's address (C{addr:<ip>}) and, for Basic credentials, for the user
+name (L{user_key}), so password guessing is limited from one address and
+against one name from many.  What the budgets do I{not} refuse: a valid
+bearer token of at least L{mcpgateway.policy.auth.STRONG_TOKEN_BYTES}
+bytes (checked first, cheaply; it cannot be guessed), and a credential
+verified before from the same address and still remembered
+(L{Authenticator.recall}).  Everything else, a valid but never verified
+password included, is refused unchecked once a budget is used up, so that
+a right guess gains nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import weakref
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
 from mcpgateway.errors import LimitReached, Unauthorized
+from mcpgateway.names import PRINCIPAL_NAME
 from mcpgateway.observe.metrics import GatewayMetrics
 from mcpgateway.observe.security import security_event
 from mcpgateway.policy.auth import CHALLENGES, Authenticator, Principal
 from mcpgateway.policy.ratelimit import Decision
 
-__all__ = ["Guard", "Limiter", "client_address"]
+__all__ = ["Guard", "Limiter", "client_address", "user_key"]
 
 
 class Limiter(Protocol):
@@ -44,6 +54,23 @@ def client_address(request: IRequest) -> str:
     @return: The peer's IP address (or C{"-"} for a non-IP transport).
     """
     return str(getattr(request.getClientAddress(), "host", "-"))
+
+
+def user_key(name: bytes) -> str:
+    """
+    The C{auth_failure} key of a Basic user name.  The name is whatever the
+    client sent (up to the header limit, any bytes), so only a name a
+    principal could have is used as it is; any other is hashed, and the
+    limiter's keys stay short and plain whatever arrives.
+
+    @param name: The user name, as sent.
+    @return: C{user:<name>} for 1-128 of C{A-Z a-z 0-9 _ . @ -} (the syntax of
+        a principal's name), C{user-sha256:<32 hex digits>} otherwise.
+    """
+    text = name.decode("ascii", "replace")
+    if PRINCIPAL_NAME.fullmatch(text):
+        return f"user:{text}"
+    return f"user-sha256:{hashlib.sha256(name).hexdigest()[:32]}"
 
 
 class Guard:
@@ -76,27 +103,66 @@ class Guard:
         @raise Unauthorized: Without valid credentials (C{WWW-Authenticate} set).
         @raise LimitReached: Over a limit (C{Retry-After} set).
         """
-        address = f"addr:{client_address(request)}"
-        # An address that used up its failures is refused before its
-        # credentials are even checked, so a right guess gains nothing.
-        await self.limit(request, "auth_failure", address, None, count=False)
         header = request.getHeader(b"authorization")
-        # A password hash to verify is counted as an attempt first, so a
-        # burst of guesses cannot make the gateway hash more than the budget.
-        costly = self.authenticator.costly(header)
-        if costly:
-            await self.limit(request, "auth_failure", address, None)
-        principal = await self.authenticator.authenticate(header)
+        address = client_address(request)
+        # A strong bearer token, or a credential verified from this address
+        # before: never refused for failures, whoever else caused them.
+        principal = self.authenticator.recall(header, address)
         if principal is None:
-            self.metrics.auth_failures.inc()
-            self.security("auth_failure", request, None)
-            if not costly:
-                await self.limit(request, "auth_failure", address, None)
-            request.responseHeaders.setRawHeaders(b"WWW-Authenticate", list(CHALLENGES))
-            raise Unauthorized("missing or invalid credentials")
+            principal = await self.verify(request, header, address)
         await self.limit(request, group, f"principal:{principal.name}", principal)
         self._admitted[request] = principal
         return principal
+
+    async def verify(self, request: IRequest, header: bytes | None, address: str) -> Principal:
+        """
+        Check credentials that L{Authenticator.recall} did not admit, within
+        the C{auth_failure} budgets of the address and of the Basic user name.
+
+        @param header: The raw C{Authorization} header, or L{None}.
+        @param address: The client's address.
+        @return: Who is calling.
+        @raise Unauthorized: Without valid credentials.
+        @raise LimitReached: When a budget is used up.
+        """
+        authenticator = self.authenticator
+        keys = [f"addr:{address}"]
+        if not authenticator.guessable(header):
+            # A strong bearer token, checked in full by recall: wrong.  It
+            # is counted (scanning shows and uses up the address's budget)
+            # but was not refused unchecked.
+            await self.refuse(request, keys)
+        name = authenticator.user_name(header)
+        if name is not None:
+            keys.append(user_key(name))
+        # A used-up budget refuses before the credentials are checked, so a
+        # right guess gains nothing.  A password hash to verify is counted
+        # as an attempt first, so a burst of guesses cannot make the gateway
+        # hash more than the budget.  The address is counted before the
+        # name: names a client makes up are bounded by its address's budget.
+        costly = authenticator.costly(header)
+        for key in keys:
+            await self.limit(request, "auth_failure", key, None, count=costly)
+        principal = await authenticator.authenticate(header, address)
+        if principal is None:
+            await self.refuse(request, [] if costly else keys)
+        return principal
+
+    async def refuse(self, request: IRequest, keys: list[str]) -> NoReturn:
+        """
+        Record wrong or missing credentials, count them for C{keys} in
+        C{auth_failure}, and refuse the request.
+
+        @param keys: The budgets not counted yet.
+        @raise Unauthorized: With C{WWW-Authenticate}.
+        @raise LimitReached: When counting used a budget up.
+        """
+        self.metrics.auth_failures.inc()
+        self.security("auth_failure", request, None)
+        for key in keys:
+            await self.limit(request, "auth_failure", key, None)
+        request.responseHeaders.setRawHeaders(b"WWW-Authenticate", list(CHALLENGES))
+        raise Unauthorized("missing or invalid credentials")
 
     async def limit(
         self, request: IRequest, group: str, key: str, principal: Principal | None, *, count: bool = True

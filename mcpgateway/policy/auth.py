@@ -17,6 +17,22 @@ client's failure budget I{before} the work is done (a burst of guesses
 then costs at most that budget in hashing).  An unknown user name costs the
 same hash as a known one, so timing does not tell which names exist.
 
+Guessable and unguessable credentials
+=====================================
+
+A password, and a bearer token shorter than L{STRONG_TOKEN_BYTES}, can be
+guessed: the caller refuses such a credential without checking it once the
+client's failure budget is used up, so that a right guess gains nothing.
+A longer bearer token cannot (C{python -m mcpgateway.auth token} makes 43
+characters): L{Authenticator.recall} checks it completely, at any rate, so
+a valid token is never refused because of someone else's failures.
+
+A guessable credential is remembered with the client addresses it was
+verified from, and L{Authenticator.recall} admits it again I{from those
+addresses only}, without a hash.  Remembering it from every address would
+make the memory an oracle: a locked-out guesser would be refused for every
+wrong guess but admitted for the right one, at any rate.
+
 C{python -m mcpgateway.auth password} and C{python -m mcpgateway.auth token}
 print the hash to put in the configuration.
 """
@@ -38,13 +54,28 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.threads import deferToThread
 
 from mcpgateway.config import PrincipalConfig, ServerConfig
+from mcpgateway.lib.deferreds import Shared, observe
 
-__all__ = ["ADMIN", "AGENT", "CHALLENGES", "Authenticator", "Principal", "hash_password", "hash_token"]
+__all__ = [
+    "ADMIN",
+    "AGENT",
+    "CHALLENGES",
+    "STRONG_TOKEN_BYTES",
+    "Authenticator",
+    "Principal",
+    "hash_password",
+    "hash_token",
+]
 
 CHALLENGES = (b'Basic realm="mcpgateway", charset="UTF-8"', b'Bearer realm="mcpgateway"')
 ADMIN = "admin"
 AGENT = "agent"
+#: Verified guessable credentials remembered (least recently used forgotten first).
 _CACHE_SIZE = 1024
+#: (client address, credential) pairs remembered, for L{Authenticator.recall}.
+_SOURCES_SIZE = 8 * _CACHE_SIZE
+#: A bearer token at least this long (bytes) is taken as unguessable.
+STRONG_TOKEN_BYTES = 32
 #: Password hashes verified at once (each takes a thread and ~16 MiB).
 VERIFY_CONCURRENCY = 2
 #: Verified for an unknown user name, so it costs what a known one does.
@@ -123,6 +154,8 @@ class Authenticator:
             p.token_hash.split("$", 1)[1]: p for p in server.principals if p.token_hash
         }
         self._verified: OrderedDict[bytes, Principal] = OrderedDict()
+        self._sources: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._pending: dict[bytes, Shared[Principal | None]] = {}
         self._slots = DeferredSemaphore(VERIFY_CONCURRENCY)
 
     def check(self, header: bytes | None) -> bool:
@@ -134,48 +167,98 @@ class Authenticator:
         """
         return self._seed_principal(*_parse(header)) is not None
 
-    def authenticate(self, header: bytes | None) -> Deferred[Principal | None]:
+    def authenticate(self, header: bytes | None, address: str | None = None) -> Deferred[Principal | None]:
         """
         @param header: The raw C{Authorization} header, or L{None}.
+        @param address: The client's address: a guessable credential found
+            valid is remembered with it (see L{recall}).
         @return: Fires with the L{Principal}, or L{None} for missing or
             wrong credentials.
         """
         scheme, value = _parse(header)
+        key = _key(scheme, value)
         principal = self._seed_principal(scheme, value)
-        if principal is not None or (not self._by_name and not self._by_token):
+        if principal is None and scheme == b"bearer":
+            principal = self._token_principal(value)
+        if principal is not None:
+            if not _strong(scheme, value):
+                self._remember(key, principal, address)
             return succeed(principal)
-        if scheme == b"bearer":
-            entry = self._by_token.get(hashlib.sha256(value).hexdigest())
-            return succeed(Principal(entry.name, entry.role) if entry else None)
-        if scheme != b"basic":
+        if scheme != b"basic" or not self._by_name:
             return succeed(None)
         user, password = _basic(value)
         if user is None or password is None:
             return succeed(None)
-        key = hashlib.sha256(value).digest()
         cached = self._verified.get(key)
         if cached is not None:
-            self._verified.move_to_end(key)
+            self._remember(key, cached, address)
             return succeed(cached)
-        entry = self._by_name.get(user)
-        found = Principal(entry.name, entry.role) if entry is not None and entry.password_hash else None
-        encoded = entry.password_hash if entry is not None and found is not None else _DUMMY_HASH
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._verify(key, user, password)
 
-        def verified(ok: bool) -> Principal | None:
-            if not ok or found is None:
-                return None
-            self._verified[key] = found
-            if len(self._verified) > _CACHE_SIZE:
-                self._verified.popitem(last=False)
-            return found
+        def verified(principal: Principal | None) -> Principal | None:
+            if principal is not None:
+                self._remember(key, principal, address)
+            return principal
 
-        return self._slots.run(deferToThread, _verify_password, encoded, password).addCallback(verified)
+        return pending.wait().addCallback(verified)
+
+    def recall(self, header: bytes | None, address: str) -> Principal | None:
+        """
+        Who C{header} is, if that can be told at no cost and without
+        helping a guesser: a bearer token of at least L{STRONG_TOKEN_BYTES}
+        (checked in full: a constant-time comparison and a sha256 lookup),
+        or a guessable credential that L{authenticate} verified from
+        C{address} before and still remembers.  Never verifies a password
+        hash.
+
+        @param header: The raw C{Authorization} header, or L{None}.
+        @param address: The client's address.
+        @return: The L{Principal}, or L{None}: wrong if L{guessable} says
+            C{False}, otherwise not known yet (L{authenticate} tells).
+        """
+        scheme, value = _parse(header)
+        if _strong(scheme, value):
+            return self._seed_principal(scheme, value) or self._token_principal(value)
+        key = _key(scheme, value)
+        principal = self._verified.get(key)
+        source = (address, key)
+        if principal is None or source not in self._sources:
+            return None
+        self._verified.move_to_end(key)
+        self._sources.move_to_end(source)
+        return principal
+
+    def guessable(self, header: bytes | None) -> bool:
+        """
+        Whether C{header} carries something a guesser could find: a
+        password, a short bearer token, or no valid credential at all.  Only
+        a bearer token of at least L{STRONG_TOKEN_BYTES} is not, and
+        L{recall} decides it.
+
+        @param header: The raw C{Authorization} header, or L{None}.
+        """
+        return not _strong(*_parse(header))
+
+    def user_name(self, header: bytes | None) -> bytes | None:
+        """
+        @param header: The raw C{Authorization} header, or L{None}.
+        @return: The user name of well-formed Basic credentials (any bytes,
+            known or not), or L{None}.
+        """
+        scheme, value = _parse(header)
+        if scheme != b"basic":
+            return None
+        user, password = _basic(value)
+        return None if password is None else user
 
     def costly(self, header: bytes | None) -> bool:
         """
         Whether L{authenticate} would have to verify a password hash for
         C{header} (Basic credentials that are neither the seed's nor
-        remembered, while principals are configured).
+        remembered nor being verified already, while principals are
+        configured).
 
         @param header: The raw C{Authorization} header, or L{None}.
         """
@@ -185,7 +268,51 @@ class Authenticator:
         if scheme != b"basic" or self._seed_principal(scheme, value) is not None:
             return False
         user, password = _basic(value)
-        return user is not None and password is not None and hashlib.sha256(value).digest() not in self._verified
+        if user is None or password is None:
+            return False
+        key = _key(scheme, value)
+        return key not in self._verified and key not in self._pending
+
+    def _verify(self, key: bytes, user: bytes, password: bytes) -> Shared[Principal | None]:
+        """
+        Verify a password hash in a thread; the same credential sent again
+        meanwhile waits for this verification instead of starting another
+        (L{costly} says so), so a fleet of clients starting at once costs
+        one hash and one attempt.
+        """
+        entry = self._by_name.get(user)
+        found = Principal(entry.name, entry.role) if entry is not None and entry.password_hash else None
+        encoded = entry.password_hash if entry is not None and found is not None else _DUMMY_HASH
+
+        def verified(ok: bool) -> Principal | None:
+            return found if ok else None
+
+        work = self._slots.run(deferToThread, _verify_password, encoded, password).addCallback(verified)
+        shared = observe(work)
+        if not shared.done:
+            self._pending[key] = shared
+            # The first waiter, so the next request of this credential
+            # finds it remembered or verifies it again, even after an error.
+            shared.wait().addBoth(lambda _: self._pending.pop(key, None))
+        return shared
+
+    def _token_principal(self, value: bytes) -> Principal | None:
+        entry = self._by_token.get(hashlib.sha256(value).hexdigest())
+        return Principal(entry.name, entry.role) if entry is not None else None
+
+    def _remember(self, key: bytes, principal: Principal, address: str | None) -> None:
+        """
+        Remember a guessable credential found valid, and the address it came from.
+        """
+        self._verified[key] = principal
+        self._verified.move_to_end(key)
+        if len(self._verified) > _CACHE_SIZE:
+            self._verified.popitem(last=False)
+        if address is not None:
+            self._sources[(address, key)] = None
+            self._sources.move_to_end((address, key))
+            if len(self._sources) > _SOURCES_SIZE:
+                self._sources.popitem(last=False)
 
     def _seed_principal(self, scheme: bytes, value: bytes) -> Principal | None:
         if scheme == b"bearer" and self._token:
@@ -199,6 +326,17 @@ class Authenticator:
             password_ok = hmac.compare_digest(password, self._password)
             return self._seed if user_ok and password_ok else None
         return None
+
+
+def _strong(scheme: bytes, value: bytes) -> bool:
+    return scheme == b"bearer" and len(value) >= STRONG_TOKEN_BYTES
+
+
+def _key(scheme: bytes, value: bytes) -> bytes:
+    """
+    @return: What a credential is remembered by (its scheme is part of it).
+    """
+    return hashlib.sha256(scheme + b" " + value).digest()
 
 
 def _parse(header: bytes | None) -> tuple[bytes, bytes]:

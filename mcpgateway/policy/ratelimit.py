@@ -15,8 +15,11 @@ Every request is counted in one group, for one key built by the caller:
   - C{default}: every other authenticated route, per principal;
   - C{mcp}: every request to C{/mcp} and C{/services/<n>/mcp}, per
     principal (C{default_limits});
-  - C{auth_failure}: requests with missing or wrong credentials, per client
-    address (C{"addr:<ip>"}), so that password guessing is limited.
+  - C{auth_failure}: requests with missing or wrong credentials and password
+    verifications, per client address (C{"addr:<ip>"}) and per Basic user
+    name (C{"user:<name>"}, or C{"user-sha256:<hex>"} for a name no
+    principal could have), so that password guessing is limited
+    (L{mcpgateway.http.guard} says what it refuses and what it never does).
 
 A group's limits are its own key (C{tools_limit}, C{call_limit},
 C{session_delete_limit}, C{auth_failure_limit}) when that is not empty, and
