@@ -41,6 +41,9 @@ setup(
             "signalwire-agents==1.1.0",
             "mcp>=2.3,<3",
             "opentelemetry-sdk>=1.20",
+            # uv and uvx (binaries in a wheel) for tests/test_real_servers.py's
+            # Python servers; the children find them on the gateway's PATH.
+            "uv>=0.5",
         ],
         # Optional: a span per tool call, traceparent passed to the child.
         "otel": ["opentelemetry-api>=1.20"],
