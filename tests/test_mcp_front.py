@@ -55,12 +55,13 @@ def in_thread(coroutine: Awaitable[T]) -> Deferred[T]:
 
 
 @asynccontextmanager
-async def connect(url: str, mode: str, **options: Any) -> AsyncIterator[Client]:
+async def connect(url: str, mode: str, authorization: str = BASIC, **options: Any) -> AsyncIterator[Client]:
     """
-    An SDK client of C{url} in C{mode}, with the test credentials.
+    An SDK client of C{url} in C{mode}, with the test credentials (or the
+    given C{Authorization} header).
     """
     async with (
-        create_mcp_http_client(headers={"Authorization": BASIC}) as http,
+        create_mcp_http_client(headers={"Authorization": authorization}) as http,
         Client(streamable_http_client(url, http_client=http), mode=mode, read_timeout_seconds=30, **options) as client,
     ):
         yield client
