@@ -448,6 +448,7 @@ async def test_budgets_count_each_call_once_on_both_doors(governed: Any, mode: s
     response, body = await call(gw, "alice", "fx", "echo", {"text": "3"})
     assert (response.code, body["code"]) == (429, "budget_exhausted")
     assert (body["service"], body["tool"], body["limit"]) == ("fx", "echo", "2 per 1 hour")
+    assert body["error"].startswith("the budget of 2 per 1 hour calls to fx (tool echo) for alice is spent")
     assert 3500 <= int(response.headers.getRawHeaders(b"Retry-After")[0]) <= 3600
     # a refusal by the echo budget spent nothing of the service's; a forbidden call spends nothing
     response, body = await call(gw, "alice", "fx", "fail")

@@ -70,6 +70,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from mcpgateway.config import BudgetRule, BudgetsConfig, GatewayConfig
+from mcpgateway.config.governance import is_glob
 from mcpgateway.errors import BudgetExhausted
 from mcpgateway.observe.logs import logger, now_iso
 from mcpgateway.observe.security import security_event
@@ -124,8 +125,10 @@ class _Counter:
         return (self.principal, self.service, self.tool, str(self.item))
 
     def describe(self) -> str:
-        what = "every tool" if self.tool == "*" else f"tools {self.tool}"
-        return f"{self.item} calls to {self.service} ({what}) for {self.principal}"
+        if self.tool == "*":
+            return f"{self.item} calls to {self.service} (every tool) for {self.principal}"
+        what = "tools" if is_glob(self.tool) else "tool"
+        return f"{self.item} calls to {self.service} ({what} {self.tool}) for {self.principal}"
 
 
 @dataclass(frozen=True)
