@@ -549,3 +549,36 @@ def test_a_budget_counts_inline_on_memory_and_budgets_sharing_a_counter_count_on
         assert policy.admit(request("ops", "admin", "fx", "echo")) is None, "no budget names the admin"
     finally:
         policy.close()
+
+
+def test_refusals_are_security_events() -> None:
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "security_event" in event:
+            events.append(event)
+
+    raw = {
+        "services": {"fx": fixture_service()},
+        "policy": {"default": "allow", "rules": [{"principals": ["*"], "deny": ["fx/fail"]}]},
+        "budgets": [{"principals": ["*"], "service": "fx", "limit": "1 per hour"}],
+    }
+    governance = Governance.from_config(parse_config(raw))
+    rules, budgets = governance.rules, governance.budgets
+    assert rules is not None and budgets is not None
+    globalLogPublisher.addObserver(observe)
+    try:
+        with pytest.raises(Forbidden):
+            rules.admit(request("alice", "agent", "fx", "fail"))
+        for _ in range(2):
+            waiting = budgets.admit(request("alice", "agent", "fx", "echo"))
+            assert waiting is not None
+            waiting.addErrback(lambda failure: failure.trap(BudgetExhausted))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        governance.close()
+    assert [(e["security_event"], e["principal"], e["details"]) for e in events] == [
+        ("forbidden", "alice", {"code": "forbidden_tool"}),
+        ("budget_exhausted", "alice", {"service": "fx", "tool": "*", "limit": "1 per 1 hour"}),
+    ]
+    assert events[0]["route"] == "tools/call fx/fail (rest)"
