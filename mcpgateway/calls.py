@@ -13,8 +13,10 @@ both doors report the same outcome for the same failure.
 Governance hooks in here too, so each is applied exactly once per call,
 whichever door: every L{CallPolicy} is asked to L{admit <CallPolicy.admit>}
 the call before it runs (a refusal is a L{GatewayError}, recorded like any
-other outcome) and says which tools a principal may see in a listing
-(L{ToolCalls.visible_tools}); every L{CallObserver} gets one L{CallRecord}
+other outcome), in the order given (the tool policy before the budgets, so
+a forbidden call spends no budget), and says which tools a principal may see
+in a listing (L{ToolCalls.visible_tools}) and which services
+(L{ToolCalls.visible_services}); every L{CallObserver} gets one L{CallRecord}
 per call, refused or run, when it has ended.
 
 Session ids starting with L{MCP_SESSION_PREFIX} belong to the MCP endpoint
@@ -37,7 +39,7 @@ from mcpgateway.gateway import Gateway
 from mcpgateway.mcp.jsonrpc import RPCError
 from mcpgateway.names import SESSION_ID, check_name
 from mcpgateway.observe.access import AccessLog
-from mcpgateway.observe.metrics import GatewayMetrics
+from mcpgateway.observe.metrics import GatewayMetrics, MetricSource
 from mcpgateway.observe.tracing import CallSpan
 from mcpgateway.policy.auth import Principal
 
@@ -153,6 +155,13 @@ class CallPolicy(Protocol):
         @return: Whether C{principal} may see C{tool} of C{service} in a listing.
         """
 
+    def visible_service(self, principal: Principal, service: str) -> bool:
+        """
+        @return: Whether some tool of C{service} may be visible to
+            C{principal}, as far as can be told without its tool list
+            (L{False} only when none can be).
+        """
+
 
 class CallObserver(Protocol):
     """
@@ -185,12 +194,18 @@ class ToolCalls:
         @param access: Gets the call's access-log line.
         @param policies: Asked, in order, to admit each call.
         @param observers: Told of each call when it has ended.
+
+        A policy or observer that is a L{MetricSource} is collected with the
+        gateway's metrics.
         """
         self.gateway = gateway
         self.metrics = metrics
         self.access = access
         self.policies = tuple(policies)
         self.observers = tuple(observers)
+        for part in (*self.policies, *self.observers):
+            if isinstance(part, MetricSource):  # e.g. the budgets' remaining calls
+                metrics.add(part)
 
     def visible(self, principal: Principal, service: str, tool: str) -> bool:
         """
@@ -205,6 +220,28 @@ class ToolCalls:
         if not self.policies:
             return tools
         return [tool for tool in tools if self.visible(principal, service, str(tool.get("name")))]
+
+    def visible_service(self, principal: Principal, service: str) -> bool:
+        """
+        @return: Whether some tool of C{service} may be visible to C{principal}:
+            every policy says so without the tool list, and, when the
+            service's tool list is cached, one of its tools is visible.  A
+            service whose list is not cached yet is not started to tell.
+        """
+        if not self.policies:
+            return True
+        if not all(policy.visible_service(principal, service) for policy in self.policies):
+            return False
+        known = self.gateway.services.get(service)
+        tools = known.tool_cache.cached if known is not None else None
+        return tools is None or bool(self.visible_tools(principal, service, tools))
+
+    def visible_services(self, principal: Principal, listing: Mapping[str, T]) -> dict[str, T]:
+        """
+        @param listing: Something per service name (e.g. C{GET /services}' body).
+        @return: The entries of the services L{visible_service} to C{principal}.
+        """
+        return {name: entry for name, entry in listing.items() if self.visible_service(principal, name)}
 
     async def call(self, request: CallRequest, timeout: float, metadata: dict[str, Any]) -> dict[str, Any]:
         """

@@ -15,8 +15,10 @@ from typing import Any, Protocol
 
 __all__ = [
     "BadRequest",
+    "BudgetExhausted",
     "CallTimedOut",
     "ChildFailed",
+    "Forbidden",
     "GatewayError",
     "LimitReached",
     "NotFound",
@@ -100,6 +102,18 @@ class BadRequest(GatewayError):
     code = "invalid_request"
 
 
+class Forbidden(GatewayError):
+    """
+    403: the principal may not do this.  Codes: C{forbidden_tool} (the tool
+    policy hides or refuses the tool), C{forbidden_argument} (an argument is
+    outside the policy's constraints; C{argument} names it), C{forbidden}
+    (an admin-only route).
+    """
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(GatewayError):
     """
     404: no such service, session or route.
@@ -134,6 +148,16 @@ class LimitReached(GatewayError):
 
     status = 429
     code = "limit_reached"
+
+
+class BudgetExhausted(GatewayError):
+    """
+    429: a call budget of the principal is spent until its window ends; see
+    C{retry_after}.  Not a rate limit: retrying sooner is refused again.
+    """
+
+    status = 429
+    code = "budget_exhausted"
 
 
 class ChildFailed(GatewayError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import strports
@@ -21,6 +22,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.python import usage
 from twisted.web.http import Request
 
+from mcpgateway.calls import CallPolicy
 from mcpgateway.config import ConfigError, GatewayConfig, ServerConfig, load_config
 from mcpgateway.gateway import Gateway
 from mcpgateway.http.rest import GatewayApp, MetricsPage
@@ -31,11 +33,13 @@ from mcpgateway.observe.access import AccessLog
 from mcpgateway.observe.logs import configure
 from mcpgateway.observe.security import SecurityFile
 from mcpgateway.policy.auth import Authenticator
+from mcpgateway.policy.budgets import BudgetPolicy
 from mcpgateway.policy.ratelimit import RateLimiter
+from mcpgateway.policy.rules import RulePolicy
 
 DEFAULT_CERT = "certs/server.pem"
 
-__all__ = ["GatewayService", "Options", "StartRefused", "makeService"]
+__all__ = ["GatewayService", "Governance", "Options", "StartRefused", "makeService"]
 
 
 class StartRefused(SystemExit):
@@ -71,6 +75,7 @@ class Options(usage.Options):
             raise StartRefused(f"configuration error: {self['config']}: {problem}")
         try:
             self["limiter"] = RateLimiter(self["gateway_config"].rate_limiting)
+            self["governance"] = Governance.from_config(self["gateway_config"])
         except ConfigError as error:
             raise StartRefused(f"configuration error: {self['config']}: {error}") from None
         # Read the certificate now, so a broken one stops the start with one line.
@@ -79,6 +84,43 @@ class Options(usage.Options):
             self["tls"] = load_tls(cert) if cert else None
         except TLSError as error:
             raise StartRefused(f"TLS error: {error}") from None
+
+
+class Governance:
+    """
+    The policies every tool call goes through, from the configuration: the
+    tool policy (C{policy}), then the budgets (C{budgets}), so a forbidden
+    call spends no budget.  Only the sections configured are built: without
+    them a call pays nothing.
+
+    @ivar rules: The tool policy, or L{None}.
+    @ivar budgets: The budgets, or L{None}.
+    """
+
+    def __init__(self, rules: RulePolicy | None = None, budgets: BudgetPolicy | None = None) -> None:
+        self.rules = rules
+        self.budgets = budgets
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> Governance:
+        """
+        @raise ConfigError: Naming the key of a limit or storage URI that is wrong.
+        """
+        return cls(RulePolicy.from_config(config), BudgetPolicy.from_config(config))
+
+    @property
+    def policies(self) -> list[CallPolicy]:
+        """
+        For L{GatewayApp}'s C{policies}, in the order they must be asked.
+        """
+        return [policy for policy in (self.rules, self.budgets) if policy is not None]
+
+    def close(self) -> None:
+        """
+        Disconnect the budgets from their storage.
+        """
+        if self.budgets is not None:
+            self.budgets.close()
 
 
 PLACEHOLDER_PASSWORDS = frozenset({"changeme", "change-me", "password", "admin"})
@@ -126,11 +168,17 @@ class GatewayService(Service):
         config: GatewayConfig,
         limiter: RateLimiter | None = None,
         access: AccessLog | None = None,
+        on_stop: Sequence[Callable[[], None]] = (),
     ) -> None:
+        """
+        @param on_stop: Called once the gateway has stopped and every call
+            in flight has been answered (e.g. to disconnect the budgets).
+        """
         self.gateway = gateway
         self.config = config
         self.limiter = limiter
         self.access = access
+        self.on_stop = tuple(on_stop)
 
     def startService(self) -> None:
         configure(self.config.logging.level, self.config.logging.file)
@@ -149,6 +197,8 @@ class GatewayService(Service):
             # logged: close the limiter and the access log only afterwards.
             if self.limiter is not None:
                 self.limiter.close()
+            for stop in self.on_stop:
+                stop()
             if self.access is not None:
                 self.access.stop()
             return result
@@ -208,12 +258,13 @@ def makeService(options: dict[str, Any]) -> IService:
     config: GatewayConfig = options["gateway_config"]
     gateway = Gateway(config, reactor, reactor)
     limiter: RateLimiter = options["limiter"]
+    governance: Governance = options["governance"]
     access = AccessLog(config.logging.access_log or "log", reactor)
-    app = GatewayApp(gateway, Authenticator(config.server), limiter, access=access)
+    app = GatewayApp(gateway, Authenticator(config.server), limiter, access=access, policies=governance.policies)
     site = make_site(app, config)
     top = MultiService()
     # The web server is stopped first (services stop in reverse order), then the gateway.
-    GatewayService(gateway, config, limiter, access).setServiceParent(top)
+    GatewayService(gateway, config, limiter, access, on_stop=[governance.close]).setServiceParent(top)
     if config.server.metrics_listen:
         page = GatewaySite(MetricsPage(app.metrics), 1024)
         strports.service(config.server.metrics_listen, page).setServiceParent(top)

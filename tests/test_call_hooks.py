@@ -43,6 +43,9 @@ class HideFail:
     def visible(self, principal: Principal, service: str, tool: str) -> bool:
         return tool != "fail"
 
+    def visible_service(self, principal: Principal, service: str) -> bool:
+        return True
+
 
 class Records:
     def __init__(self) -> None:

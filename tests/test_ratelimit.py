@@ -30,6 +30,7 @@ from twisted.logger import globalLogPublisher
 from mcpgateway.config import ConfigError, RateLimitConfig
 from mcpgateway.observe.logs import configure
 from mcpgateway.policy import ratelimit
+from mcpgateway.policy import storage as policy_storage
 from mcpgateway.policy.ratelimit import (
     AUTH_FAILURE_LIMIT,
     CALL_LIMIT,
@@ -92,16 +93,16 @@ def limiters() -> Iterator[Callable[..., RateLimiter]]:
 @pytest.fixture
 def threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """
-    Record each L{deferToThread} of the module (and still run it).
+    Record each L{deferToThread} of the counters (and still run it).
     """
     calls: list[str] = []
-    real = ratelimit.deferToThread
+    real = policy_storage.deferToThread
 
     def record(f: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
         calls.append(getattr(f, "__name__", repr(f)))
         return real(f, *args, **kw)
 
-    monkeypatch.setattr(ratelimit, "deferToThread", record)
+    monkeypatch.setattr(policy_storage, "deferToThread", record)
     return calls
 
 
@@ -277,8 +278,8 @@ def test_refused_requests_do_not_spend_longer_budgets(limiters: Callable[..., Ra
     decisions = hits(limiter, "call", "principal:alice", 6)
     assert [d.allowed for d in decisions] == [True] + [False] * 5
     hourly = limiter.limits("call")[1]
-    assert limiter._primary is not None
-    assert limiter._primary.get_window_stats(hourly, "call", "principal:alice").remaining == 4
+    assert limiter._counters.primary is not None
+    assert limiter._counters.primary.get_window_stats(hourly, "call", "principal:alice").remaining == 4
 
 
 def test_own_limit_replaces_the_defaults(limiters: Callable[..., RateLimiter]) -> None:
@@ -353,7 +354,7 @@ def test_memory_runs_inline(limiters: Callable[..., RateLimiter], monkeypatch: p
     def refuse(*args: Any, **kw: Any) -> Deferred[Any]:
         raise AssertionError("memory storage must not use threads")
 
-    monkeypatch.setattr(ratelimit, "deferToThread", refuse)
+    monkeypatch.setattr(policy_storage, "deferToThread", refuse)
     limiter = limiters(call_limit="1 per hour")
     assert not limiter.shared
     assert [d.allowed for d in hits(limiter, "call", "principal:alice", 2)] == [True, False]
@@ -406,7 +407,7 @@ async def test_redis_hits_run_in_threads(
     limiters: Callable[..., RateLimiter], redis_server: RedisServer, threads: list[str]
 ) -> None:
     limiter = limiters(call_limit="2 per minute", auth_failure_limit="1 per minute", storage_uri=redis_server.uri)
-    storage = limiter._primary.storage if limiter._primary is not None else None
+    storage = limiter._counters.primary.storage
     assert storage is not None
     seen: list[str] = []
     incr, get = storage.incr, storage.get
@@ -479,6 +480,7 @@ import json, os, sys, threading
 from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
 from mcpgateway.policy import ratelimit
+from mcpgateway.policy import storage as policy_storage
 from mcpgateway.config import RateLimitConfig
 from mcpgateway.policy.ratelimit import RateLimiter
 

@@ -55,6 +55,13 @@ class ToolCache:
         self._tools_generation = 0
         self._tool_names: frozenset[str] = frozenset()
 
+    @property
+    def cached(self) -> list[dict[str, Any]] | None:
+        """
+        The cached tool list, or L{None} while there is none (never fills it).
+        """
+        return self._tools
+
     def declares(self, tool: str) -> bool:
         """
         @return: Whether C{tool} is in the cached tool list the service declared.

@@ -4,11 +4,19 @@ frozen dataclasses that every layer below the startup code reads.
 
   - L{values}: C{${VAR|default}} substitution and the typed readers;
   - L{sandbox}: a service's C{sandbox} block (the policy, as data);
+  - L{governance}: the C{policy} and C{budgets} sections;
   - L{schema}: the sections, L{parse_config} and L{load_config}.
 
 The names below are the public API (C{from mcpgateway.config import ...}).
 """
 
+from mcpgateway.config.governance import (
+    ArgumentConstraint,
+    BudgetRule,
+    BudgetsConfig,
+    PolicyConfig,
+    PolicyRule,
+)
 from mcpgateway.config.sandbox import ResourceLimits, SandboxPolicy, policy_from_config
 from mcpgateway.config.schema import (
     GatewayConfig,
@@ -24,9 +32,14 @@ from mcpgateway.config.schema import (
 from mcpgateway.config.values import ConfigError, substitute
 
 __all__ = [
+    "ArgumentConstraint",
+    "BudgetRule",
+    "BudgetsConfig",
     "ConfigError",
     "GatewayConfig",
     "LoggingConfig",
+    "PolicyConfig",
+    "PolicyRule",
     "PrincipalConfig",
     "RateLimitConfig",
     "ResourceLimits",

@@ -19,6 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpgateway.config.claude import convert_servers
+from mcpgateway.config.governance import (
+    BudgetsConfig,
+    PolicyConfig,
+    budgets_from_config,
+    check_service_names,
+    tool_policy_from_config,
+)
 from mcpgateway.config.sandbox import SandboxPolicy, policy_from_config
 from mcpgateway.config.values import (
     ConfigError,
@@ -170,6 +177,9 @@ class GatewayConfig:
     session: SessionConfig = field(default_factory=SessionConfig)
     rate_limiting: RateLimitConfig = field(default_factory=RateLimitConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: L{None}: no per-tool policy (every principal may see and call every tool).
+    policy: PolicyConfig | None = None
+    budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
 
 
 def _port(value: Any, path: str, environ: Mapping[str, str]) -> int:
@@ -352,6 +362,8 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayC
         "rate_limiting": lambda v, p, e: RateLimitConfig(**section(v, p, e, _RATE_LIMITING)),
         "logging": lambda v, p, e: LoggingConfig(**section(v, p, e, _LOGGING)),
         "mcpServers": lambda v, p, e: v,  # read below, into services
+        "policy": tool_policy_from_config,
+        "budgets": budgets_from_config,
     }
     top = section(raw, "", env, sections)
     services_raw = top.pop("services", {})
@@ -359,6 +371,7 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayC
         raise ConfigError(f"services: expected an object keyed by service name, got {kind(services_raw)}")
     services_raw = {**services_raw, **_mcp_servers(top.pop("mcpServers", {}), services_raw)}
     services = {name: _service(name, value, env) for name, value in services_raw.items()}
+    check_service_names(top.get("policy"), top.get("budgets", BudgetsConfig()), services)
     return GatewayConfig(services=services, **top)
 
 

@@ -49,7 +49,7 @@ def gateway_error(error: GatewayError) -> McpError:
         data["retry_after"] = round(error.retry_after, 3)
     if isinstance(error, CallTimedOut):
         code = REQUEST_TIMEOUT
-    elif error.status == 400:
+    elif error.status in (400, 403):  # a request the client must change, not retry
         code = INVALID_PARAMS
     else:
         code = INTERNAL_ERROR

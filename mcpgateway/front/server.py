@@ -107,15 +107,17 @@ class McpFront:
         name = "mcpgateway" if scope is None else f"mcpgateway/{scope}"
         return {"name": name, "version": __version__}
 
-    def instructions(self, scope: str | None) -> str:
+    def instructions(self, scope: str | None, principal: Principal) -> str:
         """
-        @return: A sentence about naming, for the client's model.
+        @return: A sentence about naming, for the client's model, naming the
+            services C{principal} may see.
         """
         if scope is not None:
             return f"The tools, prompts and resources of the MCP server {scope!r}, served by mcpgateway."
+        services = self.calls.visible_services(principal, self.gateway.services)
         return (
             "Tools and prompts of several MCP servers, named <service>.<name>; resources are "
-            "mcpgw://<service>/<uri>. Services: " + ", ".join(sorted(self.gateway.services)) + "."
+            "mcpgw://<service>/<uri>. Services: " + ", ".join(sorted(services)) + "."
         )
 
     def initialize(
@@ -151,7 +153,7 @@ class McpFront:
             "protocolVersion": version,
             "capabilities": self.capabilities(False),
             "serverInfo": self.server_info(scope),
-            "instructions": self.instructions(scope),
+            "instructions": self.instructions(scope, principal),
         }
         log.info("MCP session {id} opened by {who} ({version})", id=session_id, who=principal.name, version=version)
         return client, result
@@ -268,7 +270,7 @@ class McpFront:
         return {
             "supportedVersions": list(MODERN_VERSIONS),
             "capabilities": self.capabilities(True),
-            "instructions": self.instructions(ctx.scope),
+            "instructions": self.instructions(ctx.scope, ctx.principal),
             "_meta": {SERVER_INFO_KEY: self.server_info(ctx.scope)},
         }
 

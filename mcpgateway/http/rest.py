@@ -26,7 +26,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from mcpgateway.calls import CallObserver, CallPolicy, CallRequest, ToolCalls, rest_session_id
-from mcpgateway.errors import BadRequest, GatewayError, UnsupportedMediaType, retry_after_header
+from mcpgateway.errors import BadRequest, Forbidden, GatewayError, UnsupportedMediaType, retry_after_header
 from mcpgateway.gateway import Gateway
 from mcpgateway.http.guard import Guard, Limiter, client_address
 from mcpgateway.lib import jsontext
@@ -35,6 +35,7 @@ from mcpgateway.observe.access import AccessLog
 from mcpgateway.observe.logs import logger
 from mcpgateway.observe.metrics import CONTENT_TYPE, GatewayMetrics
 from mcpgateway.policy.auth import Authenticator, Principal
+from mcpgateway.policy.budgets import BudgetPolicy
 
 __all__ = ["GatewayApp", "McpMount", "MetricsPage"]
 
@@ -167,12 +168,20 @@ class GatewayApp:
     @app.route("/services", methods=["GET"])
     @guarded("default")
     def services(self, request: IRequest, principal: Principal) -> bytes:
-        return _render(request, 200, self.gateway.list_services())
+        """
+        The services with at least one tool the caller may see (see
+        L{ToolCalls.visible_services}).
+        """
+        return _render(request, 200, self.calls.visible_services(principal, self.gateway.list_services()))
 
     @app.route("/services/<string:name>/tools", methods=["GET"])
     @guarded("tools")
     async def tools(self, request: IRequest, principal: Principal, name: str) -> bytes:
         check_name(name, SERVICE_NAME, "the service name", "invalid_service_name")
+        self.gateway.service(name)  # 404 first
+        if not self.calls.visible_service(principal, name):
+            # Nothing of it is visible: do not start a child to list it.
+            return _render(request, 200, {"service": name, "tools": []})
         listing = await self.gateway.list_tools(name)
         listing["tools"] = self.calls.visible_tools(principal, name, listing["tools"])
         return _render(request, 200, listing)
@@ -205,6 +214,17 @@ class GatewayApp:
         """
         request.setHeader(b"Content-Type", CONTENT_TYPE)
         return self.metrics.render()
+
+    @app.route("/budgets", methods=["GET"])
+    @guarded("default")
+    async def budgets(self, request: IRequest, principal: Principal) -> bytes:
+        """
+        Admins only: every budget's counters (L{BudgetPolicy.report}).
+        """
+        if not principal.admin:
+            raise Forbidden("GET /budgets is for admins", "forbidden")
+        reports = [await policy.report() for policy in self.calls.policies if isinstance(policy, BudgetPolicy)]
+        return _render(request, 200, reports[0] if reports else {"budgets": []})
 
     @app.route("/sessions", methods=["GET"])
     @guarded("default")

@@ -13,14 +13,14 @@ counted as C{other}, so a client cannot mint label values.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sized
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "GatewayMetrics", "GatewayState", "ServiceState", "route_of"]
+__all__ = ["CONTENT_TYPE", "GatewayMetrics", "GatewayState", "MetricSource", "ServiceState", "route_of"]
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60)
@@ -30,7 +30,7 @@ _ROUTES = (
     (re.compile(r"/services/[^/]+/mcp"), "/services/<name>/mcp"),
     (re.compile(r"/sessions/[^/]+"), "/sessions/<id>"),
 )
-_FIXED = frozenset({"/health", "/services", "/sessions", "/metrics", "/mcp"})
+_FIXED = frozenset({"/health", "/services", "/sessions", "/metrics", "/mcp", "/budgets"})
 #: Paths whose route pattern is remembered (then forgotten all at once).
 _ROUTES_KEPT = 1024
 _METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})
@@ -134,6 +134,19 @@ class GatewayState(Protocol):
         """
 
 
+@runtime_checkable
+class MetricSource(Protocol):
+    """
+    Something with metrics of its own, read when scraped (e.g. the budgets'
+    remaining calls): a C{prometheus_client} collector.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        """
+        @return: The metric families, read now; must not block.
+        """
+
+
 class GatewayMetrics:
     """
     The gateway's metrics and their text rendering.
@@ -211,6 +224,12 @@ class GatewayMetrics:
         if histogram is None:
             histogram = self._call_histograms[key] = self.tool_calls.labels(service, tool, outcome)
         histogram.observe(seconds)
+
+    def add(self, source: MetricSource) -> None:
+        """
+        Collect C{source}'s metrics with the gateway's, at every scrape.
+        """
+        self.registry.register(source)
 
     def render(self) -> bytes:
         """

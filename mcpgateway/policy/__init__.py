@@ -3,8 +3,13 @@ Who may do what, and how often: decisions taken before a request reaches a
 session or a child.
 
   - L{auth}: principals and their credentials (Basic, Bearer);
-  - L{ratelimit}: rate limits per principal and route group (C{limits}).
+  - L{ratelimit}: rate limits per principal and route group (C{limits});
+  - L{storage}: where counters live, reached without blocking the reactor;
+  - L{rules}: the per-tool policy (who may see and call which tool, with
+    which arguments);
+  - L{budgets}: calls per principal and service per window;
+  - L{matching}: what rules and budgets match a call on.
 
-Per-tool policy, budgets and audit belong here too: each is asked by the
+Rules and budgets are L{mcpgateway.calls.CallPolicy}s: each is asked by the
 one call path (L{mcpgateway.calls}) and knows nothing of HTTP or children.
 """

@@ -50,27 +50,13 @@ Storage and the reactor
 C{memory://} counts in this process, inline on the reactor (it is a dict).
 Any other storage (C{redis://}, C{rediss://}, C{redis+unix://}) shares the
 budget between gateway processes; C{limits} talks to it with blocking
-redis-py, so every hit runs in the reactor's thread pool
-(L{twisted.internet.threads.deferToThread}) and the reactor is never blocked.
-Each Redis operation is bounded by L{mcpgateway.policy.storage.REDIS_SOCKET_TIMEOUT} (connect and read;
-one immediate retry for a stale pooled connection) and a whole hit by
-L{HIT_TIMEOUT}.  Query parameters of the URI (e.g. C{?socket_timeout=2}) take
-precedence over these defaults, and a whole hit may then take as long as
-they allow (connect, a command and its retry).
-
-When the storage fails
-======================
-
-A failing storage (Redis down, unreachable, too slow) never turns into an
-error response or a hang.  The limiter I{fails open to per-process limits}:
-the request is counted in an in-memory storage of this process, the same
-limits apply per process (so with N gateways up to N times the budget), a
-warning is logged (again at most every L{WARNING_INTERVAL} seconds while it
-lasts), and the shared storage is tried again after L{STORAGE_RETRY_INTERVAL}
-seconds (one probe at a time; meanwhile no thread is spent on it).  Its
-recovery is logged.  Failing closed would turn a Redis outage into a gateway
-outage for every call of a live phone conversation; failing fully open would
-lift the limit on password guessing exactly when nobody is watching.
+redis-py, so every hit runs in the reactor's thread pool and the reactor is
+never blocked.  A failing storage never turns into an error response or a
+hang: the limiter I{fails open to per-process limits}, as
+L{mcpgateway.policy.storage.Counters} describes (timeouts, retries, the
+warning).  Failing closed would turn a Redis outage into a gateway outage for
+every call of a live phone conversation; failing fully open would lift the
+limit on password guessing exactly when nobody is watching.
 """
 
 from __future__ import annotations
@@ -81,17 +67,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse_many
-from limits.storage import RedisStorage, Storage
 from limits.strategies import FixedWindowRateLimiter
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.threads import deferToThread
-from twisted.python.failure import Failure
 
 from mcpgateway.config import ConfigError, RateLimitConfig
 from mcpgateway.errors import retry_after_header
 from mcpgateway.observe.logs import logger
-from mcpgateway.policy.storage import InlineMemoryStorage, make_storage, redact, uri_hit_timeout
+from mcpgateway.policy.storage import HIT_TIMEOUT, STORAGE_RETRY_INTERVAL, Counters, escape_key
 
 __all__ = [
     "AUTH_FAILURE_LIMIT",
@@ -104,6 +87,7 @@ __all__ = [
     "UNLIMITED",
     "Decision",
     "RateLimiter",
+    "parse_limits",
 ]
 
 log = logger("mcpgateway.ratelimit")
@@ -121,12 +105,6 @@ STORAGE_URI = _DEFAULTS.storage_uri
 #: The groups a request can be counted in.
 GROUPS: tuple[str, ...] = ("default", "tools", "call", "session_delete", "auth_failure", "mcp")
 
-#: The longest a hit may take before it is counted in this process instead, seconds.
-HIT_TIMEOUT = 2.0
-#: After a storage failure, how long to count in this process before trying it again, seconds.
-STORAGE_RETRY_INTERVAL = 5.0
-#: While the storage keeps failing, how often to repeat the warning, seconds.
-WARNING_INTERVAL = 60.0
 _SYNTAX = (
     "expected e.g. '30 per minute', '10/second' or '1/second; 50/hour' (units: second, minute, hour, day, month, year)"
 )
@@ -175,21 +153,7 @@ class Decision:
 UNLIMITED = Decision(allowed=True, limit=0, remaining=0, reset_at=0.0)
 
 
-class _Abandoned(Exception):
-    """
-    The hit timed out before its thread started; the storage was not touched.
-    """
-
-
-class _Flag:
-    """
-    Set on the reactor when a hit is given up, read by its thread.
-    """
-
-    given_up = False
-
-
-def _parse(text: str, path: str) -> list[RateLimitItem]:
+def parse_limits(text: str, path: str) -> list[RateLimitItem]:
     """
     @param text: A limit string, possibly several separated by C{;}, C{,} or C{|}.
     @param path: Its configuration key, for the error.
@@ -206,13 +170,6 @@ def _parse(text: str, path: str) -> list[RateLimitItem]:
         if item.amount <= 0:
             raise ConfigError(f"{path}: {text!r} allows no request at all; the amount must be at least 1")
     return items
-
-
-def _escape(key: str) -> str:
-    """
-    @return: C{key} with C{/} (the separator of counter names) escaped.
-    """
-    return key.replace("%", "%25").replace("/", "%2F")
 
 
 def _decide(
@@ -252,7 +209,7 @@ def _group_limits(config: RateLimitConfig) -> dict[str, tuple[RateLimitItem, ...
     """
     defaults: list[RateLimitItem] = []
     for index, text in enumerate(config.default_limits):
-        defaults.extend(_parse(text, f"rate_limiting.default_limits[{index}]"))
+        defaults.extend(parse_limits(text, f"rate_limiting.default_limits[{index}]"))
     auth_failure = config.auth_failure_limit
     own: Mapping[str, tuple[str, str]] = {
         "default": ("", ""),
@@ -264,7 +221,7 @@ def _group_limits(config: RateLimitConfig) -> dict[str, tuple[RateLimitItem, ...
     }
     groups: dict[str, tuple[RateLimitItem, ...]] = {}
     for group, (name, text) in own.items():
-        items = _parse(text, f"rate_limiting.{name}") if name else []
+        items = parse_limits(text, f"rate_limiting.{name}") if name else []
         unique = {(item.amount, item.get_expiry()): item for item in items or defaults}
         groups[group] = tuple(sorted(unique.values(), key=lambda item: (item.get_expiry(), item.amount)))
     return groups
@@ -302,41 +259,26 @@ class RateLimiter:
             is counted in this process instead.
         @raise ConfigError: Naming the key of a limit or storage URI that is wrong.
         """
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor
-        self._clock: IReactorTime = clock
         self._enabled = config.enabled
         self._limits = _group_limits(config)
-        self._uri = config.storage_uri.strip() or STORAGE_URI
-        self._shown = redact(self._uri)
-        self._retry_interval = storage_retry_interval
-        self._hit_timeout = max(hit_timeout, uri_hit_timeout(self._uri))
-        self._storages: list[Storage] = []
-        self._primary: FixedWindowRateLimiter | None = None
-        self._fallback: FixedWindowRateLimiter | None = None
-        self._down = False
-        self._probing = False
-        self._retry_at = 0.0
-        self._last_warning = -math.inf
-        storage = make_storage(self._uri)  # checked even when disabled
+        self._counters = Counters(
+            config.storage_uri.strip() or STORAGE_URI,
+            "rate_limiting.storage_uri",
+            log,
+            what="rate-limit",
+            clock=clock,
+            retry_interval=storage_retry_interval,
+            hit_timeout=hit_timeout,
+        )  # checked even when disabled
         if not self._enabled:
-            self._close_storage(storage)
-            return
-        self._storages.append(storage)
-        self._primary = FixedWindowRateLimiter(storage)
-        if not isinstance(storage, InlineMemoryStorage):
-            fallback = InlineMemoryStorage()
-            self._storages.append(fallback)
-            self._fallback = FixedWindowRateLimiter(fallback)
+            self._counters.close()
 
     @property
     def shared(self) -> bool:
         """
         Whether the budget is shared between processes (a non-memory storage).
         """
-        return self._fallback is not None
+        return self._counters.shared
 
     def limits(self, group: str) -> tuple[RateLimitItem, ...]:
         """
@@ -376,67 +318,13 @@ class RateLimiter:
         """
         Disconnect from the storage (call when the gateway stops).
         """
-        for storage in self._storages:
-            self._close_storage(storage)
-        self._storages = []
+        self._counters.close()
 
     # -- internals -------------------------------------------------------------
 
-    @staticmethod
-    def _close_storage(storage: Storage) -> None:
-        if isinstance(storage, RedisStorage):
-            storage.storage.close()  # the redis.Redis client and its pool
-
     def _run(self, group: str, key: str, consume: bool) -> Deferred[Decision]:
         items = self.limits(group)
-        if not self._enabled or not items or self._primary is None:
+        if not self._enabled or not items:
             return succeed(UNLIMITED)
-        identifiers = (group, _escape(key))
-        fallback = self._fallback
-        if fallback is None:  # memory: a dict, counted inline
-            return succeed(_decide(self._primary, items, identifiers, consume))
-        if self._down and (self._probing or self._clock.seconds() < self._retry_at):
-            return succeed(_decide(fallback, items, identifiers, consume))
-        probe = self._down  # the first try after a failure: the only one until it answers
-        if probe:
-            self._probing = True
-        flag = _Flag()
-        primary = self._primary
-
-        def remote() -> Decision:
-            if flag.given_up:
-                raise _Abandoned("given up before it started")
-            return _decide(primary, items, identifiers, consume)
-
-        def succeeded(decision: Decision) -> Decision:
-            if probe:
-                self._probing = False
-            if self._down:
-                self._down = False
-                log.info("rate-limit storage {storage} is back; limits are shared again", storage=self._shown)
-            return decision
-
-        def failed(failure: Failure) -> Decision:
-            flag.given_up = True
-            if probe:
-                self._probing = False
-            self._storage_failed(failure)
-            return _decide(fallback, items, identifiers, consume)
-
-        result = deferToThread(remote)
-        result.addTimeout(self._hit_timeout, self._clock)
-        return result.addCallbacks(succeeded, failed)
-
-    def _storage_failed(self, failure: Failure) -> None:
-        now = self._clock.seconds()
-        self._retry_at = now + self._retry_interval
-        if not self._down or now - self._last_warning >= WARNING_INTERVAL:
-            self._last_warning = now
-            log.warn(
-                "rate-limit storage {storage} failed ({error}); counting in this process only "
-                "(each gateway process allows the full limit) and retrying in {retry:g} s",
-                storage=self._shown,
-                error=f"{type(failure.value).__name__}: {failure.value}",
-                retry=self._retry_interval,
-            )
-        self._down = True
+        identifiers = (group, escape_key(key))
+        return self._counters.run(lambda limiter: _decide(limiter, items, identifiers, consume))
