@@ -11,6 +11,7 @@ The names below are the public API (C{from mcpgateway.config import ...}).
 
 from mcpgateway.config.sandbox import ResourceLimits, SandboxPolicy, policy_from_config
 from mcpgateway.config.schema import (
+    AuditConfig,
     GatewayConfig,
     LoggingConfig,
     PrincipalConfig,
@@ -24,6 +25,7 @@ from mcpgateway.config.schema import (
 from mcpgateway.config.values import ConfigError, substitute
 
 __all__ = [
+    "AuditConfig",
     "ConfigError",
     "GatewayConfig",
     "LoggingConfig",
