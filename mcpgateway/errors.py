@@ -17,6 +17,7 @@ __all__ = [
     "BadRequest",
     "CallTimedOut",
     "ChildFailed",
+    "Forbidden",
     "GatewayError",
     "LimitReached",
     "NotFound",
@@ -98,6 +99,15 @@ class BadRequest(GatewayError):
 
     status = 400
     code = "invalid_request"
+
+
+class Forbidden(GatewayError):
+    """
+    403: the caller is known but may not do this (e.g. an agent reading the audit log).
+    """
+
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(GatewayError):

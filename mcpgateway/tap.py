@@ -28,6 +28,8 @@ from mcpgateway.http.site import GatewaySite
 from mcpgateway.http.streamable import McpEndpoint
 from mcpgateway.http.tls import TLSError, load_tls
 from mcpgateway.observe.access import AccessLog
+from mcpgateway.observe.audit import AuditLog
+from mcpgateway.observe.auditdb import missing_driver, storage_uri
 from mcpgateway.observe.logs import configure
 from mcpgateway.observe.security import SecurityFile
 from mcpgateway.policy.auth import Authenticator
@@ -73,6 +75,10 @@ class Options(usage.Options):
             self["limiter"] = RateLimiter(self["gateway_config"].rate_limiting)
         except ConfigError as error:
             raise StartRefused(f"configuration error: {self['config']}: {error}") from None
+        audit = self["gateway_config"].audit
+        problem = missing_driver(audit.storage) if audit.enabled else ""
+        if problem:
+            raise StartRefused(f"configuration error: {self['config']}: {problem}")
         # Read the certificate now, so a broken one stops the start with one line.
         cert = server.tls_cert or (DEFAULT_CERT if os.path.exists(DEFAULT_CERT) else "")
         try:
@@ -117,7 +123,8 @@ def credential_problem(server: ServerConfig) -> str:
 
 class GatewayService(Service):
     """
-    Runs the L{Gateway}: starts its reaper, and on stop closes every child.
+    Runs the L{Gateway}: starts its reaper, and on stop closes every child;
+    starts and stops the access and audit logs around it.
     """
 
     def __init__(
@@ -126,11 +133,13 @@ class GatewayService(Service):
         config: GatewayConfig,
         limiter: RateLimiter | None = None,
         access: AccessLog | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.gateway = gateway
         self.config = config
         self.limiter = limiter
         self.access = access
+        self.audit = audit
 
     def startService(self) -> None:
         configure(self.config.logging.level, self.config.logging.file)
@@ -139,6 +148,8 @@ class GatewayService(Service):
         super().startService()
         if self.access is not None:
             self.access.start()
+        if self.audit is not None:
+            self.audit.start()
         self.gateway.start()
 
     def stopService(self) -> Deferred[None]:
@@ -146,11 +157,13 @@ class GatewayService(Service):
 
         def stopped(result: object) -> object:
             # Calls cut short by the stop are still answered, counted and
-            # logged: close the limiter and the access log only afterwards.
+            # logged: close the limiter and the logs only afterwards.
             if self.limiter is not None:
                 self.limiter.close()
             if self.access is not None:
                 self.access.stop()
+            if self.audit is not None:
+                return self.audit.stop().addCallback(lambda _: result)
             return result
 
         return ensureDeferred(self.gateway.stop()).addBoth(stopped)
@@ -209,11 +222,15 @@ def makeService(options: dict[str, Any]) -> IService:
     gateway = Gateway(config, reactor, reactor)
     limiter: RateLimiter = options["limiter"]
     access = AccessLog(config.logging.access_log or "log", reactor)
-    app = GatewayApp(gateway, Authenticator(config.server), limiter, access=access)
+    audit = None
+    if config.audit.enabled:
+        audit = AuditLog(config.audit, storage_uri(config.audit.storage, config.server.state_dir), reactor)
+    observers = [audit] if audit is not None else []
+    app = GatewayApp(gateway, Authenticator(config.server), limiter, access=access, observers=observers, audit=audit)
     site = make_site(app, config)
     top = MultiService()
     # The web server is stopped first (services stop in reverse order), then the gateway.
-    GatewayService(gateway, config, limiter, access).setServiceParent(top)
+    GatewayService(gateway, config, limiter, access, audit).setServiceParent(top)
     if config.server.metrics_listen:
         page = GatewaySite(MetricsPage(app.metrics), 1024)
         strports.service(config.server.metrics_listen, page).setServiceParent(top)
