@@ -41,9 +41,13 @@ setup(
             "signalwire-agents==1.1.0",
             "mcp>=2.3,<3",
             "opentelemetry-sdk>=1.20",
+            # The audit log's PostgreSQL storage, tested against a real server.
+            "psycopg[binary]>=3.1",
         ],
         # Optional: a span per tool call, traceparent passed to the child.
         "otel": ["opentelemetry-api>=1.20"],
+        # Optional: the audit log in PostgreSQL (audit.storage: postgresql://...).
+        "postgres": ["psycopg[binary]>=3.1"],
     },
     entry_points={"console_scripts": ["mcp-gateway = mcpgateway.cli:main"]},
     classifiers=[
