@@ -44,9 +44,13 @@ setup(
             # uv and uvx (binaries in a wheel) for tests/test_real_servers.py's
             # Python servers; the children find them on the gateway's PATH.
             "uv>=0.5",
+            # The audit log's PostgreSQL storage, tested against a real server.
+            "psycopg[binary]>=3.1",
         ],
         # Optional: a span per tool call, traceparent passed to the child.
         "otel": ["opentelemetry-api>=1.20"],
+        # Optional: the audit log in PostgreSQL (audit.storage: postgresql://...).
+        "postgres": ["psycopg[binary]>=3.1"],
     },
     entry_points={"console_scripts": ["mcp-gateway = mcpgateway.cli:main"]},
     classifiers=[

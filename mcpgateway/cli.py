@@ -7,6 +7,9 @@ C{mcp-gateway bridge URL ...}: run the stdio bridge to a remote gateway
 
 C{mcp-gateway import FILE ...}: a Claude Desktop, Cursor or VS Code server
 list as gateway services (L{mcpgateway.importer}).
+
+C{mcp-gateway audit export ...}: the audit log as JSON lines
+(L{mcpgateway.auditcli}).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ def main(argv: list[str] | None = None) -> None:
         from mcpgateway.importer import main as import_servers
 
         raise SystemExit(import_servers(arguments[1:]))
+    if arguments[:1] == ["audit"]:
+        from mcpgateway.auditcli import main as audit
+
+        raise SystemExit(audit(arguments[1:]))
     parser = argparse.ArgumentParser(prog="mcp-gateway", description="Run the MCP gateway in the foreground.")
     parser.add_argument("-c", "--config", default="config.json", help="JSON configuration file (default: config.json)")
     parser.add_argument("-l", "--listen", help="strports endpoint overriding server.host/port")

@@ -107,7 +107,8 @@ class Forbidden(GatewayError):
     403: the principal may not do this.  Codes: C{forbidden_tool} (the tool
     policy hides or refuses the tool), C{forbidden_argument} (an argument is
     outside the policy's constraints; C{argument} names it), C{forbidden}
-    (an admin-only route).
+    (an admin-only route, e.g. an agent
+    reading the budgets or the audit log).
     """
 
     status = 403

@@ -30,6 +30,8 @@ from mcpgateway.http.site import GatewaySite
 from mcpgateway.http.streamable import McpEndpoint
 from mcpgateway.http.tls import TLSError, load_tls
 from mcpgateway.observe.access import AccessLog
+from mcpgateway.observe.audit import AuditLog
+from mcpgateway.observe.auditdb import missing_driver, storage_uri
 from mcpgateway.observe.logs import configure
 from mcpgateway.observe.security import SecurityFile
 from mcpgateway.policy.auth import Authenticator
@@ -78,6 +80,10 @@ class Options(usage.Options):
             self["governance"] = Governance.from_config(self["gateway_config"])
         except ConfigError as error:
             raise StartRefused(f"configuration error: {self['config']}: {error}") from None
+        audit = self["gateway_config"].audit
+        problem = missing_driver(audit.storage) if audit.enabled else ""
+        if problem:
+            raise StartRefused(f"configuration error: {self['config']}: {problem}")
         # Read the certificate now, so a broken one stops the start with one line.
         cert = server.tls_cert or (DEFAULT_CERT if os.path.exists(DEFAULT_CERT) else "")
         try:
@@ -159,7 +165,8 @@ def credential_problem(server: ServerConfig) -> str:
 
 class GatewayService(Service):
     """
-    Runs the L{Gateway}: starts its reaper, and on stop closes every child.
+    Runs the L{Gateway}: starts its reaper, and on stop closes every child;
+    starts and stops the access and audit logs around it.
     """
 
     def __init__(
@@ -169,16 +176,19 @@ class GatewayService(Service):
         limiter: RateLimiter | None = None,
         access: AccessLog | None = None,
         on_stop: Sequence[Callable[[], None]] = (),
+        audit: AuditLog | None = None,
     ) -> None:
         """
         @param on_stop: Called once the gateway has stopped and every call
             in flight has been answered (e.g. to disconnect the budgets).
+        @param audit: The audit log, started and stopped with the gateway.
         """
         self.gateway = gateway
         self.config = config
         self.limiter = limiter
         self.access = access
         self.on_stop = tuple(on_stop)
+        self.audit = audit
 
     def startService(self) -> None:
         configure(self.config.logging.level, self.config.logging.file)
@@ -187,6 +197,8 @@ class GatewayService(Service):
         super().startService()
         if self.access is not None:
             self.access.start()
+        if self.audit is not None:
+            self.audit.start()
         self.gateway.start()
 
     def stopService(self) -> Deferred[None]:
@@ -194,13 +206,15 @@ class GatewayService(Service):
 
         def stopped(result: object) -> object:
             # Calls cut short by the stop are still answered, counted and
-            # logged: close the limiter and the access log only afterwards.
+            # logged: close the limiter and the logs only afterwards.
             if self.limiter is not None:
                 self.limiter.close()
             for stop in self.on_stop:
                 stop()
             if self.access is not None:
                 self.access.stop()
+            if self.audit is not None:
+                return self.audit.stop().addCallback(lambda _: result)
             return result
 
         return ensureDeferred(self.gateway.stop()).addBoth(stopped)
@@ -260,11 +274,23 @@ def makeService(options: dict[str, Any]) -> IService:
     limiter: RateLimiter = options["limiter"]
     governance: Governance = options["governance"]
     access = AccessLog(config.logging.access_log or "log", reactor)
-    app = GatewayApp(gateway, Authenticator(config.server), limiter, access=access, policies=governance.policies)
+    audit = None
+    if config.audit.enabled:
+        audit = AuditLog(config.audit, storage_uri(config.audit.storage, config.server.state_dir), reactor)
+    observers = [audit] if audit is not None else []
+    app = GatewayApp(
+        gateway,
+        Authenticator(config.server),
+        limiter,
+        access=access,
+        policies=governance.policies,
+        observers=observers,
+        audit=audit,
+    )
     site = make_site(app, config)
     top = MultiService()
     # The web server is stopped first (services stop in reverse order), then the gateway.
-    GatewayService(gateway, config, limiter, access, on_stop=[governance.close]).setServiceParent(top)
+    GatewayService(gateway, config, limiter, access, on_stop=[governance.close], audit=audit).setServiceParent(top)
     if config.server.metrics_listen:
         page = GatewaySite(MetricsPage(app.metrics), 1024)
         strports.service(config.server.metrics_listen, page).setServiceParent(top)

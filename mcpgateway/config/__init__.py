@@ -19,6 +19,7 @@ from mcpgateway.config.governance import (
 )
 from mcpgateway.config.sandbox import ResourceLimits, SandboxPolicy, policy_from_config
 from mcpgateway.config.schema import (
+    AuditConfig,
     GatewayConfig,
     LoggingConfig,
     PrincipalConfig,
@@ -33,6 +34,7 @@ from mcpgateway.config.values import ConfigError, substitute
 
 __all__ = [
     "ArgumentConstraint",
+    "AuditConfig",
     "BudgetRule",
     "BudgetsConfig",
     "ConfigError",

@@ -26,12 +26,22 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from mcpgateway.calls import CallObserver, CallPolicy, CallRequest, ToolCalls, rest_session_id
-from mcpgateway.errors import BadRequest, Forbidden, GatewayError, UnsupportedMediaType, retry_after_header
+from mcpgateway.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    retry_after_header,
+)
 from mcpgateway.gateway import Gateway
 from mcpgateway.http.guard import Guard, Limiter, client_address
 from mcpgateway.lib import jsontext
 from mcpgateway.names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
 from mcpgateway.observe.access import AccessLog
+from mcpgateway.observe.audit import AuditLog
+from mcpgateway.observe.auditdb import query_from_params
 from mcpgateway.observe.logs import logger
 from mcpgateway.observe.metrics import CONTENT_TYPE, GatewayMetrics
 from mcpgateway.policy.auth import Authenticator, Principal
@@ -117,6 +127,7 @@ class GatewayApp:
         access: AccessLog | None = None,
         policies: Sequence[CallPolicy] = (),
         observers: Sequence[CallObserver] = (),
+        audit: AuditLog | None = None,
     ) -> None:
         """
         @param gateway: What the routes call.
@@ -126,6 +137,9 @@ class GatewayApp:
         @param access: The access log of tool calls (the Twisted log if L{None}).
         @param policies: Asked to admit each tool call, and which tools a principal sees.
         @param observers: Told of each tool call once it has ended.
+        @param audit: The audit log C{GET /audit} reads (and whose metrics
+            C{/metrics} shows), or L{None} when it is off; to record calls it
+            must also be one of C{observers}.
         """
         self.gateway = gateway
         self.metrics = metrics if metrics is not None else GatewayMetrics(gateway)
@@ -136,6 +150,9 @@ class GatewayApp:
         self.calls = ToolCalls(gateway, self.metrics, self.access, policies, observers)
         #: What serves C{/mcp} (see L{mount_mcp}).
         self.mcp_endpoint: McpMount | None = None
+        self.audit = audit
+        if audit is not None:
+            self.metrics.registry.register(audit.collector())
 
     def security(self, kind: str, request: IRequest, principal: Principal | None, **fields: Any) -> None:
         """
@@ -236,6 +253,33 @@ class GatewayApp:
     def close_session(self, request: IRequest, principal: Principal, session_id: str) -> bytes:
         check_name(session_id, SESSION_ID, "the session id", "invalid_session_id")
         return _render(request, 200, self.gateway.close_session(session_id, principal))
+
+    @app.route("/audit", methods=["GET"])
+    @guarded("default")
+    async def audit_records(self, request: IRequest, principal: Principal) -> bytes:
+        """
+        One page of the audit log, newest first: admins only.
+        """
+        if not principal.admin:
+            self.security("forbidden", request, principal)
+            raise Forbidden("the audit log is for admin principals only", "forbidden")
+        if self.audit is None:
+            raise NotFound("the audit log is off (audit.enabled is false)", "audit_disabled")
+        params: dict[str, list[str]] = {}
+        try:
+            for key, values in (request.args or {}).items():
+                params[key.decode()] = [value.decode() for value in values]
+        except UnicodeDecodeError:
+            raise BadRequest("the query string is not UTF-8", "invalid_query") from None
+        query = query_from_params(params)
+        try:
+            page = await self.audit.query(query)
+        except Exception as error:
+            log.error("GET /audit: the audit storage cannot be read: {error}", error=str(error) or repr(error))
+            raise ServiceUnavailable(
+                "the audit storage cannot be read now (the gateway's log says why)", "audit_unavailable", retry_after=5
+            ) from None
+        return _render(request, 200, page)
 
     # -- MCP (Streamable HTTP; see mcpgateway.http.streamable) ------------------------
 

@@ -7,5 +7,7 @@ nothing decides.
   - L{metrics}: Prometheus metrics, rendered inline;
   - L{tracing}: an optional OpenTelemetry span per tool call;
   - L{access}: the access log of tool calls;
-  - L{security}: security events (refused credentials, limits, bad input).
+  - L{security}: security events (refused credentials, limits, bad input);
+  - L{audit}: the audit log, one record per tool call (queue, writer
+    thread, redaction), and L{auditdb}, its SQLite and PostgreSQL storage.
 """

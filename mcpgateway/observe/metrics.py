@@ -30,7 +30,7 @@ _ROUTES = (
     (re.compile(r"/services/[^/]+/mcp"), "/services/<name>/mcp"),
     (re.compile(r"/sessions/[^/]+"), "/sessions/<id>"),
 )
-_FIXED = frozenset({"/health", "/services", "/sessions", "/metrics", "/mcp", "/budgets"})
+_FIXED = frozenset({"/health", "/services", "/sessions", "/metrics", "/mcp", "/budgets", "/audit"})
 #: Paths whose route pattern is remembered (then forgotten all at once).
 _ROUTES_KEPT = 1024
 _METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})

@@ -1,0 +1,665 @@
+"""
+The audit log: one record per tool call, through the REST API or C{/mcp},
+refusals by a policy included (a L{mcpgateway.calls.CallObserver}).
+
+A record is: when the call started, who made it (principal, address), by
+which door (C{rest}, C{mcp}), the service, tool and session, the arguments
+(redacted and capped), the outcome (C{ok}, C{tool_error} or the error code)
+and HTTP status, the latency, the size of the result and, for the services
+that opt in, the result itself (redacted and capped).
+
+The reactor only appends the call's fields to a bounded queue
+(L{AuditLog.record}: a few microseconds); one writer thread turns them into
+rows (redaction, JSON, caps) and writes them in batches, every
+C{audit.flush_interval} seconds or every L{BATCH_ROWS} rows, so a slow disk or
+database never delays a call.  When the queue is full the new record is
+dropped and counted (C{mcpgateway_audit_dropped_total{reason="queue_full"}}),
+and a warning is logged at most once a minute.  While the storage cannot be
+written the writer keeps its batch and retries with a backoff (1 s doubling
+to 30 s); a batch the database refuses (not a connection problem) is dropped
+and counted (C{write_failed}).  At stop the writer writes what is queued (for
+at most L{STOP_TIMEOUT} seconds; what is left is counted as C{shutdown}).
+
+Records older than C{audit.retain_days} are deleted by a L{LoopingCall}
+every C{audit.prune_interval} seconds (the deletion runs in the writer
+thread, L{PRUNE_CHUNK} rows at a time between batches).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fnmatch
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
+
+from mcpgateway.config import AuditConfig
+from mcpgateway.observe.auditdb import Query, Storage, describe, open_storage
+from mcpgateway.observe.logs import logger
+
+__all__ = ["BATCH_ROWS", "REDACTED", "AuditLog", "Redactor"]
+
+log = logger("mcpgateway.audit")
+
+#: What a redacted value is replaced with.
+REDACTED = "[redacted]"
+#: Rows written per transaction, at most; this many queued wake the writer early.
+BATCH_ROWS = 500
+#: Records deleted per statement when pruning (writes go on in between).
+PRUNE_CHUNK = 5000
+#: Seconds the writer may take at stop to write what is queued.
+STOP_TIMEOUT = 10.0
+#: Seconds between two warnings about dropped records, at least.
+WARN_INTERVAL = 60.0
+#: Nesting deeper than this is not copied (REST bodies stop at 64 levels).
+MAX_DEPTH = 100
+DROP_REASONS = ("queue_full", "write_failed", "shutdown")
+_BACKOFF_MAX = 30.0
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr).encode
+_encode_ascii = json.JSONEncoder(separators=(",", ":"), default=repr).encode
+
+
+def _glob(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """
+    @return: One case-insensitive regular expression matching any of the globs.
+    """
+    if not patterns:
+        return None
+    return re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns), re.IGNORECASE)
+
+
+class Redactor:
+    """
+    Replaces secret values with L{REDACTED}: every value whose key matches
+    C{audit.redact_keys} (at any depth), and for a tool the argument paths its
+    C{audit.redact} rules name.  Lists are transparent: C{auth.token} also
+    names C{token} in each object of a list C{auth}.
+    """
+
+    def __init__(self, keys: Sequence[str], rules: Mapping[str, Sequence[str]]) -> None:
+        """
+        @param keys: Case-insensitive globs of keys.
+        @param rules: C{"service/tool"} globs to argument paths (dotted,
+            each part a case-insensitive glob).
+        """
+        self._keys = _glob(keys)
+        self._rules = [
+            (_glob([tool]), tuple(tuple(_glob([part]) for part in path.split(".")) for path in paths))
+            for tool, paths in rules.items()
+        ]
+        self._paths: dict[str, tuple[tuple[Any, ...], ...]] = {}
+
+    def paths(self, service: str, tool: str) -> tuple[tuple[re.Pattern[str], ...], ...]:
+        """
+        @return: The argument paths redacted for C{service}'s C{tool}.
+        """
+        name = f"{service}/{tool}"
+        found = self._paths.get(name)
+        if found is None:
+            found = tuple(path for pattern, paths in self._rules if pattern and pattern.match(name) for path in paths)
+            if len(self._paths) >= 4096:
+                self._paths.clear()
+            self._paths[name] = found
+        return found
+
+    def arguments(self, service: str, tool: str, arguments: Any) -> Any:
+        """
+        @return: A redacted copy of C{service}'s C{tool}'s arguments.
+        """
+        return self.value(arguments, self.paths(service, tool))
+
+    def value(self, value: Any, paths: tuple[tuple[re.Pattern[str], ...], ...] = (), depth: int = 0) -> Any:
+        """
+        @param paths: The argument paths still to match below C{value}.
+        @return: A redacted copy of C{value}.
+        """
+        if isinstance(value, list):
+            return [self.value(item, paths, depth + 1) for item in value] if depth < MAX_DEPTH else "[too deep]"
+        if not isinstance(value, dict):
+            return value
+        if depth >= MAX_DEPTH:
+            return "[too deep]"
+        copy = {}
+        keys = self._keys
+        for key, item in value.items():
+            name = str(key)
+            if keys is not None and keys.match(name):
+                copy[key] = REDACTED
+                continue
+            below = []
+            hit = False
+            for path in paths:
+                if path[0] is not None and path[0].match(name):
+                    if len(path) == 1:
+                        hit = True
+                        break
+                    below.append(path[1:])
+            copy[key] = REDACTED if hit else self.value(item, tuple(below), depth + 1)
+        return copy
+
+
+def _capped(value: Any, cap: int) -> tuple[str, int, bool]:
+    """
+    @return: C{value}'s JSON text, at most C{cap} bytes of it (cut at a
+        character), its full size in bytes, and whether it was cut.
+    """
+    text = _encode(value)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \\ud800 escape
+        text = _encode_ascii(value)
+        data = text.encode("ascii")
+    if len(data) <= cap:
+        return text, len(data), False
+    return data[:cap].decode("utf-8", "ignore"), len(data), True
+
+
+def _text(value: str, limit: int = 256) -> str:
+    """
+    @return: C{value} without NUL (PostgreSQL refuses it), at most C{limit} characters.
+    """
+    return value.replace("\x00", "")[:limit]
+
+
+def _mcp_result(front: str, result: Any) -> Any:
+    """
+    @return: The call's result as MCP gives it, whichever door: a REST answer
+        becomes C{{"content", "isError", "structuredContent"}}.
+    """
+    if front == "rest" and isinstance(result, dict) and "content" in result:
+        normal = {"content": result["content"], "isError": bool(result.get("is_error"))}
+        if "structured_content" in result:
+            normal["structuredContent"] = result["structured_content"]
+        return normal
+    return result
+
+
+class _Flush:
+    """
+    A marker in the queue: fires its Deferred once everything before it is written.
+    """
+
+    def __init__(self) -> None:
+        self.done: Deferred[None] = Deferred()
+
+
+class _Prune:
+    """
+    A command in the queue: delete records of calls started before C{before}.
+    """
+
+    def __init__(self, before: float) -> None:
+        self.before = before
+        self.deleted = 0
+
+
+class AuditLog:
+    """
+    The audit log: a L{mcpgateway.calls.CallObserver} that queues one record
+    per call, the writer thread that stores them, and the reader that
+    C{GET /audit} uses.
+
+    @ivar uri: The storage (C{sqlite:PATH} or C{postgresql://...}).
+    @ivar written: Records stored so far.
+    @ivar dropped: Records lost so far, by reason (L{DROP_REASONS}).
+    @ivar write_errors: Failed attempts to open or write the storage.
+    """
+
+    def __init__(
+        self,
+        config: AuditConfig,
+        uri: str,
+        clock: IReactorTime,
+        reactor: IReactorFromThreads | None = None,
+        opener: Callable[[], Storage] | None = None,
+        gateway: str | None = None,
+    ) -> None:
+        """
+        Build it; nothing is opened or started before L{start}.
+
+        @param config: The C{audit} section.
+        @param uri: The storage (see L{mcpgateway.observe.auditdb.storage_uri}).
+        @param clock: Runs the pruning and tells the time for it and for warnings.
+        @param reactor: Gets the writer's results (the global reactor if L{None}).
+        @param opener: Opens the storage for the writer (L{open_storage} of C{uri} if L{None}).
+        @param gateway: This gateway's name in each record (the host name if L{None}).
+        """
+        self.config = config
+        self.uri = uri
+        self._clock = clock
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor  # type: ignore[assignment]
+        self._reactor: IReactorFromThreads = reactor  # type: ignore[assignment]
+        self._open = opener or (lambda: open_storage(uri, create=True))
+        self.gateway = _text(gateway or socket.gethostname())
+        self.redactor = Redactor(config.redact_keys, config.redact)
+        self._results = _glob(config.results)
+        self._queue: collections.deque[Any] = collections.deque()
+        self._limit = config.queue_size
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pruner: LoopingCall | None = None
+        self._pruning = False
+        self._stopped: Deferred[None] | None = None
+        self._last_warning = float("-inf")
+        self._last_error = float("-inf")
+        self._warned_drops = 0
+        self._abandoned = False
+        #: Rows the writer took from the queue and has not written yet (writer thread only).
+        self._held: list[tuple[Any, ...]] = []
+        self.written = 0
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.write_errors = 0
+
+    # -- the reactor's side ------------------------------------------------------------
+
+    def record(self, record: Any) -> None:
+        """
+        Queue one call's record (a L{mcpgateway.calls.CallRecord}), or count it
+        as dropped when the queue is full.  Never blocks, never raises.
+        """
+        queue = self._queue
+        if len(queue) >= self._limit:
+            self._drop("queue_full")
+            return
+        request = record.request
+        queue.append(
+            (
+                record.started,
+                request.principal.name,
+                request.address,
+                request.front,
+                request.service,
+                request.tool,
+                request.session_id,
+                request.arguments,
+                record.outcome,
+                record.status,
+                record.seconds,
+                record.result,
+            )
+        )
+        if len(queue) >= BATCH_ROWS:
+            self._wake.set()
+
+    def _drop(self, reason: str, count: int = 1) -> None:
+        """
+        Count lost records; warn at most once per L{WARN_INTERVAL}.  Reactor thread only.
+        """
+        self.dropped[reason] += count
+        now = self._clock.seconds()
+        if now - self._last_warning >= WARN_INTERVAL:
+            total = sum(self.dropped.values())
+            log.warn(
+                "audit log: {new} records dropped since the last warning ({total} in all; by reason: {reasons}); "
+                "see mcpgateway_audit_dropped_total",
+                new=total - self._warned_drops,
+                total=total,
+                reasons=", ".join(f"{key} {value}" for key, value in self.dropped.items() if value),
+            )
+            self._last_warning = now
+            self._warned_drops = total
+
+    def _from_writer(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self._reactor.callFromThread(function, *args, **kwargs)
+
+    def start(self) -> None:
+        """
+        Start the writer thread and the pruning.
+        """
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="mcpgateway-audit", daemon=True)
+        self._thread.start()
+        if self.config.retain_days > 0:
+            self._pruner = LoopingCall(self.prune)
+            self._pruner.clock = self._clock
+            self._pruner.start(self.config.prune_interval, now=True)
+
+    def prune(self) -> None:
+        """
+        Queue the deletion of the records older than C{audit.retain_days}
+        (unless one is still under way).
+        """
+        if self._pruning or self.config.retain_days <= 0:
+            return
+        self._pruning = True
+        self._queue.append(_Prune(self._clock.seconds() - self.config.retain_days * 86400))
+        self._wake.set()
+
+    def flush(self) -> Deferred[None]:
+        """
+        @return: Fires once every record queued so far has been written (or dropped).
+        """
+        if self._thread is None or self._stopped is not None:
+            return succeed(None)
+        marker = _Flush()
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.done
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop pruning, write what is queued, stop the writer.
+
+        @return: Fires when it has stopped (after L{STOP_TIMEOUT} at most:
+            then what is left is dropped, as C{shutdown}).
+        """
+        if self._pruner is not None and self._pruner.running:
+            self._pruner.stop()
+        if self._thread is None:
+            return succeed(None)
+        if self._stopped is None:
+            self._stopped = Deferred()
+            self._stopping.set()
+            self._wake.set()
+        done: Deferred[None] = Deferred()
+        self._stopped.addBoth(lambda result: done.callback(None) if not done.called else None)
+        timer = self._clock.callLater(STOP_TIMEOUT, self._gave_up, done)
+        done.addBoth(lambda result: timer.cancel() if timer.active() else None)
+        return done
+
+    def _gave_up(self, done: Deferred[None]) -> None:
+        if not done.called:
+            self._abandoned = True
+            left = len(self._queue) + len(self._held)
+            log.error(
+                "audit log: the writer did not finish within {timeout} s; about {left} records lost",
+                timeout=STOP_TIMEOUT,
+                left=left,
+            )
+            self._drop("shutdown", left)
+            done.callback(None)
+
+    # -- the writer thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        """
+        The writer thread: open the storage, write batches, retry after
+        failures, until stopped and drained.
+        """
+        _name_thread("mcpgw-audit")
+        storage: Storage | None = None
+        backoff = 1.0
+        failing = False
+        deadline: float | None = None
+        while True:
+            stopping = self._stopping.is_set()
+            if stopping and deadline is None:
+                deadline = time.monotonic() + STOP_TIMEOUT
+            if not stopping:
+                self._wake.wait(self.config.flush_interval)
+                self._wake.clear()
+            try:
+                if storage is None:
+                    storage = self._connect()
+                    again = "again " if failing else ""
+                    self._from_writer(
+                        log.info, "audit log: writing {again}to {storage}", again=again, storage=describe(self.uri)
+                    )
+                    failing, backoff = False, 1.0
+                self._drain(storage)
+            except Exception as error:
+                if storage is not None and not storage.is_transient(error):
+                    self._refused(error)
+                    continue
+                if storage is not None:
+                    storage.close()
+                    storage = None
+                failing = True
+                self._from_writer(self._failed, error)
+                if deadline is not None:
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(min(backoff, 0.5))
+                else:
+                    self._stopping.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            if stopping and not self._queue:
+                break
+        self._finish()
+        if storage is not None:
+            storage.close()
+
+    def _connect(self) -> Storage:
+        """
+        @return: The storage, opened and migrated.
+        """
+        storage = self._open()
+        try:
+            storage.migrate(time.time())
+        except BaseException:
+            storage.close()
+            raise
+        return storage
+
+    def _drain(self, storage: Storage) -> None:
+        """
+        Write the held batch (if a failure left one) and everything queued, in
+        batches, running the commands in the queue in order.  On failure the
+        batch being written stays held.
+        """
+        queue = self._queue
+        while True:
+            if not self._held:
+                while queue and len(self._held) < BATCH_ROWS and isinstance(queue[0], tuple):
+                    item = queue.popleft()
+                    try:
+                        self._held.append(self._row(item))
+                    except Exception as error:  # a bug: lose this record only, and say so
+                        self._from_writer(self._lost, 1, error)
+            if self._held:
+                storage.insert(self._held)
+                count = len(self._held)
+                self._held = []
+                self._from_writer(self._count_written, count)
+                continue
+            if not queue:
+                return
+            command = queue[0]
+            if isinstance(command, _Prune):
+                deleted = storage.prune(command.before, PRUNE_CHUNK)
+                command.deleted += deleted
+                queue.popleft()
+                if deleted == PRUNE_CHUNK:
+                    queue.append(command)  # more: go on after the rows queued meanwhile
+                else:
+                    self._from_writer(self._pruned, command)
+            else:
+                queue.popleft()
+                self._from_writer(command.done.callback, None)
+
+    def _refused(self, error: Exception) -> None:
+        """
+        The storage refused the held batch, or the command at the head of the
+        queue, for a reason that a retry would not change: drop it.
+        """
+        if self._held:
+            count, self._held = len(self._held), []
+            self._from_writer(self._lost, count, error)
+        elif self._queue:
+            command = self._queue.popleft()
+            self._from_writer(self._lost, 0, error)
+            if isinstance(command, _Prune):
+                self._from_writer(self._pruned, command)
+            elif isinstance(command, _Flush):
+                self._from_writer(command.done.callback, None)
+
+    def _lost(self, count: int, error: Exception) -> None:
+        self.write_errors += 1
+        if count:
+            self._drop("write_failed", count)
+        log.error("audit log: the storage refused {count} records: {error}", count=count, error=repr(error))
+
+    def _failed(self, error: Exception) -> None:
+        """
+        The storage could not be opened or written: count, and log at most
+        once per L{WARN_INTERVAL}.
+        """
+        self.write_errors += 1
+        now = self._clock.seconds()
+        if now - self._last_error >= WARN_INTERVAL:
+            self._last_error = now
+            log.error(
+                "audit log: cannot write to {storage}: {error}; retrying (records queue up to audit.queue_size)",
+                storage=describe(self.uri),
+                error=str(error).strip() or repr(error),
+            )
+
+    def _count_written(self, count: int) -> None:
+        self.written += count
+
+    def _pruned(self, command: _Prune) -> None:
+        self._pruning = False
+        if command.deleted:
+            log.info(
+                "audit log: deleted {count} records older than {days:g} days",
+                count=command.deleted,
+                days=self.config.retain_days,
+            )
+
+    def _finish(self) -> None:
+        """
+        The writer's last act: count what it could not write, fire the flush markers.
+        """
+        left = len(self._held)
+        self._held = []
+        markers = []
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, tuple):
+                left += 1
+            elif isinstance(item, _Flush):
+                markers.append(item)
+
+        def finished() -> None:
+            if left and not self._abandoned:
+                log.error("audit log: stopped with {left} records not written", left=left)
+                self._drop("shutdown", left)
+            self._pruning = False
+            for marker in markers:
+                marker.done.callback(None)
+            if self._stopped is not None and not self._stopped.called:
+                self._stopped.callback(None)
+
+        self._from_writer(finished)
+
+    def _row(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
+        """
+        @return: The row (L{mcpgateway.observe.auditdb.COLUMNS}) for a queued call.
+        """
+        started, principal, address, front, service, tool, session, arguments, outcome, status, seconds, result = item
+        config = self.config
+        redacted = self.redactor.arguments(service, tool, arguments)
+        arguments_text, _, arguments_cut = _capped(redacted, config.max_argument_bytes)
+        result_bytes = result_text = None
+        result_cut = False
+        if result is not None:
+            normal = _mcp_result(front, result)
+            if self._results is not None and self._results.match(service):
+                result_text, result_bytes, result_cut = _capped(self.redactor.value(normal), config.max_result_bytes)
+                if not result_cut:  # the redacted text's size: measure the result itself
+                    result_bytes = _capped(normal, 1 << 62)[1]
+            else:
+                result_bytes = _capped(normal, 1 << 62)[1]
+        return (
+            started,
+            self.gateway,
+            _text(principal),
+            _text(address),
+            _text(front),
+            _text(service),
+            _text(tool),
+            _text(session),
+            arguments_text,
+            int(arguments_cut),
+            _text(outcome),
+            status,
+            round(seconds * 1000, 3),
+            result_bytes,
+            result_text,
+            int(result_cut),
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def query(self, query: Query) -> Deferred[dict[str, Any]]:
+        """
+        Read one page, in a thread of the reactor's pool.
+
+        @return: Fires with C{{"records": [...], "next_cursor": ...}}, or
+            fails with L{StorageError} or the driver's error.
+        """
+        return deferToThread(self._read, query)
+
+    def _read(self, query: Query) -> dict[str, Any]:
+        storage = open_storage(self.uri, create=False)
+        try:
+            storage.check()
+            records, cursor = storage.select(query)
+        finally:
+            storage.close()
+        return {"records": records, "next_cursor": cursor}
+
+    def collector(self) -> Collector:
+        """
+        @return: Its metrics, for a Prometheus registry.
+        """
+        return _AuditCollector(self)
+
+
+class _AuditCollector(Collector):
+    """
+    The audit log's counters, read at scrape time.
+    """
+
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        audit = self.audit
+        dropped = CounterMetricFamily(
+            "mcpgateway_audit_dropped",
+            "Audit records lost, by reason: queue_full (the writer is behind), write_failed (the storage "
+            "refused them), shutdown (not written at stop).",
+            labels=["reason"],
+        )
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], audit.dropped[reason])
+        yield dropped
+        yield CounterMetricFamily("mcpgateway_audit_records", "Audit records written.", value=audit.written)
+        yield CounterMetricFamily(
+            "mcpgateway_audit_write_errors",
+            "Failed attempts to open or write the audit storage.",
+            value=audit.write_errors,
+        )
+        yield GaugeMetricFamily(
+            "mcpgateway_audit_queue", "Audit records waiting for the writer.", value=len(audit._queue)
+        )
+
+
+def _name_thread(name: str) -> None:
+    """
+    Name the calling thread for C{top -H} and C{/proc/<pid>/task/<tid>/comm}
+    (best effort, Linux).
+    """
+    path = f"/proc/self/task/{threading.get_native_id()}/comm"
+    with contextlib.suppress(OSError), open(path, "w") as handle:
+        handle.write(name[:15])
