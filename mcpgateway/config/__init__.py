@@ -4,11 +4,13 @@ frozen dataclasses that every layer below the startup code reads.
 
   - L{values}: C{${VAR|default}} substitution and the typed readers;
   - L{sandbox}: a service's C{sandbox} block (the policy, as data);
+  - L{issuers}: C{server.issuers}, the JWT issuers (keys, algorithms, claims);
   - L{schema}: the sections, L{parse_config} and L{load_config}.
 
 The names below are the public API (C{from mcpgateway.config import ...}).
 """
 
+from mcpgateway.config.issuers import IssuerConfig
 from mcpgateway.config.sandbox import ResourceLimits, SandboxPolicy, policy_from_config
 from mcpgateway.config.schema import (
     GatewayConfig,
@@ -26,6 +28,7 @@ from mcpgateway.config.values import ConfigError, substitute
 __all__ = [
     "ConfigError",
     "GatewayConfig",
+    "IssuerConfig",
     "LoggingConfig",
     "PrincipalConfig",
     "RateLimitConfig",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpgateway.config.claude import convert_servers
+from mcpgateway.config.issuers import IssuerConfig, issuers_from_config, public_url
 from mcpgateway.config.sandbox import SandboxPolicy, policy_from_config
 from mcpgateway.config.values import (
     ConfigError,
@@ -38,6 +39,7 @@ from mcpgateway.names import PRINCIPAL_NAME, SERVICE_NAME
 
 __all__ = [
     "GatewayConfig",
+    "IssuerConfig",
     "LoggingConfig",
     "PrincipalConfig",
     "RateLimitConfig",
@@ -80,6 +82,10 @@ class ServerConfig:
     metrics_listen: str = ""
     principals: tuple[PrincipalConfig, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    #: JWT issuers (L{mcpgateway.config.issuers}).
+    issuers: tuple[IssuerConfig, ...] = ()
+    #: C{https://host[:port]} the clients reach the gateway at, or C{""}: from each request.
+    public_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -207,6 +213,8 @@ _SERVER: dict[str, Reader] = {
     "metrics_listen": string,
     "principals": lambda v, p, e: _principals(v, p, e),
     "allowed_origins": string_list,
+    "issuers": issuers_from_config,
+    "public_url": public_url,
 }
 
 _PRINCIPAL: dict[str, Reader] = {
