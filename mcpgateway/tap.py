@@ -8,7 +8,6 @@ C{startService}.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from typing import Any
 
@@ -17,12 +16,15 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import CertificateOptions
 from twisted.python import usage
 from twisted.web.http import Request
 
 from mcpgateway.config import ConfigError, GatewayConfig, ServerConfig, load_config
+from mcpgateway.config.issuers import is_loopback_host
 from mcpgateway.gateway import Gateway
+from mcpgateway.http.fetch import fetch
 from mcpgateway.http.rest import GatewayApp, MetricsPage
 from mcpgateway.http.site import GatewaySite
 from mcpgateway.http.streamable import McpEndpoint
@@ -31,11 +33,12 @@ from mcpgateway.observe.access import AccessLog
 from mcpgateway.observe.logs import configure
 from mcpgateway.observe.security import SecurityFile
 from mcpgateway.policy.auth import Authenticator
+from mcpgateway.policy.jwt import Tokens
 from mcpgateway.policy.ratelimit import RateLimiter
 
 DEFAULT_CERT = "certs/server.pem"
 
-__all__ = ["GatewayService", "Options", "StartRefused", "makeService"]
+__all__ = ["GatewayService", "Options", "StartRefused", "makeService", "make_authenticator"]
 
 
 class StartRefused(SystemExit):
@@ -88,12 +91,7 @@ def is_loopback(host: str) -> bool:
     """
     @return: Whether C{host} is a loopback address or C{localhost}.
     """
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host)
 
 
 def credential_problem(server: ServerConfig) -> str:
@@ -101,8 +99,8 @@ def credential_problem(server: ServerConfig) -> str:
     @return: Why these credentials must not be served, or C{""}.
     """
     seeds = bool(server.auth_token or (server.auth_user and server.auth_password))
-    if not seeds and not server.principals:
-        return "server: set auth_user and auth_password, auth_token, or principals"
+    if not seeds and not server.principals and not server.issuers:
+        return "server: set auth_user and auth_password, auth_token, or principals (or issuers, for JWTs)"
     if is_loopback(server.host):
         return ""
     if (server.auth_user or server.auth_password) and not (server.auth_user and server.auth_password):
@@ -113,6 +111,18 @@ def credential_problem(server: ServerConfig) -> str:
             f"non-loopback address {server.host}; set a real one (e.g. MCP_AUTH_PASSWORD)"
         )
     return ""
+
+
+def make_authenticator(server: ServerConfig, clock: IReactorTime) -> Authenticator:
+    """
+    @param server: The C{server} section.
+    @param clock: The clock of token times and of the JWKS cache.
+    @return: The credentials check, with JWT verification when
+        C{server.issuers} is set (its JWKS fetched with
+        L{mcpgateway.http.fetch.fetch}, not before L{Tokens.start}).
+    """
+    tokens = Tokens(server.issuers, clock, fetch) if server.issuers else None
+    return Authenticator(server, tokens)
 
 
 class GatewayService(Service):
@@ -126,11 +136,13 @@ class GatewayService(Service):
         config: GatewayConfig,
         limiter: RateLimiter | None = None,
         access: AccessLog | None = None,
+        tokens: Tokens | None = None,
     ) -> None:
         self.gateway = gateway
         self.config = config
         self.limiter = limiter
         self.access = access
+        self.tokens = tokens
 
     def startService(self) -> None:
         configure(self.config.logging.level, self.config.logging.file)
@@ -139,10 +151,14 @@ class GatewayService(Service):
         super().startService()
         if self.access is not None:
             self.access.start()
+        if self.tokens is not None:
+            self.tokens.start()  # the issuers' JWKS, fetched off the reactor
         self.gateway.start()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self.tokens is not None:
+            self.tokens.stop()
 
         def stopped(result: object) -> object:
             # Calls cut short by the stop are still answered, counted and
@@ -209,11 +225,12 @@ def makeService(options: dict[str, Any]) -> IService:
     gateway = Gateway(config, reactor, reactor)
     limiter: RateLimiter = options["limiter"]
     access = AccessLog(config.logging.access_log or "log", reactor)
-    app = GatewayApp(gateway, Authenticator(config.server), limiter, access=access)
+    authenticator = make_authenticator(config.server, reactor)
+    app = GatewayApp(gateway, authenticator, limiter, access=access)
     site = make_site(app, config)
     top = MultiService()
     # The web server is stopped first (services stop in reverse order), then the gateway.
-    GatewayService(gateway, config, limiter, access).setServiceParent(top)
+    GatewayService(gateway, config, limiter, access, authenticator.tokens).setServiceParent(top)
     if config.server.metrics_listen:
         page = GatewaySite(MetricsPage(app.metrics), 1024)
         strports.service(config.server.metrics_listen, page).setServiceParent(top)
