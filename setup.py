@@ -31,6 +31,10 @@ setup(
         # redis-py for redis:// storage, always called through deferToThread.
         "limits>=5.8",
         "redis>=5",
+        # JWT principals: PyJWT verifies (cryptography for RS/PS/ES/EdDSA),
+        # treq fetches the issuers' JWKS on the reactor.
+        "PyJWT[crypto]>=2.8",
+        "treq>=24.9",
     ],
     extras_require={
         "test": [

@@ -8,7 +8,6 @@ C{startService}.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,13 +17,16 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import CertificateOptions
 from twisted.python import usage
 from twisted.web.http import Request
 
 from mcpgateway.calls import CallPolicy
 from mcpgateway.config import ConfigError, GatewayConfig, ServerConfig, load_config
+from mcpgateway.config.issuers import is_loopback_host
 from mcpgateway.gateway import Gateway
+from mcpgateway.http.fetch import fetch
 from mcpgateway.http.rest import GatewayApp, MetricsPage
 from mcpgateway.http.site import GatewaySite
 from mcpgateway.http.streamable import McpEndpoint
@@ -36,12 +38,13 @@ from mcpgateway.observe.logs import configure
 from mcpgateway.observe.security import SecurityFile
 from mcpgateway.policy.auth import Authenticator
 from mcpgateway.policy.budgets import BudgetPolicy
+from mcpgateway.policy.jwt import Tokens
 from mcpgateway.policy.ratelimit import RateLimiter
 from mcpgateway.policy.rules import RulePolicy
 
 DEFAULT_CERT = "certs/server.pem"
 
-__all__ = ["GatewayService", "Governance", "Options", "StartRefused", "makeService"]
+__all__ = ["GatewayService", "Governance", "Options", "StartRefused", "makeService", "make_authenticator"]
 
 
 class StartRefused(SystemExit):
@@ -136,12 +139,7 @@ def is_loopback(host: str) -> bool:
     """
     @return: Whether C{host} is a loopback address or C{localhost}.
     """
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host)
 
 
 def credential_problem(server: ServerConfig) -> str:
@@ -149,8 +147,8 @@ def credential_problem(server: ServerConfig) -> str:
     @return: Why these credentials must not be served, or C{""}.
     """
     seeds = bool(server.auth_token or (server.auth_user and server.auth_password))
-    if not seeds and not server.principals:
-        return "server: set auth_user and auth_password, auth_token, or principals"
+    if not seeds and not server.principals and not server.issuers:
+        return "server: set auth_user and auth_password, auth_token, or principals (or issuers, for JWTs)"
     if is_loopback(server.host):
         return ""
     if (server.auth_user or server.auth_password) and not (server.auth_user and server.auth_password):
@@ -161,6 +159,18 @@ def credential_problem(server: ServerConfig) -> str:
             f"non-loopback address {server.host}; set a real one (e.g. MCP_AUTH_PASSWORD)"
         )
     return ""
+
+
+def make_authenticator(server: ServerConfig, clock: IReactorTime) -> Authenticator:
+    """
+    @param server: The C{server} section.
+    @param clock: The clock of token times and of the JWKS cache.
+    @return: The credentials check, with JWT verification when
+        C{server.issuers} is set (its JWKS fetched with
+        L{mcpgateway.http.fetch.fetch}, not before L{Tokens.start}).
+    """
+    tokens = Tokens(server.issuers, clock, fetch) if server.issuers else None
+    return Authenticator(server, tokens)
 
 
 class GatewayService(Service):
@@ -177,6 +187,7 @@ class GatewayService(Service):
         access: AccessLog | None = None,
         on_stop: Sequence[Callable[[], None]] = (),
         audit: AuditLog | None = None,
+        tokens: Tokens | None = None,
     ) -> None:
         """
         @param on_stop: Called once the gateway has stopped and every call
@@ -189,6 +200,7 @@ class GatewayService(Service):
         self.access = access
         self.on_stop = tuple(on_stop)
         self.audit = audit
+        self.tokens = tokens
 
     def startService(self) -> None:
         configure(self.config.logging.level, self.config.logging.file)
@@ -199,10 +211,14 @@ class GatewayService(Service):
             self.access.start()
         if self.audit is not None:
             self.audit.start()
+        if self.tokens is not None:
+            self.tokens.start()  # the issuers' JWKS, fetched off the reactor
         self.gateway.start()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        if self.tokens is not None:
+            self.tokens.stop()
 
         def stopped(result: object) -> object:
             # Calls cut short by the stop are still answered, counted and
@@ -274,13 +290,14 @@ def makeService(options: dict[str, Any]) -> IService:
     limiter: RateLimiter = options["limiter"]
     governance: Governance = options["governance"]
     access = AccessLog(config.logging.access_log or "log", reactor)
+    authenticator = make_authenticator(config.server, reactor)
     audit = None
     if config.audit.enabled:
         audit = AuditLog(config.audit, storage_uri(config.audit.storage, config.server.state_dir), reactor)
     observers = [audit] if audit is not None else []
     app = GatewayApp(
         gateway,
-        Authenticator(config.server),
+        authenticator,
         limiter,
         access=access,
         policies=governance.policies,
@@ -290,7 +307,9 @@ def makeService(options: dict[str, Any]) -> IService:
     site = make_site(app, config)
     top = MultiService()
     # The web server is stopped first (services stop in reverse order), then the gateway.
-    GatewayService(gateway, config, limiter, access, on_stop=[governance.close], audit=audit).setServiceParent(top)
+    GatewayService(
+        gateway, config, limiter, access, on_stop=[governance.close], audit=audit, tokens=authenticator.tokens
+    ).setServiceParent(top)
     if config.server.metrics_listen:
         page = GatewaySite(MetricsPage(app.metrics), 1024)
         strports.service(config.server.metrics_listen, page).setServiceParent(top)

@@ -29,9 +29,8 @@ import mcpgateway.policy.auth
 from mcpgateway.config import parse_config
 from mcpgateway.gateway import Gateway
 from mcpgateway.http.rest import GatewayApp
-from mcpgateway.policy.auth import Authenticator
 from mcpgateway.policy.ratelimit import RateLimiter
-from mcpgateway.tap import make_site
+from mcpgateway.tap import make_authenticator, make_site
 
 HERE = Path(__file__).parent
 SERVERS = HERE / "servers"
@@ -233,7 +232,7 @@ async def live(make_config: Callable[..., dict[str, Any]]) -> AsyncIterator[Call
         config = parse_config(raw)
         gateway = Gateway(config, reactor, reactor)
         limiter = RateLimiter(config.rate_limiting)
-        app = GatewayApp(gateway, Authenticator(config.server), limiter, **(app_options or {}))
+        app = GatewayApp(gateway, make_authenticator(config.server, reactor), limiter, **(app_options or {}))
         site = make_site(app, config)
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         gateway.start()
@@ -245,6 +244,9 @@ async def live(make_config: Callable[..., dict[str, Any]]) -> AsyncIterator[Call
     yield start
     for running in started:
         await running.port.stopListening()
+        tokens = running.app.guard.authenticator.tokens
+        if tokens is not None:
+            tokens.stop()
         await running.gateway.stop()
         try:
             await wait_until(lambda running=running: not running.children(), timeout=5)

@@ -5,6 +5,7 @@ frozen dataclasses that every layer below the startup code reads.
   - L{values}: C{${VAR|default}} substitution and the typed readers;
   - L{sandbox}: a service's C{sandbox} block (the policy, as data);
   - L{governance}: the C{policy} and C{budgets} sections;
+  - L{issuers}: C{server.issuers}, the JWT issuers (keys, algorithms, claims);
   - L{schema}: the sections, L{parse_config} and L{load_config}.
 
 The names below are the public API (C{from mcpgateway.config import ...}).
@@ -17,6 +18,7 @@ from mcpgateway.config.governance import (
     PolicyConfig,
     PolicyRule,
 )
+from mcpgateway.config.issuers import IssuerConfig
 from mcpgateway.config.sandbox import ResourceLimits, SandboxPolicy, policy_from_config
 from mcpgateway.config.schema import (
     AuditConfig,
@@ -39,6 +41,7 @@ __all__ = [
     "BudgetsConfig",
     "ConfigError",
     "GatewayConfig",
+    "IssuerConfig",
     "LoggingConfig",
     "PolicyConfig",
     "PolicyRule",

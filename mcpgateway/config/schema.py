@@ -26,6 +26,7 @@ from mcpgateway.config.governance import (
     check_service_names,
     tool_policy_from_config,
 )
+from mcpgateway.config.issuers import IssuerConfig, issuers_from_config, public_url
 from mcpgateway.config.sandbox import SandboxPolicy, policy_from_config
 from mcpgateway.config.values import (
     ConfigError,
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_REDACT_KEYS",
     "AuditConfig",
     "GatewayConfig",
+    "IssuerConfig",
     "LoggingConfig",
     "PrincipalConfig",
     "RateLimitConfig",
@@ -90,6 +92,10 @@ class ServerConfig:
     principals: tuple[PrincipalConfig, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     state_dir: str = "./state"
+    #: JWT issuers (L{mcpgateway.config.issuers}).
+    issuers: tuple[IssuerConfig, ...] = ()
+    #: C{https://host[:port]} the clients reach the gateway at, or C{""}: from each request.
+    public_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -264,6 +270,8 @@ _SERVER: dict[str, Reader] = {
     "principals": lambda v, p, e: _principals(v, p, e),
     "allowed_origins": string_list,
     "state_dir": string,
+    "issuers": issuers_from_config,
+    "public_url": public_url,
 }
 
 _PRINCIPAL: dict[str, Reader] = {

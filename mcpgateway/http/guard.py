@@ -7,11 +7,18 @@ client's address (C{addr:<ip>}) and, for Basic credentials, for the user
 name (L{user_key}), so password guessing is limited from one address and
 against one name from many.  What the budgets do I{not} refuse: a valid
 bearer token of at least L{mcpgateway.policy.auth.STRONG_TOKEN_BYTES}
-bytes (checked first, cheaply; it cannot be guessed), and a credential
-verified before from the same address and still remembered
-(L{Authenticator.recall}).  Everything else, a valid but never verified
-password included, is refused unchecked once a budget is used up, so that
-a right guess gains nothing.
+bytes (checked first, cheaply; it cannot be guessed), a valid JWT of a
+configured issuer (L{mcpgateway.policy.jwt}: a signature cannot be guessed
+either), and a credential verified before from the same address and still
+remembered (L{Authenticator.recall}).  Everything else, a valid but never
+verified password included, is refused unchecked once a budget is used up,
+so that a right guess gains nothing.  A refused JWT counts against the
+address like a wrong long token, except when the gateway could not get its
+issuer's keys (the client was not guessing).
+
+A 401 carries the challenges of L{ProtectedResource.challenges}: with
+issuers, the Bearer one points to the RFC 9728 metadata, and a refused
+bearer token gets C{error="invalid_token"}.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ from typing import Any, NoReturn, Protocol
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
+from mcpgateway.config import ServerConfig
 from mcpgateway.errors import LimitReached, Unauthorized
+from mcpgateway.http.oauth import ProtectedResource
 from mcpgateway.names import PRINCIPAL_NAME
 from mcpgateway.observe.metrics import GatewayMetrics
 from mcpgateway.observe.security import security_event
-from mcpgateway.policy.auth import CHALLENGES, Authenticator, Principal
+from mcpgateway.policy.auth import Authenticator, Principal
 from mcpgateway.policy.ratelimit import Decision
 
 __all__ = ["Guard", "Limiter", "client_address", "user_key"]
@@ -80,12 +89,20 @@ class Guard:
     @ivar authenticator: Checks credentials.
     @ivar limiter: Rate limits, or L{None} for none.
     @ivar metrics: Counts refusals.
+    @ivar resource: The RFC 9728 metadata its challenges point to.
     """
 
-    def __init__(self, authenticator: Authenticator, limiter: Limiter | None, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        limiter: Limiter | None,
+        metrics: GatewayMetrics,
+        resource: ProtectedResource | None = None,
+    ) -> None:
         self.authenticator = authenticator
         self.limiter = limiter
         self.metrics = metrics
+        self.resource = resource if resource is not None else ProtectedResource(ServerConfig())
         self._admitted: weakref.WeakKeyDictionary[IRequest, Principal] = weakref.WeakKeyDictionary()
 
     def principal_of(self, request: IRequest) -> Principal | None:
@@ -107,9 +124,14 @@ class Guard:
         address = client_address(request)
         # A strong bearer token, or a credential verified from this address
         # before: never refused for failures, whoever else caused them.
-        principal = self.authenticator.recall(header, address)
+        authenticator = self.authenticator
+        principal = authenticator.recall(header, address)
         if principal is None:
-            principal = await self.verify(request, header, address)
+            token = authenticator.jwt(header)
+            if token is None:
+                principal = await self.verify(request, header, address)
+            else:
+                principal = await self.verify_jwt(request, token, address)
         await self.limit(request, group, f"principal:{principal.name}", principal)
         self._admitted[request] = principal
         return principal
@@ -131,7 +153,7 @@ class Guard:
             # A strong bearer token, checked in full by recall: wrong.  It
             # is counted (scanning shows and uses up the address's budget)
             # but was not refused unchecked.
-            await self.refuse(request, keys)
+            await self.refuse(request, keys, "unknown token")
         name = authenticator.user_name(header)
         if name is not None:
             keys.append(user_key(name))
@@ -145,24 +167,47 @@ class Guard:
             await self.limit(request, "auth_failure", key, None, count=costly)
         principal = await authenticator.authenticate(header, address)
         if principal is None:
-            await self.refuse(request, [] if costly else keys)
+            await self.refuse(request, [] if costly else keys, "unknown token" if authenticator.bearer(header) else "")
         return principal
 
-    async def refuse(self, request: IRequest, keys: list[str]) -> NoReturn:
+    async def verify_jwt(self, request: IRequest, token: bytes, address: str) -> Principal:
+        """
+        Verify a JWT (L{Authenticator.jwt}): admitted whatever the budgets
+        when valid, counted against the address when not (unless its
+        issuer's keys could not be had).
+
+        @raise Unauthorized: For a token refused.
+        @raise LimitReached: When counting it used the address's budget up.
+        """
+        tokens = self.authenticator.tokens
+        assert tokens is not None  # Authenticator.jwt returns a token only with issuers
+        verdict = await tokens.verify(token)
+        if verdict.principal is None:
+            keys = [f"addr:{address}"] if verdict.counted else []
+            await self.refuse(request, keys, verdict.reason, issuer=verdict.issuer or None)
+        return verdict.principal
+
+    async def refuse(self, request: IRequest, keys: list[str], token_error: str = "", **fields: Any) -> NoReturn:
         """
         Record wrong or missing credentials, count them for C{keys} in
         C{auth_failure}, and refuse the request.
 
         @param keys: The budgets not counted yet.
+        @param token_error: Why a bearer token was refused, or C{""}.
+        @param fields: More details of the security event.
         @raise Unauthorized: With C{WWW-Authenticate}.
         @raise LimitReached: When counting used a budget up.
         """
         self.metrics.auth_failures.inc()
-        self.security("auth_failure", request, None)
+        if token_error:
+            fields["reason"] = token_error
+        self.security("auth_failure", request, None, **{k: v for k, v in fields.items() if v is not None})
         for key in keys:
             await self.limit(request, "auth_failure", key, None)
-        request.responseHeaders.setRawHeaders(b"WWW-Authenticate", list(CHALLENGES))
-        raise Unauthorized("missing or invalid credentials")
+        request.responseHeaders.setRawHeaders(b"WWW-Authenticate", self.resource.challenges(request, token_error))
+        raise Unauthorized(
+            f"the bearer token is refused: {token_error}" if token_error else "missing or invalid credentials"
+        )
 
     async def limit(
         self, request: IRequest, group: str, key: str, principal: Principal | None, *, count: bool = True

@@ -37,6 +37,7 @@ from mcpgateway.errors import (
 )
 from mcpgateway.gateway import Gateway
 from mcpgateway.http.guard import Guard, Limiter, client_address
+from mcpgateway.http.oauth import ProtectedResource
 from mcpgateway.lib import jsontext
 from mcpgateway.names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
 from mcpgateway.observe.access import AccessLog
@@ -144,8 +145,10 @@ class GatewayApp:
         self.gateway = gateway
         self.metrics = metrics if metrics is not None else GatewayMetrics(gateway)
         self.access = access if access is not None else AccessLog()
+        #: The RFC 9728 metadata (C{/.well-known/oauth-protected-resource}).
+        self.protected = ProtectedResource(gateway.config.server)
         #: Credentials and rate limits, for this API and the MCP endpoint alike.
-        self.guard = Guard(authenticator, limiter, self.metrics)
+        self.guard = Guard(authenticator, limiter, self.metrics, self.protected)
         #: Runs and records tool calls, for this API and the MCP endpoint alike.
         self.calls = ToolCalls(gateway, self.metrics, self.access, policies, observers)
         #: What serves C{/mcp} (see L{mount_mcp}).
@@ -181,6 +184,35 @@ class GatewayApp:
         Liveness: no credentials, never rate limited.
         """
         return _render(request, 200, self.gateway.health())
+
+    @app.route("/.well-known/oauth-protected-resource", methods=["GET"])
+    def resource_metadata(self, request: IRequest) -> bytes:
+        """
+        RFC 9728 metadata of the gateway as a whole: no credentials, never
+        rate limited (a small constant answer), 404 without URL issuers.
+        """
+        return self._metadata(request, "")
+
+    @app.route("/.well-known/oauth-protected-resource/mcp", methods=["GET"])
+    def mcp_resource_metadata(self, request: IRequest) -> bytes:
+        """
+        RFC 9728 metadata of C{/mcp}, where MCP clients look first.
+        """
+        return self._metadata(request, "/mcp")
+
+    @app.route("/.well-known/oauth-protected-resource/services/<string:name>/mcp", methods=["GET"])
+    def service_resource_metadata(self, request: IRequest, name: str) -> bytes:
+        """
+        RFC 9728 metadata of C{/services/<name>/mcp}.
+        """
+        check_name(name, SERVICE_NAME, "the service name", "invalid_service_name")
+        self.gateway.service(name)
+        return self._metadata(request, f"/services/{name}/mcp")
+
+    def _metadata(self, request: IRequest, path: str) -> bytes:
+        if not self.protected.advertised:
+            raise RouteNotFound()
+        return _render(request, 200, self.protected.document(request, path))
 
     @app.route("/services", methods=["GET"])
     @guarded("default")

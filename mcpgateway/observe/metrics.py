@@ -29,8 +29,24 @@ _ROUTES = (
     (re.compile(r"/services/[^/]+/call"), "/services/<name>/call"),
     (re.compile(r"/services/[^/]+/mcp"), "/services/<name>/mcp"),
     (re.compile(r"/sessions/[^/]+"), "/sessions/<id>"),
+    (
+        re.compile(r"/\.well-known/oauth-protected-resource/services/[^/]+/mcp"),
+        "/.well-known/oauth-protected-resource/services/<name>/mcp",
+    ),
 )
-_FIXED = frozenset({"/health", "/services", "/sessions", "/metrics", "/mcp", "/budgets", "/audit"})
+_FIXED = frozenset(
+    {
+        "/health",
+        "/services",
+        "/sessions",
+        "/metrics",
+        "/mcp",
+        "/budgets",
+        "/audit",
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/mcp",
+    }
+)
 #: Paths whose route pattern is remembered (then forgotten all at once).
 _ROUTES_KEPT = 1024
 _METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})

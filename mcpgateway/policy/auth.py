@@ -45,16 +45,21 @@ import getpass
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.threads import deferToThread
 
 from mcpgateway.config import PrincipalConfig, ServerConfig
 from mcpgateway.lib.deferreds import Shared, observe
+
+if TYPE_CHECKING:
+    from mcpgateway.policy.jwt import Tokens
 
 __all__ = [
     "ADMIN",
@@ -65,6 +70,7 @@ __all__ = [
     "Principal",
     "hash_password",
     "hash_token",
+    "looks_like_jwt",
 ]
 
 CHALLENGES = (b'Basic realm="mcpgateway", charset="UTF-8"', b'Bearer realm="mcpgateway"')
@@ -87,12 +93,17 @@ class Principal:
     """
     An authenticated caller.
 
-    @ivar name: Who it is (owns the sessions it creates).
+    @ivar name: Who it is (owns the sessions it creates).  A JWT's
+        principal is C{<issuer name>:<claim>}: the colon is never in the name
+        of a configured principal, so the two never meet by accident.
     @ivar role: C{"admin"} (sees every session) or C{"agent"} (only its own).
+    @ivar roles: The roles its credential carries (a JWT's roles claim);
+        empty for configured principals.
     """
 
     name: str
     role: str
+    roles: tuple[str, ...] = ()
 
     @property
     def admin(self) -> bool:
@@ -140,10 +151,14 @@ class Authenticator:
     Turns an C{Authorization} header into a L{Principal}, or L{None}.
     """
 
-    def __init__(self, server: ServerConfig) -> None:
+    def __init__(self, server: ServerConfig, tokens: Tokens | None = None) -> None:
         """
         @param server: The C{server} section with the credentials.
+        @param tokens: Verifies the JWTs of C{server.issuers}, or L{None}:
+            no JWTs (every bearer token is a static one).
         """
+        #: JWT verification (L{mcpgateway.policy.jwt}), or L{None}.
+        self.tokens = tokens
         self._user = server.auth_user.encode("utf-8")
         self._password = server.auth_password.encode("utf-8")
         self._token = server.auth_token.encode("utf-8")
@@ -241,6 +256,28 @@ class Authenticator:
         """
         return not _strong(*_parse(header))
 
+    def jwt(self, header: bytes | None) -> bytes | None:
+        """
+        The JWT of a C{Bearer} header, for L{tokens} to verify: with issuers
+        configured, a bearer token of at least L{STRONG_TOKEN_BYTES} in the
+        JWS compact form.  Ask L{recall} first: a static token is a static
+        token, whatever it looks like.
+
+        @param header: The raw C{Authorization} header, or L{None}.
+        @return: The token, or L{None}.
+        """
+        if self.tokens is None:
+            return None
+        scheme, value = _parse(header)
+        return value if _strong(scheme, value) and looks_like_jwt(value) else None
+
+    def bearer(self, header: bytes | None) -> bool:
+        """
+        @param header: The raw C{Authorization} header, or L{None}.
+        @return: Whether it carries a C{Bearer} credential (RFC 6750).
+        """
+        return _parse(header)[0] == b"bearer"
+
     def user_name(self, header: bytes | None) -> bytes | None:
         """
         @param header: The raw C{Authorization} header, or L{None}.
@@ -326,6 +363,18 @@ class Authenticator:
             password_ok = hmac.compare_digest(password, self._password)
             return self._seed if user_ok and password_ok else None
         return None
+
+
+_JWS = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def looks_like_jwt(token: bytes) -> bool:
+    """
+    @return: Whether C{token} has the JWS compact form: three base64url
+        segments, the last one possibly empty (an unsigned token, which is
+        then refused as such rather than taken for a static token).
+    """
+    return _JWS.fullmatch(token) is not None
 
 
 def _strong(scheme: bytes, value: bytes) -> bool:
