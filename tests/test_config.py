@@ -600,3 +600,18 @@ def test_child_dir_is_left_for_the_sandbox_to_fill() -> None:
     )
     assert config.services["mem"].env["MEMORY_FILE_PATH"] == "${MCPGATEWAY_CHILD_DIR}/m.jsonl"
     assert substitute("${MCPGATEWAY_CHILD_DIR|x}", {}) == "x"  # only the exact name is kept
+
+
+def test_first_start_timeout_is_longer_only_for_downloaders() -> None:
+    config = parse_config(
+        {
+            "services": {
+                "npx": {"command": ["/usr/bin/npx", "-y", "@scope/server"]},
+                "py": {"command": ["python3", "server.py"], "handshake_timeout": 5},
+                "given": {"command": ["python3", "server.py"], "startup_timeout": 300},
+            }
+        }
+    )
+    assert config.services["npx"].first_start_timeout() == 120
+    assert config.services["py"].first_start_timeout() == 5
+    assert config.services["given"].first_start_timeout() == 300

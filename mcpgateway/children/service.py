@@ -193,7 +193,7 @@ class Service:
                 # The first start may have to download the server (npx, uvx).
                 handshake_timeout=self.config.handshake_timeout
                 if self._started_once
-                else max(self.config.handshake_timeout, self.config.startup_timeout),
+                else self.config.first_start_timeout(),
                 discover_timeout=self.config.discover_timeout,
                 close_grace=self.config.close_grace,
                 hint=self.era,

@@ -98,6 +98,12 @@ class ServerConfig:
     public_url: str = ""
 
 
+#: Programs that may download the server on its first start (C{npx -y ...}, C{uvx ...}).
+DOWNLOADERS = frozenset({"npx", "uvx", "uv", "pipx", "bunx", "pnpx", "pnpm", "yarn", "deno", "docker", "podman"})
+#: Their default C{startup_timeout}, seconds.
+DOWNLOAD_STARTUP_TIMEOUT = 120.0
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """
@@ -112,7 +118,8 @@ class ServiceConfig:
     protocol: str = "auto"
     call_timeout: float = 25.0
     handshake_timeout: float = 30.0
-    startup_timeout: float = 120.0
+    #: L{None}: 120 s for a launcher that downloads (L{DOWNLOADERS}), else C{handshake_timeout}.
+    startup_timeout: float | None = None
     discover_timeout: float = 3.0
     max_line_bytes: int = 128 * 1024 * 1024
     close_grace: float = 2.0
@@ -122,6 +129,19 @@ class ServiceConfig:
     prewarm: int = 0
     stderr_tail: str = "admins"
     sandbox: SandboxPolicy = field(default_factory=SandboxPolicy)
+
+    def first_start_timeout(self) -> float:
+        """
+        @return: The handshake bound of the service's first start since the
+            gateway started, which may have to download the server:
+            C{startup_timeout} if given, else L{DOWNLOAD_STARTUP_TIMEOUT} for
+            a command run by one of L{DOWNLOADERS}, else C{handshake_timeout}.
+        """
+        if self.startup_timeout is not None:
+            return self.startup_timeout
+        if os.path.basename(self.command[0]) in DOWNLOADERS:
+            return max(self.handshake_timeout, DOWNLOAD_STARTUP_TIMEOUT)
+        return self.handshake_timeout
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,8 @@ class McpFront:
     def _forget(self, client: McpClient) -> None:
         if self.clients.get(client.id) is client:
             del self.clients[client.id]
+        if client.closed:
+            return  # DELETE closes the gateway session, whose listener got here first
         client.closed = True
         asks, client.asks = client.asks, {}
         for waiting in asks.values():
