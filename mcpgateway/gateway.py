@@ -67,6 +67,9 @@ class Gateway:
         #: Told of each session as it closes (DELETE, expiry, stop), e.g. by
         #: the MCP front door to end the session's streams.
         self.session_closed: list[Callable[[Session], None]] = []
+        #: Called after each sweep of the reaper, e.g. to refresh the
+        #: cluster's session directory (L{mcpgateway.cluster.placement}).
+        self.swept: list[Callable[[], None]] = []
         self.restarts: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------------
@@ -118,6 +121,11 @@ class Gateway:
                 self._close(session)
             except Exception:  # one bad session must not stop the reaper
                 log.failure("closing expired session {id}", id=session.id)
+        for listener in list(self.swept):
+            try:
+                listener()
+            except Exception:
+                log.failure("a swept listener failed")
 
     # -- services and tools ---------------------------------------------------
 

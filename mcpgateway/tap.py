@@ -19,14 +19,19 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import CertificateOptions
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.http import Request
 
 from mcpgateway.calls import CallPolicy
+from mcpgateway.cluster.directory import Directory
+from mcpgateway.cluster.placement import Placement
+from mcpgateway.cluster.workers import SUPERVISOR_ENV, ReusePortService, WorkerPool, die_with_parent, worker_command
 from mcpgateway.config import ConfigError, GatewayConfig, ServerConfig, load_config
 from mcpgateway.config.issuers import is_loopback_host
 from mcpgateway.gateway import Gateway
 from mcpgateway.http.fetch import fetch
+from mcpgateway.http.forward import Fleet
 from mcpgateway.http.rest import GatewayApp, MetricsPage
 from mcpgateway.http.site import GatewaySite
 from mcpgateway.http.streamable import McpEndpoint
@@ -34,7 +39,7 @@ from mcpgateway.http.tls import TLSError, load_tls
 from mcpgateway.observe.access import AccessLog
 from mcpgateway.observe.audit import AuditLog
 from mcpgateway.observe.auditdb import missing_driver, storage_uri
-from mcpgateway.observe.logs import configure
+from mcpgateway.observe.logs import configure, logger
 from mcpgateway.observe.security import SecurityFile
 from mcpgateway.policy.auth import Authenticator
 from mcpgateway.policy.budgets import BudgetPolicy
@@ -44,7 +49,17 @@ from mcpgateway.policy.rules import RulePolicy
 
 DEFAULT_CERT = "certs/server.pem"
 
-__all__ = ["GatewayService", "Governance", "Options", "StartRefused", "makeService", "make_authenticator"]
+log = logger("mcpgateway.cluster")
+
+__all__ = [
+    "ClusterService",
+    "GatewayService",
+    "Governance",
+    "Options",
+    "StartRefused",
+    "makeService",
+    "make_authenticator",
+]
 
 
 class StartRefused(SystemExit):
@@ -65,6 +80,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Path of the JSON configuration file (required)."],
         ["listen", "l", None, "A strports endpoint overriding server.host/port, e.g. tcp:8080:interface=127.0.0.1."],
+        ["worker", None, None, "Internal: run as worker N of server.workers (started by the supervisor)."],
     ]
 
     def postOptions(self) -> None:
@@ -74,8 +90,13 @@ class Options(usage.Options):
             self["gateway_config"] = load_config(self["config"])
         except ConfigError as error:
             raise StartRefused(f"configuration error: {error}") from None
+        self["config"] = os.path.abspath(self["config"])
         server = self["gateway_config"].server
-        problem = credential_problem(server)
+        problem = credential_problem(server) or workers_problem(self["gateway_config"], self["listen"])
+        if self["worker"] is not None:
+            if not (self["worker"].isdigit() and int(self["worker"]) < server.workers):
+                raise StartRefused(f"--worker: expected a number below server.workers ({server.workers})")
+            self["worker"] = int(self["worker"])
         if problem:
             raise StartRefused(f"configuration error: {self['config']}: {problem}")
         try:
@@ -161,6 +182,21 @@ def credential_problem(server: ServerConfig) -> str:
     return ""
 
 
+def workers_problem(config: GatewayConfig, listen: str | None) -> str:
+    """
+    @return: Why C{server.workers} cannot be served this way, or C{""}.
+    """
+    workers = config.server.workers
+    if workers > 1 and listen:
+        return f"server.workers: {workers} workers listen on server.host/port; --listen cannot be combined with them"
+    if workers > 1 and config.server.metrics_listen:
+        return (
+            f"server.metrics_listen: {workers} workers cannot share one metrics address; "
+            "read each worker's /metrics at its internal address (cluster.internal_port)"
+        )
+    return ""
+
+
 def make_authenticator(server: ServerConfig, clock: IReactorTime) -> Authenticator:
     """
     @param server: The C{server} section.
@@ -236,13 +272,70 @@ class GatewayService(Service):
         return ensureDeferred(self.gateway.stop()).addBoth(stopped)
 
 
-def listening_service(config: GatewayConfig, tls: CertificateOptions | None, site: GatewaySite) -> IService:
+class ClusterService(Service):
     """
+    This process's part of the fleet: its internal listener (where other
+    gateways forward the calls of the sessions it owns), its directory
+    entries, its connections to the others.  Started before the gateway and
+    stopped after it, so a closing session's entry is released.
+
+    @ivar port: The internal listener, while running.
+    """
+
+    def __init__(self, config: GatewayConfig, fleet: Fleet, site: GatewaySite, worker: int | None) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.site = site
+        self.worker = worker
+        self.port: Any = None
+
+    def startService(self) -> None:
+        from twisted.internet import reactor
+
+        if self.worker is not None:
+            die_with_parent(int(os.environ.get(SUPERVISOR_ENV, "0")))
+        cluster = self.config.cluster
+        number = cluster.internal_port + (self.worker or 0) if cluster.internal_port else 0
+        self.port = reactor.listenTCP(number, self.site, interface=cluster.internal_host)  # type: ignore[arg-type]
+        host = cluster.advertise_host or cluster.internal_host
+        if ":" in host:
+            host = f"[{host}]"
+        self.fleet.placement.directory.address = f"http://{host}:{self.port.getHost().port}"
+        super().startService()
+        self.fleet.placement.refresh()
+        log.info(
+            "sessions shared through {redis}; forwarded calls reach this process (worker {worker}) at {address}",
+            worker=self.worker or 0,
+            redis=cluster.redis.rpartition("@")[2],
+            address=self.fleet.placement.address,
+        )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+
+        async def stop() -> None:
+            if self.port is not None:
+                await self.port.stopListening()
+            await self.fleet.placement.stop()
+            await self.fleet.close()
+
+        return ensureDeferred(stop())
+
+
+def listening_service(
+    config: GatewayConfig, tls: CertificateOptions | None, site: GatewaySite, worker: int | None = None
+) -> IService:
+    """
+    @param worker: This worker's number when C{server.workers} > 1: the port
+        is shared with the others (C{SO_REUSEPORT}).
     @return: A service listening on C{server.host}:C{server.port}, with TLS if configured.
     """
     from twisted.internet import reactor
 
     server = config.server
+    if worker is not None:
+        factory: Any = site if tls is None else TLSMemoryBIOFactory(tls, False, site)
+        return ReusePortService(reactor, server.host, server.port, factory)  # type: ignore[arg-type]
     if tls is None:
         endpoint: Any = TCP4ServerEndpoint(reactor, server.port, interface=server.host)
         if ":" in server.host:
@@ -258,7 +351,9 @@ def make_site(app: GatewayApp, config: GatewayConfig) -> GatewaySite:
         the C{server} section's limits.
     """
     server = config.server
-    app.mount_mcp(McpEndpoint(app.gateway, app.calls, app.guard))
+    endpoint = McpEndpoint(app.gateway, app.calls, app.guard)
+    endpoint.fleet = app.fleet
+    app.mount_mcp(endpoint)
     site = GatewaySite(
         app.resource(),
         server.max_body_bytes,
@@ -286,7 +381,20 @@ def makeService(options: dict[str, Any]) -> IService:
     from twisted.internet import reactor
 
     config: GatewayConfig = options["gateway_config"]
+    worker: int | None = options.get("worker")
+    if config.server.workers > 1 and worker is None:
+        # The supervisor: the workers serve, each a twistd of its own.
+        top = MultiService()
+        path = options["config"]
+        WorkerPool(config.server.workers, lambda index: worker_command(path, index), reactor, reactor).setServiceParent(
+            top
+        )
+        return top
     gateway = Gateway(config, reactor, reactor)
+    fleet = None
+    if config.cluster.enabled:
+        placement = Placement(Directory(config.cluster, ""), gateway, worker or 0)
+        fleet = Fleet(placement, config.cluster.secret, reactor, config.cluster.connect_timeout)
     limiter: RateLimiter = options["limiter"]
     governance: Governance = options["governance"]
     access = AccessLog(config.logging.access_log or "log", reactor)
@@ -303,9 +411,13 @@ def makeService(options: dict[str, Any]) -> IService:
         policies=governance.policies,
         observers=observers,
         audit=audit,
+        fleet=fleet,
     )
     site = make_site(app, config)
     top = MultiService()
+    if fleet is not None:
+        # Started first, stopped last: the gateway's closing sessions leave the directory.
+        ClusterService(config, fleet, site, worker).setServiceParent(top)
     # The web server is stopped first (services stop in reverse order), then the gateway.
     GatewayService(
         gateway, config, limiter, access, on_stop=[governance.close], audit=audit, tokens=authenticator.tokens
@@ -316,5 +428,5 @@ def makeService(options: dict[str, Any]) -> IService:
     if options["listen"]:
         strports.service(options["listen"], site).setServiceParent(top)
     else:
-        listening_service(config, options["tls"], site).setServiceParent(top)
+        listening_service(config, options["tls"], site, worker).setServiceParent(top)
     return top

@@ -6,11 +6,13 @@ frozen dataclasses that every layer below the startup code reads.
   - L{sandbox}: a service's C{sandbox} block (the policy, as data);
   - L{governance}: the C{policy} and C{budgets} sections;
   - L{issuers}: C{server.issuers}, the JWT issuers (keys, algorithms, claims);
+  - L{cluster}: the C{cluster} section and C{server.workers};
   - L{schema}: the sections, L{parse_config} and L{load_config}.
 
 The names below are the public API (C{from mcpgateway.config import ...}).
 """
 
+from mcpgateway.config.cluster import ClusterConfig
 from mcpgateway.config.governance import (
     ArgumentConstraint,
     BudgetRule,
@@ -39,6 +41,7 @@ __all__ = [
     "AuditConfig",
     "BudgetRule",
     "BudgetsConfig",
+    "ClusterConfig",
     "ConfigError",
     "GatewayConfig",
     "IssuerConfig",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpgateway.config.claude import convert_servers
+from mcpgateway.config.cluster import ClusterConfig, cluster_from_config, workers_from_config
 from mcpgateway.config.governance import (
     BudgetsConfig,
     PolicyConfig,
@@ -96,6 +97,8 @@ class ServerConfig:
     issuers: tuple[IssuerConfig, ...] = ()
     #: C{https://host[:port]} the clients reach the gateway at, or C{""}: from each request.
     public_url: str = ""
+    #: Processes serving the port (L{mcpgateway.cluster.workers}); more than 1 needs C{cluster.redis}.
+    workers: int = 1
 
 
 #: Programs that may download the server on its first start (C{npx -y ...}, C{uvx ...}).
@@ -252,6 +255,8 @@ class GatewayConfig:
     policy: PolicyConfig | None = None
     budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    #: Several processes serving one session space (L{mcpgateway.cluster}).
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def _port(value: Any, path: str, environ: Mapping[str, str]) -> int:
@@ -292,6 +297,7 @@ _SERVER: dict[str, Reader] = {
     "state_dir": string,
     "issuers": issuers_from_config,
     "public_url": public_url,
+    "workers": workers_from_config,
 }
 
 _PRINCIPAL: dict[str, Reader] = {
@@ -480,6 +486,7 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayC
         "mcpServers": lambda v, p, e: v,  # read below, into services
         "policy": tool_policy_from_config,
         "budgets": budgets_from_config,
+        "cluster": cluster_from_config,
     }
     top = section(raw, "", env, sections)
     services_raw = top.pop("services", {})
@@ -488,7 +495,18 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayC
     services_raw = {**services_raw, **_mcp_servers(top.pop("mcpServers", {}), services_raw)}
     services = {name: _service(name, value, env) for name, value in services_raw.items()}
     check_service_names(top.get("policy"), top.get("budgets", BudgetsConfig()), services)
-    return GatewayConfig(services=services, **top)
+    config = GatewayConfig(services=services, **top)
+    if config.server.workers > 1 and not config.cluster.enabled:
+        raise ConfigError(
+            f"server.workers: {config.server.workers} workers share their sessions through Redis: "
+            "set cluster.redis (and cluster.secret)"
+        )
+    if config.cluster.enabled and config.cluster.entry_ttl <= config.session.cleanup_interval:
+        raise ConfigError(
+            f"cluster.entry_ttl: {config.cluster.entry_ttl:g} s must exceed session.cleanup_interval "
+            f"({config.session.cleanup_interval:g} s), which refreshes the entries"
+        )
+    return config
 
 
 def load_config(path: str, environ: Mapping[str, str] | None = None) -> GatewayConfig:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
+from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
 from twisted.internet.defer import Deferred
@@ -104,6 +105,9 @@ class Guard:
         self.metrics = metrics
         self.resource = resource if resource is not None else ProtectedResource(ServerConfig())
         self._admitted: weakref.WeakKeyDictionary[IRequest, Principal] = weakref.WeakKeyDictionary()
+        #: Tells a request another gateway forwarded (L{mcpgateway.http.forward.Fleet.forwarded}):
+        #: the rate limits counted it there.
+        self.forwarded: Callable[[IRequest], bool] | None = None
 
     def principal_of(self, request: IRequest) -> Principal | None:
         """
@@ -132,7 +136,8 @@ class Guard:
                 principal = await self.verify(request, header, address)
             else:
                 principal = await self.verify_jwt(request, token, address)
-        await self.limit(request, group, f"principal:{principal.name}", principal)
+        if self.forwarded is None or not self.forwarded(request):
+            await self.limit(request, group, f"principal:{principal.name}", principal)
         self._admitted[request] = principal
         return principal
 

@@ -36,6 +36,7 @@ from mcpgateway.errors import (
     retry_after_header,
 )
 from mcpgateway.gateway import Gateway
+from mcpgateway.http.forward import Fleet
 from mcpgateway.http.guard import Guard, Limiter, client_address
 from mcpgateway.http.oauth import ProtectedResource
 from mcpgateway.lib import jsontext
@@ -129,6 +130,7 @@ class GatewayApp:
         policies: Sequence[CallPolicy] = (),
         observers: Sequence[CallObserver] = (),
         audit: AuditLog | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         """
         @param gateway: What the routes call.
@@ -141,6 +143,8 @@ class GatewayApp:
         @param audit: The audit log C{GET /audit} reads (and whose metrics
             C{/metrics} shows), or L{None} when it is off; to record calls it
             must also be one of C{observers}.
+        @param fleet: The other gateway processes, when sessions are shared
+            (C{cluster}): a session's calls go to its owner.
         """
         self.gateway = gateway
         self.metrics = metrics if metrics is not None else GatewayMetrics(gateway)
@@ -156,6 +160,11 @@ class GatewayApp:
         self.audit = audit
         if audit is not None:
             self.metrics.registry.register(audit.collector())
+        self.fleet = fleet
+        if fleet is not None:
+            # A forwarded request was counted where it arrived.
+            self.guard.forwarded = fleet.forwarded
+            self.metrics.registry.register(fleet.placement.collector())
 
     def security(self, kind: str, request: IRequest, principal: Principal | None, **fields: Any) -> None:
         """
@@ -250,8 +259,14 @@ class GatewayApp:
             raise BadRequest(
                 f"timeout must be a number of seconds above 0 and at most {MAX_SESSION_TIMEOUT:g}", "invalid_timeout"
             )
+        address = client_address(request)
+        if self.fleet is not None:
+            forwarded = await self.fleet.route(request, session_id, create=True)
+            if forwarded is not None:
+                return forwarded
+            address = self.fleet.client_of(request, address)
         # Span, metric and access-log line: recorded there, as for /mcp calls.
-        call = CallRequest(principal, name, tool, arguments, session_id, "rest", client_address(request))
+        call = CallRequest(principal, name, tool, arguments, session_id, "rest", address)
         answer = await self.calls.call(call, float(timeout), metadata)
         return _render(request, 200, answer)
 
@@ -282,8 +297,12 @@ class GatewayApp:
 
     @app.route("/sessions/<string:session_id>", methods=["DELETE"])
     @guarded("session_delete")
-    def close_session(self, request: IRequest, principal: Principal, session_id: str) -> bytes:
+    async def close_session(self, request: IRequest, principal: Principal, session_id: str) -> bytes:
         check_name(session_id, SESSION_ID, "the session id", "invalid_session_id")
+        if self.fleet is not None:
+            forwarded = await self.fleet.route(request, session_id, create=False)
+            if forwarded is not None:
+                return forwarded
         return _render(request, 200, self.gateway.close_session(session_id, principal))
 
     @app.route("/audit", methods=["GET"])

@@ -46,6 +46,7 @@ from mcpgateway.front.client import Context, McpClient
 from mcpgateway.front.errors import McpError, gateway_error
 from mcpgateway.front.server import McpFront
 from mcpgateway.gateway import Gateway
+from mcpgateway.http.forward import Fleet
 from mcpgateway.http.guard import Guard, client_address
 from mcpgateway.http.streams import (
     SESSION_HEADER,
@@ -135,6 +136,8 @@ class McpEndpoint:
         self.gateway = gateway
         self.guard = guard
         self.front = McpFront(gateway, calls)
+        #: The other gateway processes, when sessions are shared (L{mcpgateway.http.forward}).
+        self.fleet: Fleet | None = None
 
     def serve(self, request: IRequest, service: str | None) -> Deferred[bytes]:
         """
@@ -243,6 +246,12 @@ class McpEndpoint:
                 raise Refusal(
                     405, INVALID_REQUEST, "Method Not Allowed: use POST, GET or DELETE", allow=b"GET, POST, DELETE"
                 )
+            session_id = header(request, SESSION_HEADER)
+            if self.fleet is not None and session_id and version not in MODERN_VERSIONS:
+                # A legacy session lives in one process: its owner answers.
+                forwarded = await self.fleet.route(request, session_id, create=False)
+                if forwarded is not None:
+                    return forwarded
             if version in MODERN_VERSIONS:
                 if method != b"POST":
                     raise Refusal(405, INVALID_REQUEST, "Method Not Allowed: 2026-07-28 uses POST only", allow=b"POST")
@@ -313,6 +322,8 @@ class McpEndpoint:
                 client, result = self.front.initialize(principal, scope, params)
             except McpError as error:
                 return json_response(request, 400, error_message(request_id, error))
+            if self.fleet is not None:
+                await self.fleet.placement.claim(client.id)
             request.setHeader(SESSION_HEADER, client.id.encode())
             return json_response(request, 200, {"jsonrpc": "2.0", "id": request_id, "result": result})
         client, session = self._client(request, principal, scope)

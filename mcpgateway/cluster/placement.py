@@ -1,0 +1,232 @@
+"""
+Where a session is served: here, or at its owner.
+
+A session's calls are served by the one process that owns it (its children
+live there).  L{Placement.owner_for} answers, for a session id, L{None}
+("serve it here") or the owner's internal address ("forward it there"):
+
+  - a session this process holds is served here, without asking Redis;
+  - otherwise the directory is asked, through a small cache of other
+    owners; a first call claims the session (C{SET NX}), so two first calls
+    on two processes agree on one owner;
+  - a I{forwarded} request is never forwarded again (the loop guard): if the
+    directory names another owner (the sender's cache was stale),
+    L{Misdirected} says which, and the sender asks again once.
+
+The directory is kept up to date from the gateway's own events: a closed
+session's entry is released, and every sweep of the session reaper
+refreshes this process's entries and counts the fleet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.python.failure import Failure
+
+from mcpgateway.cluster.directory import Directory, DirectoryUnavailable
+from mcpgateway.errors import ServiceUnavailable
+from mcpgateway.gateway import Gateway
+from mcpgateway.observe.logs import logger
+from mcpgateway.sessions import Session
+
+__all__ = ["FORWARD_OUTCOMES", "Misdirected", "Placement"]
+
+log = logger("mcpgateway.cluster")
+
+#: Outcomes of C{mcpgateway_forwards_total}.
+FORWARD_OUTCOMES = ("answered", "lost", "misdirected")
+#: Owners remembered per process before the cache is emptied.
+_CACHE_SIZE = 10000
+
+
+class Misdirected(Exception):
+    """
+    A forwarded request reached a process that is not the session's owner.
+
+    @ivar owner: The owner the directory names.
+    """
+
+    def __init__(self, owner: str) -> None:
+        super().__init__(owner)
+        self.owner = owner
+
+
+class Placement:
+    """
+    This process's view of the session space.
+
+    @ivar worker: This process's worker number (0 when C{server.workers} is 1).
+    @ivar fleet_sessions: Sessions in the directory at the last sweep.
+    @ivar fleet_instances: Live processes at the last sweep.
+    @ivar forwards: Forwarded requests by outcome (L{FORWARD_OUTCOMES}).
+    """
+
+    def __init__(self, directory: Directory, gateway: Gateway, worker: int = 0) -> None:
+        self.directory = directory
+        self.gateway = gateway
+        self.worker = worker
+        self.fleet_sessions = 0
+        self.fleet_instances = 0
+        self.forwards = dict.fromkeys(FORWARD_OUTCOMES, 0)
+        self._owners: dict[str, str] = {}
+        self._pending: set[Deferred[Any]] = set()
+        gateway.session_closed.append(self._closed)
+        gateway.swept.append(self.refresh)
+
+    @property
+    def address(self) -> str:
+        """
+        This process's internal address (known once its listener runs).
+        """
+        return self.directory.address
+
+    async def owner_for(self, session_id: str, *, create: bool, forwarded: bool = False) -> str | None:
+        """
+        @param session_id: A REST session id or an MCP C{Mcp-Session-Id}.
+        @param create: Whether the request may create the session (a tool
+            call) or only use one (C{DELETE}, an MCP request after C{initialize}).
+        @param forwarded: Whether another gateway forwarded the request.
+        @return: L{None} to serve it here, else the owner's address.
+        @raise Misdirected: If a forwarded request belongs to another owner.
+        @raise ServiceUnavailable: C{cluster_unavailable} if Redis cannot be asked.
+        """
+        if self.gateway.sessions.get(session_id) is not None:
+            return None
+        if not forwarded:
+            known = self._owners.get(session_id)
+            if known is not None:
+                return known
+        try:
+            if create:
+                owner: str | None = await self.directory.claim(session_id)
+            else:
+                owner = await self.directory.owner(session_id)
+        except DirectoryUnavailable as error:
+            log.warn("the session directory cannot be reached: {error}", error=str(error))
+            raise ServiceUnavailable(
+                "the session directory (Redis) cannot be reached; retry", "cluster_unavailable", retry_after=1
+            ) from None
+        if owner is None or owner == self.address:
+            return None
+        if forwarded:
+            raise Misdirected(owner)
+        if len(self._owners) >= _CACHE_SIZE:
+            self._owners.clear()
+        self._owners[session_id] = owner
+        return owner
+
+    def forget(self, session_id: str) -> None:
+        """
+        Drop what this process remembers of C{session_id}'s owner.
+        """
+        self._owners.pop(session_id, None)
+
+    async def lost(self, session_id: str, owner: str) -> None:
+        """
+        C{owner} cannot be reached: delete C{session_id}'s entry if it still names it.
+        """
+        self.forget(session_id)
+        try:
+            if await self._track(self.directory.release(session_id, owner)):
+                log.warn("session {id}: its owner {owner} cannot be reached; entry removed", id=session_id, owner=owner)
+        except DirectoryUnavailable as error:
+            log.warn("the session directory cannot be reached: {error}", error=str(error))
+
+    async def claim(self, session_id: str) -> None:
+        """
+        Record a session created here without a call (an MCP C{initialize}).
+        """
+        try:
+            await self._track(self.directory.claim(session_id))
+        except DirectoryUnavailable as error:
+            log.warn("the session directory cannot be reached: {error}", error=str(error))
+            raise ServiceUnavailable(
+                "the session directory (Redis) cannot be reached; retry", "cluster_unavailable", retry_after=1
+            ) from None
+
+    def refresh(self) -> None:
+        """
+        Renew this process's entries and count the fleet (each reaper sweep).
+        """
+
+        def counted(counts: tuple[int, int]) -> None:
+            self.fleet_sessions, self.fleet_instances = counts
+
+        self._track(self.directory.refresh([session.id for session in self.gateway.sessions])).addCallbacks(
+            counted, self._failed
+        )
+
+    def _closed(self, session: Session) -> None:
+        self.forget(session.id)
+        self._track(self.directory.release(session.id)).addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(DirectoryUnavailable):
+            log.warn("the session directory cannot be reached: {error}", error=str(failure.value))
+        else:
+            log.failure("updating the session directory", failure)
+
+    def _track(self, d: Deferred[Any]) -> Deferred[Any]:
+        self._pending.add(d)
+
+        def done(result: object) -> object:
+            self._pending.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    async def stop(self) -> None:
+        """
+        Wait for the directory updates under way (the gateway has closed its
+        sessions), leave the fleet and disconnect.
+        """
+        await gatherResults([d.addErrback(lambda _: None) for d in list(self._pending)])
+        try:
+            await self.directory.leave()
+        except DirectoryUnavailable as error:
+            log.warn("the session directory cannot be reached: {error}", error=str(error))
+        self.directory.close()
+
+    def collector(self) -> Collector:
+        """
+        @return: The fleet's metrics, read at scrape time.
+        """
+        return _FleetCollector(self)
+
+
+class _FleetCollector(Collector):
+    def __init__(self, placement: Placement) -> None:
+        self.placement = placement
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        placement = self.placement
+        info = GaugeMetricFamily(
+            "mcpgateway_instance_info",
+            "This process: its internal address and worker number.",
+            labels=["address", "worker"],
+        )
+        info.add_metric([placement.address, str(placement.worker)], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "mcpgateway_fleet_sessions",
+            "Sessions of every gateway process, from the directory (at the last reaper sweep).",
+            value=placement.fleet_sessions,
+        )
+        yield GaugeMetricFamily(
+            "mcpgateway_fleet_instances",
+            "Gateway processes alive in the directory (at the last reaper sweep).",
+            value=placement.fleet_instances,
+        )
+        forwards = CounterMetricFamily(
+            "mcpgateway_forwards",
+            "Requests forwarded to a session's owner, by outcome (answered, lost, misdirected).",
+            labels=["outcome"],
+        )
+        for outcome, count in placement.forwards.items():
+            forwards.add_metric([outcome], count)
+        yield forwards

@@ -1,0 +1,236 @@
+"""
+Forwarding a session's requests to the gateway process that owns it.
+
+L{Fleet.route} asks the L{Placement} where a session lives; when another
+process owns it, the request is sent there as it came (method, path, body,
+the headers that matter, the client's credentials, which the owner checks
+again) over a persistent HTTP connection (treq on an
+L{HTTPConnectionPool}), and the owner's answer is returned unchanged:
+status, body and its relevant headers, streamed (an MCP C{text/event-stream}
+answer reaches the client as it is written).
+
+Gateways prove they are fleet members with the shared secret
+(C{cluster.secret}) in L{FORWARDED_HEADER}, compared in constant time.  A
+forwarded request is served where it lands, never forwarded again (the loop
+guard); if that process is not the owner after all (the sender's cache was
+stale) it answers 421 naming the owner in L{OWNER_HEADER}, and the sender
+asks the directory again once.
+
+An owner that cannot be reached (its process died, its host is gone) took
+its sessions' children with it: the call is answered 503 C{session_lost},
+the directory entry removed, so a retry of the call starts a new session.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IRequest
+
+from mcpgateway.cluster.placement import Misdirected, Placement
+from mcpgateway.errors import Forbidden, GatewayError, ServiceUnavailable
+from mcpgateway.observe.logs import logger
+
+__all__ = ["FORWARDED_HEADER", "OWNER_HEADER", "Fleet", "WrongOwner"]
+
+log = logger("mcpgateway.cluster")
+
+#: Carries the shared secret on a request one gateway forwards to another.
+FORWARDED_HEADER = b"X-Mcpgateway-Forwarded"
+#: On a 421 answer to a forwarded request: the owner the directory names.
+OWNER_HEADER = b"X-Mcpgateway-Owner"
+#: The original client's address, for the owner's logs.
+CLIENT_HEADER = b"X-Mcpgateway-Client"
+
+#: Request headers passed on to the owner (lower case).
+_REQUEST_HEADERS = (
+    b"authorization",
+    b"content-type",
+    b"accept",
+    b"mcp-session-id",
+    b"mcp-protocol-version",
+    b"mcp-method",
+    b"mcp-name",
+    b"origin",
+    b"last-event-id",
+    b"traceparent",
+    b"tracestate",
+    b"user-agent",
+)
+#: Response headers passed back to the client (the security headers are this process's own).
+_RESPONSE_HEADERS = (
+    b"content-type",
+    b"content-length",
+    b"retry-after",
+    b"www-authenticate",
+    b"mcp-session-id",
+    b"allow",
+    b"cache-control",
+)
+#: Seconds an idle connection to another gateway is kept (below the default C{server.idle_timeout}).
+IDLE_CONNECTION_SECONDS = 30
+#: Connections kept per owner.
+CONNECTIONS_PER_OWNER = 32
+#: A stale kept-alive connection: the request never reached the owner, so it may be sent again.
+_NOT_SENT = (ResponseNeverReceived, RequestTransmissionFailed)
+#: The owner cannot be reached, or went away with the call.
+_UNREACHABLE = (ConnectError, ConnectingCancelledError, TimeoutError, ResponseFailed, *_NOT_SENT)
+
+
+class WrongOwner(GatewayError):
+    """
+    421: a forwarded request reached a process that does not own the
+    session (only ever seen by another gateway, which asks again).
+    """
+
+    status = 421
+    code = "misdirected"
+
+
+class Fleet:
+    """
+    The gateways this process forwards to.
+
+    @ivar placement: Where sessions live.
+    """
+
+    def __init__(self, placement: Placement, secret: str, reactor: Any, connect_timeout: float) -> None:
+        """
+        @param placement: Where sessions live.
+        @param secret: C{cluster.secret}.
+        @param reactor: An L{IReactorTCP} and L{IReactorTime}.
+        @param connect_timeout: Seconds to reach an owner before its sessions count as lost.
+        """
+        self.placement = placement
+        self._secret = secret.encode()
+        self._reactor: IReactorTime = reactor
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = CONNECTIONS_PER_OWNER
+        self.pool.cachedConnectionTimeout = int(IDLE_CONNECTION_SECONDS)
+        self.pool.retryAutomatically = False  # _forward decides what may be sent again
+        self.http = HTTPClient(Agent(reactor, connectTimeout=connect_timeout, pool=self.pool))
+
+    def forwarded(self, request: IRequest) -> bool:
+        """
+        @return: Whether another gateway forwarded C{request}.
+        @raise Forbidden: If it claims so with a wrong secret.
+        """
+        value = request.getHeader(FORWARDED_HEADER)
+        if value is None:
+            return False
+        if hmac.compare_digest(value, self._secret):
+            return True
+        raise Forbidden(f"{FORWARDED_HEADER.decode()} is for the gateways of one fleet; this one is wrong", "forbidden")
+
+    def client_of(self, request: IRequest, peer: str) -> str:
+        """
+        @param peer: The connection's peer address.
+        @return: The original client's address of a forwarded request, else C{peer}.
+        """
+        original = request.getHeader(CLIENT_HEADER)
+        if original and self.forwarded(request):
+            return str(original.decode("latin-1"))[:64]
+        return peer
+
+    async def route(
+        self, request: IRequest, session_id: str, *, create: bool, body: bytes | None = None
+    ) -> bytes | None:
+        """
+        Serve C{request} here (L{None}), or forward it to the owner of
+        C{session_id} and answer with the owner's answer.
+
+        @param create: Whether the request may create the session.
+        @param body: The request body (read from C{request.content} if L{None}).
+        @return: L{None} to serve here, else the body already written (C{b""}).
+        @raise WrongOwner: For a forwarded request of another owner.
+        @raise ServiceUnavailable: C{session_lost} if the owner cannot be
+            reached, C{cluster_unavailable} if Redis cannot.
+        """
+        forwarded = self.forwarded(request)
+        try:
+            owner = await self.placement.owner_for(session_id, create=create, forwarded=forwarded)
+        except Misdirected as wrong:
+            self.placement.forwards["misdirected"] += 1
+            request.setHeader(OWNER_HEADER, wrong.owner.encode())
+            raise WrongOwner(f"session {session_id!r} belongs to {wrong.owner}", owner=wrong.owner) from None
+        if owner is None:
+            return None
+        if body is None:
+            content = request.content
+            if content is not None:
+                content.seek(0)
+                body = content.read()
+            else:
+                body = b""
+        return await self._forward(request, session_id, owner, body, create)
+
+    async def _forward(self, request: IRequest, session_id: str, owner: str, body: bytes, create: bool) -> bytes | None:
+        headers = Headers()
+        for name in _REQUEST_HEADERS:
+            value = request.getHeader(name)
+            if value is not None:
+                headers.setRawHeaders(name, [value])
+        headers.setRawHeaders(FORWARDED_HEADER, [self._secret])
+        peer = getattr(request.getClientAddress(), "host", "-")
+        headers.setRawHeaders(CLIENT_HEADER, [self.client_of(request, str(peer)).encode()])
+        method = request.method.decode("ascii")
+        asked_again = False
+        resent = False
+        while True:
+            try:
+                response = await self.http.request(
+                    method, owner + request.uri.decode("latin-1"), headers=headers, data=body
+                )
+            except CancelledError:
+                raise
+            except _UNREACHABLE as error:
+                if isinstance(error, _NOT_SENT) and not resent:
+                    resent = True  # a kept-alive connection the owner had closed
+                    continue
+                self.placement.forwards["lost"] += 1
+                await self.placement.lost(session_id, owner)
+                log.warn(
+                    "session {id}: its owner {owner} cannot be reached ({error}); the session is lost",
+                    id=session_id,
+                    owner=owner,
+                    error=type(error).__name__,
+                )
+                raise ServiceUnavailable(
+                    f"session {session_id!r} lived in a gateway process that cannot be reached any more; "
+                    "its state is lost (a new call starts a new session)",
+                    "session_lost",
+                ) from None
+            moved = response.headers.getRawHeaders(OWNER_HEADER)
+            if response.code == WrongOwner.status and moved and not asked_again:
+                await treq.content(response)
+                asked_again = True
+                self.placement.forget(session_id)
+                found = await self.placement.owner_for(session_id, create=create)
+                if found is None:
+                    return None
+                owner = found
+                continue
+            break
+        self.placement.forwards["answered"] += 1
+        request.setResponseCode(response.code)
+        for name in _RESPONSE_HEADERS:
+            values = response.headers.getRawHeaders(name)
+            if values:
+                request.setHeader(name, values[-1])
+        await treq.collect(response, request.write)
+        return b""
+
+    def close(self) -> Any:
+        """
+        Close the kept-alive connections.
+        """
+        return self.pool.closeCachedConnections()
