@@ -208,7 +208,8 @@ class WorkerPool(Service):
         self._restarts.pop(index, None)
         argv = list(self.command(index))
         protocol = _Worker(self, index, self.clock.seconds())
-        env = {**self.env, SUPERVISOR_ENV: str(os.getpid())}
+        # Unbuffered: a worker's log lines reach the supervisor's log as they are written.
+        env = {**self.env, SUPERVISOR_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
         try:
             process = self.reactor.spawnProcess(protocol, argv[0], argv, env, childFDs={0: "w", 1: "r", 2: "r"})
         except OSError as error:

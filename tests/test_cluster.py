@@ -1,0 +1,460 @@
+"""
+One session space across gateway processes (L{mcpgateway.cluster}): real
+C{twistd mcpgateway} processes, a real C{redis-server}, real children (the
+stateful todo server: a call that reached another child would not see the
+todos of the earlier ones), HTTP over loopback sockets.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcpgateway.config import ConfigError, parse_config
+from mcpgateway.devcert import main as devcert
+
+from .cluster_fixture import AUTH, SECRET, gateway_config, ports, start_gateway
+from .conftest import kill_tagged, tagged_processes
+from .redis_fixture import RedisServer, redis_server_at
+from .test_twistd import environment, http, twistd
+
+# -- configuration -------------------------------------------------------------------
+
+
+def raw(**sections: Any) -> dict[str, Any]:
+    server = {"auth_user": "u", "auth_password": "p", **sections.pop("server", {})}
+    return {"server": server, **sections}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        pytest.param(
+            raw(server={"workers": 2}), "server.workers: 2 workers share their sessions", id="workers-no-redis"
+        ),
+        pytest.param(raw(server={"workers": 0}), "server.workers: expected 1 to 64", id="zero-workers"),
+        pytest.param(
+            raw(server={"workers": "many"}), 'server.workers: expected a number of processes or "auto"', id="words"
+        ),
+        pytest.param(
+            raw(cluster={"redis": "redis://127.0.0.1/0", "secret": "short"}),
+            "cluster.secret: the gateways' shared secret must be at least 16",
+            id="short-secret",
+        ),
+        pytest.param(raw(cluster={"redis": "redis://127.0.0.1/0"}), "cluster.secret:", id="no-secret"),
+        pytest.param(
+            raw(cluster={"redis": "http://127.0.0.1/", "secret": SECRET}),
+            "cluster.redis: expected redis://",
+            id="not-redis",
+        ),
+        pytest.param(
+            raw(cluster={"redis": "redis://127.0.0.1/0", "secret": SECRET, "entry_ttl": 30}),
+            "cluster.entry_ttl: 30 s must exceed session.cleanup_interval (60 s)",
+            id="ttl-below-sweep",
+        ),
+        pytest.param(
+            raw(cluster={"redis": "redis://x", "secret": SECRET, "peers": []}), "cluster.peers", id="unknown-key"
+        ),
+        pytest.param(
+            raw(cluster={"redis": "redis://x", "secret": SECRET, "secret_file": "/nonexistent"}),
+            "cluster: give secret or secret_file, not both",
+            id="secret-twice",
+        ),
+        pytest.param(
+            raw(cluster={"redis": "redis://x", "secret_file": "/nonexistent/secret"}),
+            "cluster.secret_file: cannot read /nonexistent/secret",
+            id="secret-file-missing",
+        ),
+    ],
+)
+def test_unusable_cluster_configuration_names_the_key(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config, {})
+    assert message in str(caught.value)
+
+
+def test_cluster_configuration_read(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET + "\n")
+    config = parse_config(
+        raw(server={"workers": "auto"}, cluster={"redis": "redis://r:6379/1", "secret_file": str(secret)}), {}
+    )
+    assert config.server.workers == len(os.sched_getaffinity(0))
+    assert config.cluster.secret == SECRET
+    assert config.cluster.enabled
+    assert not parse_config(raw(), {}).cluster.enabled
+    assert parse_config(raw(), {}).server.workers == 1
+
+
+@pytest.mark.parametrize(
+    ("server", "extra", "message"),
+    [
+        ({"workers": 2}, ["--listen", "tcp:0"], "--listen cannot be combined"),
+        ({"workers": 2, "metrics_listen": "tcp:0"}, [], "server.metrics_listen: 2 workers cannot share"),
+        ({}, ["--worker", "3"], "--worker: expected a number below server.workers (1)"),
+    ],
+)
+def test_twistd_refuses_workers_it_cannot_serve(
+    tmp_path: Path, server: dict[str, Any], extra: list[str], message: str
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(raw(server=server, cluster={"redis": "redis://127.0.0.1:1/0", "secret": SECRET})))
+    result = subprocess.run(
+        [*twistd(), "-n", "mcpgateway", "--config", str(config), *extra],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- two gateways, one session space ------------------------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server_at(tmp_path) as server:
+        yield server
+
+
+def keys(server: RedisServer, pattern: str = "mcpgateway:session:*") -> dict[str, str]:
+    """
+    @return: The directory's entries: key -> owner.
+    """
+    client = server.client()
+    return {key.decode(): (client.get(key) or b"").decode() for key in client.scan_iter(match=pattern)}
+
+
+def request(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    sent = {"Authorization": "Basic " + base64.b64encode(f"{AUTH[0]}:{AUTH[1]}".encode()).decode()}
+    if data is not None:
+        sent["Content-Type"] = "application/json"
+    sent.update(headers or {})
+    assert url.startswith("http://127.0.0.1:")
+    req = urllib.request.Request(url, data=data, headers=sent, method=method)  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=20) as response:  # noqa: S310
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, dict(error.headers), error.read()
+
+
+def test_two_gateways_serve_one_session_space(tmp_path: Path, redis_server: RedisServer) -> None:
+    tag = uuid.uuid4().hex
+    first, second = ports(2)
+    a_config = gateway_config(tmp_path / "a", first, redis_server.uri, tag)
+    b_config = gateway_config(tmp_path / "b", second, redis_server.uri, tag)
+    with start_gateway(a_config, first, tag) as a, start_gateway(b_config, second, tag) as b:
+        # Calls of one session alternate between the gateways: one child sees them all.
+        for index in range(4):
+            gateway = (a, b)[index % 2]
+            status, body = gateway.call("alpha", "add_todo", text=f"item {index}")
+            assert status == 200, body
+        status, body = b.call("alpha", "list_todos")
+        assert status == 200
+        assert [todo["text"] for todo in body["structured_content"]["todos"]] == [f"item {i}" for i in range(4)]
+        assert len(a.children()) == 1
+        entries = keys(redis_server)
+        assert list(entries) == ["mcpgateway:session:alpha"]
+        owner = entries["mcpgateway:session:alpha"]
+        assert owner.startswith("http://127.0.0.1:")
+
+        # The owner lists it; the other process does not hold it.
+        held = [json.loads(request("GET", g.url + "/sessions")[2]) for g in (a, b)]
+        assert sorted(len(h) for h in held) == [0, 1]
+
+        # DELETE through either gateway closes it at its owner, and the entry goes.
+        status, body = b.call("alpha", "list_todos")
+        status, _, raw_body = request("DELETE", a.url + "/sessions/alpha")
+        assert status == 200, raw_body
+        status, _, _ = request("DELETE", b.url + "/sessions/alpha")
+        assert status == 404
+        deadline = time.monotonic() + 5
+        while (a.children() or keys(redis_server)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert a.children() == []
+        assert keys(redis_server) == {}
+
+        # A forged forwarding header is refused, not obeyed.
+        status, _, raw_body = request(
+            "POST",
+            a.url + "/services/todo/call",
+            {"tool": "list_todos", "session_id": "beta"},
+            {"X-Mcpgateway-Forwarded": "not-the-secret"},
+        )
+        assert status == 403
+        assert json.loads(raw_body)["code"] == "forbidden"
+
+        # /metrics: this process's address and worker, the fleet from the directory.
+        a.call("gamma", "add_todo", text="x")
+        b.call("delta", "add_todo", text="y")
+        time.sleep(1.5)  # one reaper sweep (session.cleanup_interval is 1 s)
+        text = request("GET", a.url + "/metrics")[2].decode()
+        assert 'mcpgateway_instance_info{address="http://127.0.0.1:' in text
+        assert 'worker="0"} 1.0' in text
+        assert "mcpgateway_fleet_sessions 2.0" in text
+        assert "mcpgateway_fleet_instances 2.0" in text
+        assert 'mcpgateway_forwards_total{outcome="answered"}' in text
+
+        for gateway in (a, b):
+            assert gateway.stop() == -signal.SIGTERM
+        # A stopped gateway closed its sessions and left the directory.
+        assert keys(redis_server, "mcpgateway:*") == {}
+    assert tagged_processes(tag) == []
+
+
+def test_first_calls_racing_on_two_gateways_start_one_child(tmp_path: Path, redis_server: RedisServer) -> None:
+    tag = uuid.uuid4().hex
+    first, second = ports(2)
+    a_config = gateway_config(tmp_path / "a", first, redis_server.uri, tag)
+    b_config = gateway_config(tmp_path / "b", second, redis_server.uri, tag)
+    sessions = [f"race-{index}" for index in range(6)]
+    with start_gateway(a_config, first, tag) as a, start_gateway(b_config, second, tag) as b:
+        answers: list[tuple[int, Any]] = []
+        lock = threading.Lock()
+
+        def first_call(gateway: Any, session: str, barrier: threading.Barrier) -> None:
+            barrier.wait()
+            answer = gateway.call(session, "add_todo", text=gateway.url)
+            with lock:
+                answers.append(answer)
+
+        threads = []
+        for session in sessions:
+            barrier = threading.Barrier(2)
+            threads += [threading.Thread(target=first_call, args=(g, session, barrier)) for g in (a, b)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert [status for status, _ in answers] == [200] * 12, answers
+        # Exactly one child per session, and it saw both first calls.
+        assert len(tagged_processes(tag)) == len(sessions)
+        for session in sessions:
+            body = a.call(session, "list_todos")[1]
+            assert len(body["structured_content"]["todos"]) == 2, body
+        assert len(keys(redis_server)) == len(sessions)
+
+
+def test_an_mcp_session_is_served_by_its_owner(tmp_path: Path, redis_server: RedisServer) -> None:
+    tag = uuid.uuid4().hex
+    first, second = ports(2)
+    a_config = gateway_config(tmp_path / "a", first, redis_server.uri, tag)
+    b_config = gateway_config(tmp_path / "b", second, redis_server.uri, tag)
+    mcp = {"Accept": "application/json, text/event-stream"}
+    with start_gateway(a_config, first, tag) as a, start_gateway(b_config, second, tag) as b:
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+        status, headers, _ = request("POST", a.url + "/mcp", init, mcp)
+        assert status == 200
+        session = headers["Mcp-Session-Id"]
+        assert list(keys(redis_server)) == [f"mcpgateway:session:{session}"]
+        version = {**mcp, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"}
+        request("POST", b.url + "/mcp", {"jsonrpc": "2.0", "method": "notifications/initialized"}, version)
+        for index, gateway in enumerate((b, a, b)):
+            call = {
+                "jsonrpc": "2.0",
+                "id": 2 + index,
+                "method": "tools/call",
+                "params": {"name": "todo.add_todo", "arguments": {"text": f"t{index}"}},
+            }
+            status, headers, raw_body = request("POST", gateway.url + "/mcp", call, version)
+            assert status == 200, raw_body
+            assert headers.get("Mcp-Session-Id", session) == session
+            text = raw_body.decode()
+            assert f"Added todo #{index + 1}" in text, text
+        assert len(tagged_processes(tag)) == 1
+        # An unknown session id is still a 404 wherever it lands.
+        status, _, _ = request("POST", b.url + "/mcp", call, {**version, "Mcp-Session-Id": "mcp-" + "0" * 32})
+        assert status == 404
+        status, _, _ = request("DELETE", b.url + "/mcp", None, version)
+        assert status == 200
+        deadline = time.monotonic() + 5
+        while tagged_processes(tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tagged_processes(tag) == []
+        assert keys(redis_server) == {}
+
+
+def test_redis_down_is_a_clear_503_and_held_sessions_keep_working(tmp_path: Path, redis_server: RedisServer) -> None:
+    tag = uuid.uuid4().hex
+    (port,) = ports(1)
+    config = gateway_config(tmp_path / "a", port, redis_server.uri, tag)
+    with start_gateway(config, port, tag) as a:
+        assert a.call("held", "add_todo", text="x")[0] == 200
+        redis_server.stop()
+        status, body = a.call("held", "list_todos")
+        assert status == 200
+        assert body["result"] == "#1 [ ] x"
+        status, body = a.call("new", "list_todos")
+        assert status == 503
+        assert body["code"] == "cluster_unavailable"
+        assert "Traceback" not in a.text()
+
+
+# -- workers ------------------------------------------------------------------------
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """
+    @return: The worker processes of C{supervisor} (its children).
+    """
+    found = subprocess.run(["pgrep", "-P", str(supervisor)], capture_output=True, text=True).stdout.split()
+    return sorted(int(pid) for pid in found)
+
+
+def wait_for(predicate: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_workers_share_the_port_and_the_sessions(tmp_path: Path, redis_server: RedisServer) -> None:
+    tag = uuid.uuid4().hex
+    (port,) = ports(1)
+    config = gateway_config(tmp_path / "w", port, redis_server.uri, tag, workers=2)
+    with start_gateway(config, port, tag) as gateway:
+        wait_for(lambda: len(worker_pids(gateway.process.pid)) == 2)
+        workers = worker_pids(gateway.process.pid)
+        # New connections each time: the kernel spreads them over the workers.
+        for index in range(12):
+            session = f"w{index}"
+            assert gateway.call(session, "add_todo", text="a")[0] == 200
+            assert gateway.call(session, "add_todo", text="b")[0] == 200
+            body = gateway.call(session, "list_todos")[1]
+            assert len(body["structured_content"]["todos"]) == 2, body
+        assert len(tagged_processes(tag)) == 12
+        owners = set(keys(redis_server).values())
+        assert len(owners) == 2, owners  # both workers own sessions
+
+        # A dead worker is replaced; its sessions are lost, the others' kept.
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: len(worker_pids(gateway.process.pid)) == 2 and worker_pids(gateway.process.pid) != workers)
+        wait_healthy_all(gateway.url)
+        outcomes = {gateway.call(f"w{index}", "list_todos")[0] for index in range(12)}
+        assert outcomes <= {200, 503}
+        assert 200 in outcomes
+        assert "worker 0 ended" in gateway.text()
+
+        # Stopping the supervisor stops every worker and every child.
+        assert gateway.stop() == -signal.SIGTERM
+        assert worker_pids(gateway.process.pid) == []
+        wait_for(lambda: tagged_processes(tag) == [], timeout=5)
+        assert "every worker has stopped" in gateway.text()
+
+
+def wait_healthy_all(url: str) -> None:
+    for _ in range(10):
+        assert http("GET", url + "/health")[0] == 200
+
+
+def test_workers_daemonized_with_tls_and_stopped_by_pidfile(tmp_path: Path, redis_server: RedisServer) -> None:
+    tag = uuid.uuid4().hex
+    (port,) = ports(1)
+    pem = tmp_path / "server.pem"
+    devcert([str(pem), "--host", "127.0.0.1"])
+    config = gateway_config(tmp_path / "d", port, redis_server.uri, tag, workers=2)
+    raw_config = json.loads(config.read_text())
+    raw_config["server"]["tls_cert"] = str(pem)
+    config.write_text(json.dumps(raw_config))
+    pidfile = tmp_path / "twistd.pid"
+    logfile = tmp_path / "twistd.log"
+    started = subprocess.run(
+        [*twistd(), f"--pidfile={pidfile}", f"--logfile={logfile}", "mcpgateway", "--config", str(config)],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
+    wait_for(lambda: pidfile.exists())
+    supervisor = int(pidfile.read_text())
+    try:
+        context = ssl.create_default_context(cafile=str(pem))
+
+        def call(session: str, tool: str, **arguments: Any) -> dict[str, Any]:
+            body = json.dumps({"tool": tool, "session_id": session, "arguments": arguments}).encode()
+            req = urllib.request.Request(
+                f"https://127.0.0.1:{port}/services/todo/call",
+                data=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": "Basic " + base64.b64encode(f"{AUTH[0]}:{AUTH[1]}".encode()).decode(),
+                },
+            )
+            with urllib.request.urlopen(req, timeout=20, context=context) as response:  # noqa: S310
+                return dict(json.loads(response.read()))
+
+        def answering() -> bool:
+            try:
+                return call("tls", "add_todo", text="x")["result"] == "Added todo #1: x"
+            except OSError:
+                return False
+
+        wait_for(answering, timeout=30)
+        for _ in range(6):
+            assert call("tls", "list_todos")["result"] == "#1 [ ] x"
+        assert len(worker_pids(supervisor)) == 2
+        log = logfile.read_text()
+        assert "worker 0: " in log and "worker 1: " in log  # the workers' lines reach the daemon's log
+    finally:
+        os.kill(supervisor, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists(f"/proc/{supervisor}"), timeout=20)
+    wait_for(lambda: tagged_processes(tag) == [], timeout=5)
+    assert "every worker has stopped" in logfile.read_text()
+    kill_tagged(tag)
+
+
+def test_owner_gone_is_session_lost_and_a_retry_starts_afresh(tmp_path: Path, redis_server: RedisServer) -> None:
+    tag = uuid.uuid4().hex
+    first, second = ports(2)
+    a_config = gateway_config(tmp_path / "a", first, redis_server.uri, tag)
+    b_config = gateway_config(tmp_path / "b", second, redis_server.uri, tag)
+    with start_gateway(a_config, first, tag) as a, start_gateway(b_config, second, tag) as b:
+        assert a.call("lost", "add_todo", text="x")[0] == 200
+        assert b.call("lost", "list_todos")[1]["result"] == "#1 [ ] x"
+        a.kill()
+        status, body = b.call("lost", "list_todos")
+        assert status == 503
+        assert body["code"] == "session_lost"
+        assert "state is lost" in body["error"]
+        assert keys(redis_server) == {}
+        # The SignalWire skill re-sends a 5xx: the retry starts a new, empty session here.
+        status, body = b.call("lost", "list_todos")
+        assert status == 200
+        assert body["structured_content"]["todos"] == []
+        assert list(keys(redis_server).values()) == [next(iter(keys(redis_server).values()))]
+    kill_tagged(tag)
