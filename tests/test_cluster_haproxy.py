@@ -159,3 +159,9 @@ def test_haproxy_three_gateways_and_one_killed(tmp_path: Path) -> None:
     leaked = tagged_processes(tag)
     kill_tagged(tag)
     assert leaked == []
+
+
+def test_readme_shows_the_tested_haproxy_config() -> None:
+    readme = (HAPROXY_CONFIG.parent.parent / "README.rst").read_text()
+    indented = "\n".join(f"    {line}" if line.strip() else "" for line in HAPROXY_CONFIG.read_text().splitlines())
+    assert indented in readme
