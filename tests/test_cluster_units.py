@@ -1,0 +1,188 @@
+"""
+Units of L{mcpgateway.cluster}: the directory's scripts against a real
+C{redis-server} (called synchronously), the placement's decisions, and the
+worker supervisor on a L{Clock} with a recording reactor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from mcpgateway.cluster.directory import Directory, DirectoryUnavailable
+from mcpgateway.cluster.placement import Misdirected, Placement
+from mcpgateway.cluster.workers import RESTART_DELAY, WorkerPool
+from mcpgateway.config import ClusterConfig, parse_config
+from mcpgateway.errors import ServiceUnavailable
+from mcpgateway.gateway import Gateway
+from mcpgateway.policy.auth import Principal
+
+from .redis_fixture import RedisServer, redis_server_at
+
+ME = "http://10.0.0.1:9100"
+OTHER = "http://10.0.0.2:9100"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server_at(tmp_path) as server:
+        yield server
+
+
+def directory(server: RedisServer, address: str = ME, ttl: float = 30.0) -> Directory:
+    config = ClusterConfig(redis=server.uri, secret="x" * 16, entry_ttl=ttl)
+    return Directory(config, address, run=maybeDeferred)
+
+
+def result(d: Deferred[Any]) -> Any:
+    """
+    @return: What an already fired C{d} holds (raising its failure).
+    """
+    box: list[Any] = []
+    d.addBoth(box.append)
+    assert box, "not fired"
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
+
+
+def test_claim_is_first_come_and_release_only_by_the_owner(redis_server: RedisServer) -> None:
+    mine, theirs = directory(redis_server), directory(redis_server, OTHER)
+    assert result(mine.claim("s1")) == ME
+    assert result(theirs.claim("s1")) == ME  # already owned: the owner is returned
+    assert result(theirs.owner("s1")) == ME
+    assert 0 < redis_server.client().pttl("mcpgateway:session:s1") <= 30000
+    assert result(theirs.release("s1")) is False  # never another owner's
+    assert result(mine.owner("s1")) == ME
+    assert result(theirs.release("s1", ME)) is True  # naming the owner: a dead owner's entry
+    assert result(mine.owner("s1")) is None
+
+
+def test_refresh_keeps_own_rewrites_lost_and_counts(redis_server: RedisServer) -> None:
+    mine, theirs = directory(redis_server, ttl=30), directory(redis_server, OTHER)
+    result(mine.claim("a"))
+    result(theirs.claim("b"))
+    redis_server.client().pexpire("mcpgateway:session:a", 50)
+    # "c" was lost (Redis restarted): written again; "b" is another's: left alone.
+    assert result(mine.refresh(["a", "b", "c"])) == (3, 1)
+    client = redis_server.client()
+    assert client.pttl("mcpgateway:session:a") > 1000
+    assert client.get("mcpgateway:session:b") == OTHER.encode()
+    assert client.get("mcpgateway:session:c") == ME.encode()
+    result(theirs.refresh(["b"]))
+    assert result(mine.refresh(["a", "c"])) == (3, 2)
+    result(mine.leave())
+    assert client.get(f"mcpgateway:instance:{ME}") is None
+
+
+def test_redis_down_is_directory_unavailable(redis_server: RedisServer) -> None:
+    mine = directory(redis_server)
+    redis_server.stop()
+    with pytest.raises(DirectoryUnavailable):
+        result(mine.claim("s1"))
+
+
+def placement(server: RedisServer, address: str = ME) -> tuple[Placement, Gateway]:
+    config = parse_config({"server": {"auth_user": "u", "auth_password": "p"}}, {})
+    clock = Clock()
+    gateway = Gateway(config, None, clock)  # type: ignore[arg-type] # no service: nothing spawns
+    return Placement(directory(server, address), gateway), gateway
+
+
+def test_placement_serves_held_sessions_without_redis(redis_server: RedisServer) -> None:
+    here, gateway = placement(redis_server)
+    admin = Principal("admin", "admin")
+    gateway.open_session("held", admin, 60, {})
+    redis_server.stop()
+    assert result(Deferred.fromCoroutine(here.owner_for("held", create=True))) is None
+    with pytest.raises(ServiceUnavailable) as caught:
+        result(Deferred.fromCoroutine(here.owner_for("other", create=True)))
+    assert caught.value.code == "cluster_unavailable"
+
+
+def test_placement_claims_forwards_caches_and_guards_loops(redis_server: RedisServer) -> None:
+    here, _ = placement(redis_server)
+    there, their_gateway = placement(redis_server, OTHER)
+    assert result(Deferred.fromCoroutine(here.owner_for("s", create=True))) is None  # claimed here
+    assert result(Deferred.fromCoroutine(there.owner_for("s", create=True))) == ME  # forwarded there
+    # Remembered: the directory is not asked again for it.
+    redis_server.client().set("mcpgateway:session:s", "http://moved:1")
+    assert result(Deferred.fromCoroutine(there.owner_for("s", create=True))) == ME
+    there.forget("s")
+    assert result(Deferred.fromCoroutine(there.owner_for("s", create=True))) == "http://moved:1"
+    # A forwarded request is never forwarded again: it names the owner instead.
+    with pytest.raises(Misdirected) as caught:
+        result(Deferred.fromCoroutine(here.owner_for("s", create=True, forwarded=True)))
+    assert caught.value.owner == "http://moved:1"
+    # Without create, an unknown session is not entered.
+    assert result(Deferred.fromCoroutine(there.owner_for("nobody", create=False))) is None
+    assert redis_server.client().get("mcpgateway:session:nobody") is None
+    # A closed session leaves the directory.
+    admin = Principal("admin", "admin")
+    their_gateway.open_session("t", admin, 60, {})
+    result(Deferred.fromCoroutine(there.claim("t")))
+    their_gateway.close_session("t", admin)
+    assert redis_server.client().get("mcpgateway:session:t") is None
+
+
+# -- the supervisor -----------------------------------------------------------------
+
+
+class FakeProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class RecordingReactor:
+    def __init__(self) -> None:
+        self.spawned: list[tuple[Any, list[str], FakeProcess]] = []
+
+    def spawnProcess(self, protocol: Any, executable: str, args: list[str], env: dict[str, str], **kw: Any) -> Any:
+        process = FakeProcess(1000 + len(self.spawned))
+        self.spawned.append((protocol, args, process))
+        protocol.makeConnection(process)
+        return process
+
+
+def test_supervisor_restarts_with_growing_delay_and_stops_all() -> None:
+    clock, reactor = Clock(), RecordingReactor()
+    pool = WorkerPool(2, lambda i: ["worker", str(i)], reactor, clock, env={}, stop_grace=5)  # type: ignore[arg-type]
+    pool.startService()
+    assert [args for _, args, _ in reactor.spawned] == [["worker", "0"], ["worker", "1"]]
+    assert pool.workers == {0: 1000, 1: 1001}
+    dying = reactor.spawned[0][0]
+    dying.processEnded(Failure(ProcessTerminated(signal=9)))
+    assert 0 not in pool.workers
+    clock.advance(RESTART_DELAY - 0.01)
+    assert len(reactor.spawned) == 2
+    clock.advance(0.01)
+    assert reactor.spawned[2][1] == ["worker", "0"]
+    # Dying young again: the delay doubles.
+    reactor.spawned[2][0].processEnded(Failure(ProcessTerminated(exitCode=1)))
+    clock.advance(RESTART_DELAY * 2 - 0.01)
+    assert len(reactor.spawned) == 3
+    clock.advance(0.01)
+    assert len(reactor.spawned) == 4
+    # Stop: SIGTERM to each, SIGKILL to one that ignores it, done when all ended.
+    stopped = pool.stopService()
+    live = [reactor.spawned[1], reactor.spawned[3]]
+    assert [process.signals for _, _, process in live] == [["TERM"], ["TERM"]]
+    live[0][0].processEnded(Failure(ProcessDone(0)))
+    clock.advance(5)
+    assert live[1][2].signals == ["TERM", "KILL"]
+    assert not stopped.called
+    live[1][0].processEnded(Failure(ProcessTerminated(signal=9)))
+    assert stopped.called
+    clock.advance(60)
+    assert len(reactor.spawned) == 4  # nothing restarted after the stop
