@@ -28,11 +28,13 @@ setup(
         # Metrics: the reference client library, rendered inline (no thread pool).
         "prometheus_client>=0.20",
         # Rate limits: the seeds' syntax and storages (flask-limiter's engine);
-        # redis-py for redis:// storage, always called through deferToThread.
+        # redis-py for redis:// storage and the cluster's session directory,
+        # always called through deferToThread.
         "limits>=5.8",
         "redis>=5",
         # JWT principals: PyJWT verifies (cryptography for RS/PS/ES/EdDSA),
-        # treq fetches the issuers' JWKS on the reactor.
+        # treq fetches the issuers' JWKS on the reactor, and forwards a
+        # session's calls to the gateway process that owns it.
         "PyJWT[crypto]>=2.8",
         "treq>=24.9",
     ],

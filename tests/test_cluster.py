@@ -346,8 +346,9 @@ def test_workers_share_the_port_and_the_sessions(tmp_path: Path, redis_server: R
     (port,) = ports(1)
     config = gateway_config(tmp_path / "w", port, redis_server.uri, tag, workers=2)
     with start_gateway(config, port, tag) as gateway:
-        wait_for(lambda: len(worker_pids(gateway.process.pid)) == 2)
+        wait_for(lambda: all(gateway.text().count(f"(worker {i}) at") == 1 for i in (0, 1)), timeout=30)
         workers = worker_pids(gateway.process.pid)
+        assert len(workers) == 2
         # New connections each time: the kernel spreads them over the workers.
         for index in range(12):
             session = f"w{index}"
@@ -361,7 +362,9 @@ def test_workers_share_the_port_and_the_sessions(tmp_path: Path, redis_server: R
 
         # A dead worker is replaced; its sessions are lost, the others' kept.
         os.kill(workers[0], signal.SIGKILL)
-        wait_for(lambda: len(worker_pids(gateway.process.pid)) == 2 and worker_pids(gateway.process.pid) != workers)
+        wait_for(lambda: gateway.text().count("(worker 0) at") == 2, timeout=30)  # its replacement listens
+        assert len(worker_pids(gateway.process.pid)) == 2
+        assert worker_pids(gateway.process.pid) != workers
         wait_healthy_all(gateway.url)
         outcomes = {gateway.call(f"w{index}", "list_todos")[0] for index in range(12)}
         assert outcomes <= {200, 503}
@@ -428,8 +431,8 @@ def test_workers_daemonized_with_tls_and_stopped_by_pidfile(tmp_path: Path, redi
         for _ in range(6):
             assert call("tls", "list_todos")["result"] == "#1 [ ] x"
         assert len(worker_pids(supervisor)) == 2
-        log = logfile.read_text()
-        assert "worker 0: " in log and "worker 1: " in log  # the workers' lines reach the daemon's log
+        # The workers' lines reach the daemon's log (worker 1 may still be starting).
+        wait_for(lambda: all(f"worker {i}: " in logfile.read_text() for i in (0, 1)), timeout=30)
     finally:
         os.kill(supervisor, signal.SIGTERM)
         wait_for(lambda: not os.path.exists(f"/proc/{supervisor}"), timeout=20)

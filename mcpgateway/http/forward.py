@@ -30,7 +30,6 @@ import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
-from twisted.internet.interfaces import IReactorTime
 from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
@@ -107,12 +106,12 @@ class Fleet:
         """
         @param placement: Where sessions live.
         @param secret: C{cluster.secret}.
-        @param reactor: An L{IReactorTCP} and L{IReactorTime}.
+        @param reactor: Connects to the owners (an L{IReactorTCP} and L{IReactorTime}).
         @param connect_timeout: Seconds to reach an owner before its sessions count as lost.
         """
         self.placement = placement
         self._secret = secret.encode()
-        self._reactor: IReactorTime = reactor
+        self._connect_timeout = connect_timeout
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = CONNECTIONS_PER_OWNER
         self.pool.cachedConnectionTimeout = int(IDLE_CONNECTION_SECONDS)
@@ -196,6 +195,12 @@ class Fleet:
                 if isinstance(error, _NOT_SENT) and not resent:
                     resent = True  # a kept-alive connection the owner had closed
                     continue
+                if isinstance(error, ResponseFailed) and await self._alive(owner):
+                    # The owner lives but dropped this call: its session is not lost.
+                    raise ServiceUnavailable(
+                        f"the gateway process owning session {session_id!r} dropped the call; retry",
+                        retry_after=1,
+                    ) from None
                 self.placement.forwards["lost"] += 1
                 await self.placement.lost(session_id, owner)
                 log.warn(
@@ -226,8 +231,34 @@ class Fleet:
             values = response.headers.getRawHeaders(name)
             if values:
                 request.setHeader(name, values[-1])
-        await treq.collect(response, request.write)
+        try:
+            await treq.collect(response, request.write)
+        except CancelledError:
+            raise
+        except Exception as error:
+            # The status is out already: cut the client's connection, so it
+            # cannot take a truncated answer for a whole one.
+            log.warn(
+                "session {id}: the answer from {owner} was cut short ({error})",
+                id=session_id,
+                owner=owner,
+                error=type(error).__name__,
+            )
+            request.loseConnection()  # type: ignore[attr-defined]
         return b""
+
+    async def _alive(self, owner: str) -> bool:
+        """
+        @return: Whether C{owner} answers C{GET /health} within the connect timeout.
+        """
+        try:
+            response = await self.http.get(owner + "/health", timeout=self._connect_timeout)
+            await treq.content(response)
+        except CancelledError:
+            raise
+        except Exception:
+            return False
+        return bool(response.code == 200)
 
     def close(self) -> Any:
         """
