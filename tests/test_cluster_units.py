@@ -6,28 +6,36 @@ worker supervisor on a L{Clock} with a recording reactor.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 
 from mcpgateway.cluster.directory import Directory, DirectoryUnavailable
 from mcpgateway.cluster.placement import Misdirected, Placement
 from mcpgateway.cluster.workers import RESTART_DELAY, WorkerPool
 from mcpgateway.config import ClusterConfig, parse_config
-from mcpgateway.errors import ServiceUnavailable
+from mcpgateway.errors import GatewayError, ServiceUnavailable
 from mcpgateway.gateway import Gateway
+from mcpgateway.http.forward import Fleet
 from mcpgateway.policy.auth import Principal
 
 from .redis_fixture import RedisServer, redis_server_at
 
 ME = "http://10.0.0.1:9100"
 OTHER = "http://10.0.0.2:9100"
+SECRET = "unit-secret-0123456789"
 
 
 @pytest.fixture
@@ -186,3 +194,136 @@ def test_supervisor_restarts_with_growing_delay_and_stops_all() -> None:
     assert stopped.called
     clock.advance(60)
     assert len(reactor.spawned) == 4  # nothing restarted after the stop
+
+
+# -- forwarding, over real sockets ------------------------------------------------------
+
+
+class Owner(Resource):
+    """
+    A stand-in owner: answers C{/health}; a POST is answered as C{behaviour} says.
+    """
+
+    isLeaf = True
+
+    def __init__(self, behaviour: str, moved_to: str = "") -> None:
+        super().__init__()
+        self.behaviour = behaviour
+        self.moved_to = moved_to
+        self.seen: list[tuple[bytes | None, bytes]] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        return b"{}"
+
+    def render_POST(self, request: Any) -> Any:
+        self.seen.append((request.getHeader(b"x-mcpgateway-forwarded"), request.content.read()))
+        if self.behaviour == "drop":
+            request.transport.abortConnection()
+            return NOT_DONE_YET
+        if self.behaviour == "moved":
+            request.setResponseCode(421)
+            request.setHeader(b"X-Mcpgateway-Owner", self.moved_to.encode())
+            return b'{"code":"misdirected"}'
+        request.setResponseCode(429)
+        request.setHeader(b"Retry-After", b"7")
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"X-Internal", b"not passed on")
+        return b'{"answer":"from the owner"}'
+
+
+class Front(Resource):
+    """
+    The forwarding side: every POST is routed by a L{Fleet} for session C{s}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, fleet: Fleet) -> None:
+        super().__init__()
+        self.fleet = fleet
+
+    def render_POST(self, request: Any) -> Any:
+        def done(body: bytes | None) -> None:
+            request.write(b"served here" if body is None else body)
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            error = failure.value
+            assert isinstance(error, GatewayError), failure.getTraceback()
+            request.setResponseCode(error.status)
+            request.write(json.dumps(error.body()).encode())
+            request.finish()
+
+        Deferred.fromCoroutine(self.fleet.route(request, "s", create=True)).addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Any]]:
+    ports: list[Any] = []
+    yield ports
+    for port in ports:
+        port.stopListening()
+
+
+def listen(resource: Resource, servers: list[Any]) -> str:
+    port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+    servers.append(port)
+    return f"http://127.0.0.1:{port.getHost().port}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_forwarding_answers_unchanged_and_tells_lost_from_dropped(
+    redis_server: RedisServer, servers: list[Any]
+) -> None:
+    config = ClusterConfig(redis=redis_server.uri, secret=SECRET, entry_ttl=30, connect_timeout=1)
+    gateway = Gateway(parse_config({"server": {"auth_user": "u", "auth_password": "p"}}, {}), None, reactor)  # type: ignore[arg-type]
+    fleet = Fleet(Placement(Directory(config, "http://127.0.0.1:1"), gateway), SECRET, reactor, 1.0)
+    front = listen(Front(fleet), servers)
+    entry = redis_server.client()
+
+    async def post() -> tuple[int, Any, bytes]:
+        response = await treq.post(front, data=b'{"tool":"t"}', headers={"Authorization": "Basic eDp5"})
+        return response.code, response.headers, await treq.content(response)
+
+    try:
+        # The owner's answer comes back as it was: status, body, the headers that matter.
+        answering = Owner("answer")
+        entry.set("mcpgateway:session:s", listen(answering, servers))
+        code, headers, body = await post()
+        assert (code, body) == (429, b'{"answer":"from the owner"}')
+        assert headers.getRawHeaders(b"retry-after") == [b"7"]
+        assert headers.getRawHeaders(b"x-internal") is None
+        assert answering.seen == [(SECRET.encode(), b'{"tool":"t"}')]
+
+        # A stale owner (remembered) answers 421: the directory is asked again, once.
+        fleet.placement.forget("s")
+        stale = listen(Owner("moved", "http://elsewhere:1"), servers)
+        entry.set("mcpgateway:session:s", stale)
+        assert await fleet.placement.owner_for("s", create=True) == stale
+        real = Owner("answer")
+        entry.set("mcpgateway:session:s", listen(real, servers))
+        code, _, body = await post()
+        assert (code, body) == (429, b'{"answer":"from the owner"}')
+        assert len(real.seen) == 1
+
+        # An owner that drops the call but answers /health keeps its session.
+        fleet.placement.forget("s")
+        dropping = listen(Owner("drop"), servers)
+        entry.set("mcpgateway:session:s", dropping)
+        code, _, body = await post()
+        assert code == 503
+        assert json.loads(body)["code"] == "service_unavailable"
+        assert entry.get("mcpgateway:session:s") == dropping.encode()
+
+        # An owner that cannot be reached: session_lost, its entry removed.
+        fleet.placement.forget("s")
+        gone = servers.pop()
+        await gone.stopListening()
+        code, _, body = await post()
+        assert code == 503
+        assert json.loads(body)["code"] == "session_lost"
+        assert entry.get("mcpgateway:session:s") is None
+        assert fleet.placement.forwards == {"answered": 2, "lost": 1, "misdirected": 0}
+    finally:
+        await fleet.close()
