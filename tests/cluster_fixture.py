@@ -42,14 +42,24 @@ def todo_service() -> dict[str, Any]:
     return {"command": [sys.executable, "-m", "mcpgateway.examples.todo_server"], "description": "todos"}
 
 
-def gateway_config(directory: Path, port: int, redis_uri: str, tag: str, *, workers: int = 1, **cluster: Any) -> Path:
+def gateway_config(
+    directory: Path,
+    port: int,
+    redis_uri: str,
+    tag: str,
+    *,
+    workers: int = 1,
+    services: dict[str, Any] | None = None,
+    **cluster: Any,
+) -> Path:
     """
-    Write a gateway's configuration into C{directory}.
+    Write a gateway's configuration into C{directory}: the C{todo} service and C{services}.
 
     @return: Its path.
     """
-    service = todo_service()
-    service["env"] = {"MCPGATEWAY_TEST_TAG": tag}
+    entries = {"todo": todo_service(), **(services or {})}
+    for entry in entries.values():
+        entry["env"] = {**entry.get("env", {}), "MCPGATEWAY_TEST_TAG": tag}
     config = {
         "server": {
             "host": "127.0.0.1",
@@ -59,7 +69,7 @@ def gateway_config(directory: Path, port: int, redis_uri: str, tag: str, *, work
             "workers": workers,
             "state_dir": str(directory / "state"),
         },
-        "services": {"todo": service},
+        "services": entries,
         "session": {"sandbox_dir": str(directory / "sandbox"), "cleanup_interval": 1},
         "rate_limiting": {"enabled": False},
         "audit": {"enabled": False},

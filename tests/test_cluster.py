@@ -28,7 +28,7 @@ from mcpgateway.config import ConfigError, parse_config
 from mcpgateway.devcert import main as devcert
 
 from .cluster_fixture import AUTH, SECRET, gateway_config, ports, start_gateway
-from .conftest import kill_tagged, tagged_processes
+from .conftest import FIXTURE_SERVER, PYTHON, kill_tagged, tagged_processes
 from .redis_fixture import RedisServer, redis_server_at
 from .test_twistd import environment, http, twistd
 
@@ -461,3 +461,56 @@ def test_owner_gone_is_session_lost_and_a_retry_starts_afresh(tmp_path: Path, re
         assert body["structured_content"]["todos"] == []
         assert list(keys(redis_server).values()) == [next(iter(keys(redis_server).values()))]
     kill_tagged(tag)
+
+
+def test_an_event_stream_answer_is_streamed_through_a_forwarding_gateway(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    tag = uuid.uuid4().hex
+    first, second = ports(2)
+    fixture = {"fx": {"command": [PYTHON, FIXTURE_SERVER]}}
+    a_config = gateway_config(tmp_path / "a", first, redis_server.uri, tag, services=fixture)
+    b_config = gateway_config(tmp_path / "b", second, redis_server.uri, tag, services=fixture)
+    accept = {"Accept": "application/json, text/event-stream"}
+    with start_gateway(a_config, first, tag) as a, start_gateway(b_config, second, tag) as b:
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t"}},
+        }
+        _, headers, _ = request("POST", a.url + "/mcp", init, accept)
+        session = headers["Mcp-Session-Id"]
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {
+                "name": "fx.slow_progress",
+                "arguments": {"steps": 3, "delay": 1.0},
+                "_meta": {"progressToken": "tok"},
+            },
+        }
+        sent = {
+            **accept,
+            "Mcp-Session-Id": session,
+            "MCP-Protocol-Version": "2025-06-18",
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(f"{AUTH[0]}:{AUTH[1]}".encode()).decode(),
+        }
+        req = urllib.request.Request(b.url + "/mcp", data=json.dumps(call).encode(), headers=sent)  # noqa: S310
+        started = time.monotonic()
+        with urllib.request.urlopen(req, timeout=20) as response:  # noqa: S310
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            line = b""
+            while b"notifications/progress" not in line:
+                line = response.readline()
+                assert line, "the stream ended without a progress event"
+            first_at = time.monotonic() - started
+            rest = response.read()
+            total = time.monotonic() - started
+        # The first progress event came through B while A's child was still working.
+        assert first_at < total - 1.0, (first_at, total)
+        assert rest.count(b"notifications/progress") == 2
+        assert b"done 3" in rest
+        assert len(tagged_processes(tag)) == 1  # one child, at the owner
