@@ -20,13 +20,14 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.test.requesthelper import DummyChannel
 
 from mcpgateway.cluster.directory import Directory, DirectoryUnavailable
 from mcpgateway.cluster.placement import Misdirected, Placement
 from mcpgateway.cluster.workers import RESTART_DELAY, WorkerPool
 from mcpgateway.config import ClusterConfig, parse_config
-from mcpgateway.errors import GatewayError, ServiceUnavailable
+from mcpgateway.errors import Forbidden, GatewayError, ServiceUnavailable
 from mcpgateway.gateway import Gateway
 from mcpgateway.http.forward import Fleet
 from mcpgateway.policy.auth import Principal
@@ -210,13 +211,14 @@ class Owner(Resource):
         super().__init__()
         self.behaviour = behaviour
         self.moved_to = moved_to
-        self.seen: list[tuple[bytes | None, bytes]] = []
+        self.seen: list[tuple[bytes | None, bytes | None, bytes]] = []
 
     def render_GET(self, request: Any) -> bytes:
         return b"{}"
 
     def render_POST(self, request: Any) -> Any:
-        self.seen.append((request.getHeader(b"x-mcpgateway-forwarded"), request.content.read()))
+        forwarded = request.getHeader(b"x-mcpgateway-forwarded")
+        self.seen.append((forwarded, request.getHeader(b"x-mcpgateway-principal"), request.content.read()))
         if self.behaviour == "drop":
             request.transport.abortConnection()
             return NOT_DONE_YET
@@ -254,7 +256,9 @@ class Front(Resource):
             request.write(json.dumps(error.body()).encode())
             request.finish()
 
-        Deferred.fromCoroutine(self.fleet.route(request, "s", create=True)).addCallbacks(done, failed)
+        alice = Principal("alice", "agent", ("ops",))
+        routed = self.fleet.route(request, "s", create=True, principal=alice)
+        Deferred.fromCoroutine(routed).addCallbacks(done, failed)
         return NOT_DONE_YET
 
 
@@ -294,7 +298,8 @@ async def test_forwarding_answers_unchanged_and_tells_lost_from_dropped(
         assert (code, body) == (429, b'{"answer":"from the owner"}')
         assert headers.getRawHeaders(b"retry-after") == [b"7"]
         assert headers.getRawHeaders(b"x-internal") is None
-        assert answering.seen == [(SECRET.encode(), b'{"tool":"t"}')]
+        admitted = b'{"name": "alice", "role": "agent", "roles": ["ops"]}'
+        assert answering.seen == [(SECRET.encode(), admitted, b'{"tool":"t"}')]
 
         # A stale owner (remembered) answers 421: the directory is asked again, once.
         fleet.placement.forget("s")
@@ -327,3 +332,24 @@ async def test_forwarding_answers_unchanged_and_tells_lost_from_dropped(
         assert fleet.placement.forwards == {"answered": 2, "lost": 1, "misdirected": 0}
     finally:
         await fleet.close()
+
+
+def test_the_owner_takes_the_principal_only_with_the_secret(redis_server: RedisServer) -> None:
+    config = ClusterConfig(redis=redis_server.uri, secret=SECRET)
+    gateway = Gateway(parse_config({"server": {"auth_user": "u", "auth_password": "p"}}, {}), None, Clock())  # type: ignore[arg-type]
+    fleet = Fleet(Placement(Directory(config, ME), gateway), SECRET, Clock(), 1.0)
+
+    def request(**headers: bytes) -> Any:
+        made = Request(DummyChannel())
+        for name, value in headers.items():
+            made.requestHeaders.setRawHeaders(name.replace("_", "-").encode(), [value])
+        return made
+
+    admitted = b'{"name": "alice", "role": "agent", "roles": ["ops"]}'
+    forwarded = request(x_mcpgateway_forwarded=SECRET.encode(), x_mcpgateway_principal=admitted)
+    assert fleet.principal_of(forwarded) == Principal("alice", "agent", ("ops",))
+    assert fleet.principal_of(request(x_mcpgateway_principal=admitted)) is None  # no secret: not trusted
+    with pytest.raises(Forbidden):
+        fleet.principal_of(request(x_mcpgateway_forwarded=b"wrong", x_mcpgateway_principal=admitted))
+    for bad in (b"[]", b"{}", b'{"name": "a", "role": "root"}', b'{"name": 1, "role": "agent"}', b"\xff"):
+        assert fleet.principal_of(request(x_mcpgateway_forwarded=SECRET.encode(), x_mcpgateway_principal=bad)) is None

@@ -3,8 +3,8 @@ Forwarding a session's requests to the gateway process that owns it.
 
 L{Fleet.route} asks the L{Placement} where a session lives; when another
 process owns it, the request is sent there as it came (method, path, body,
-the headers that matter, the client's credentials, which the owner checks
-again) over a persistent HTTP connection (treq on an
+the headers that matter, and who this gateway admitted the caller as, which
+the owner takes without verifying or counting the credentials again) over a persistent HTTP connection (treq on an
 L{HTTPConnectionPool}), and the owner's answer is returned unchanged:
 status, body and its relevant headers, streamed (an MCP C{text/event-stream}
 answer reaches the client as it is written).
@@ -24,6 +24,7 @@ the directory entry removed, so a retry of the call starts a new session.
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Any
 
 import treq
@@ -38,8 +39,9 @@ from twisted.web.iweb import IRequest
 from mcpgateway.cluster.placement import Misdirected, Placement
 from mcpgateway.errors import Forbidden, GatewayError, ServiceUnavailable
 from mcpgateway.observe.logs import logger
+from mcpgateway.policy.auth import Principal
 
-__all__ = ["FORWARDED_HEADER", "OWNER_HEADER", "Fleet", "WrongOwner"]
+__all__ = ["FORWARDED_HEADER", "OWNER_HEADER", "PRINCIPAL_HEADER", "Fleet", "WrongOwner"]
 
 log = logger("mcpgateway.cluster")
 
@@ -49,6 +51,9 @@ FORWARDED_HEADER = b"X-Mcpgateway-Forwarded"
 OWNER_HEADER = b"X-Mcpgateway-Owner"
 #: The original client's address, for the owner's logs.
 CLIENT_HEADER = b"X-Mcpgateway-Client"
+#: Who the forwarding gateway admitted (JSON: name, role, roles): the owner
+#: does not verify the credentials again, nor count them.
+PRINCIPAL_HEADER = b"X-Mcpgateway-Principal"
 
 #: Request headers passed on to the owner (lower case).
 _REQUEST_HEADERS = (
@@ -130,6 +135,26 @@ class Fleet:
             return True
         raise Forbidden(f"{FORWARDED_HEADER.decode()} is for the gateways of one fleet; this one is wrong", "forbidden")
 
+    def principal_of(self, request: IRequest) -> Principal | None:
+        """
+        @return: The principal another gateway admitted C{request} as, or
+            L{None} if it was not forwarded (or names none).
+        @raise Forbidden: If it claims to be forwarded with a wrong secret.
+        """
+        raw = request.getHeader(PRINCIPAL_HEADER)
+        if raw is None or not self.forwarded(request):
+            return None
+        try:
+            fields = json.loads(raw)
+            roles = fields.get("roles", [])
+            if not (isinstance(fields["name"], str) and fields["role"] in ("admin", "agent")):
+                return None
+            if not (isinstance(roles, list) and all(isinstance(role, str) for role in roles)):
+                return None
+            return Principal(fields["name"], fields["role"], tuple(roles))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
     def client_of(self, request: IRequest, peer: str) -> str:
         """
         @param peer: The connection's peer address.
@@ -141,13 +166,20 @@ class Fleet:
         return peer
 
     async def route(
-        self, request: IRequest, session_id: str, *, create: bool, body: bytes | None = None
+        self,
+        request: IRequest,
+        session_id: str,
+        *,
+        create: bool,
+        principal: Principal | None = None,
+        body: bytes | None = None,
     ) -> bytes | None:
         """
         Serve C{request} here (L{None}), or forward it to the owner of
         C{session_id} and answer with the owner's answer.
 
         @param create: Whether the request may create the session.
+        @param principal: Who this gateway admitted the request as: the owner takes its word.
         @param body: The request body (read from C{request.content} if L{None}).
         @return: L{None} to serve here, else the body already written (C{b""}).
         @raise WrongOwner: For a forwarded request of another owner.
@@ -170,15 +202,20 @@ class Fleet:
                 body = content.read()
             else:
                 body = b""
-        return await self._forward(request, session_id, owner, body, create)
+        return await self._forward(request, session_id, owner, body, create, principal)
 
-    async def _forward(self, request: IRequest, session_id: str, owner: str, body: bytes, create: bool) -> bytes | None:
+    async def _forward(
+        self, request: IRequest, session_id: str, owner: str, body: bytes, create: bool, principal: Principal | None
+    ) -> bytes | None:
         headers = Headers()
         for name in _REQUEST_HEADERS:
             value = request.getHeader(name)
             if value is not None:
                 headers.setRawHeaders(name, [value])
         headers.setRawHeaders(FORWARDED_HEADER, [self._secret])
+        if principal is not None:
+            admitted = {"name": principal.name, "role": principal.role, "roles": list(principal.roles)}
+            headers.setRawHeaders(PRINCIPAL_HEADER, [json.dumps(admitted).encode()])
         peer = getattr(request.getClientAddress(), "host", "-")
         headers.setRawHeaders(CLIENT_HEADER, [self.client_of(request, str(peer)).encode()])
         method = request.method.decode("ascii")

@@ -105,9 +105,10 @@ class Guard:
         self.metrics = metrics
         self.resource = resource if resource is not None else ProtectedResource(ServerConfig())
         self._admitted: weakref.WeakKeyDictionary[IRequest, Principal] = weakref.WeakKeyDictionary()
-        #: Tells a request another gateway forwarded (L{mcpgateway.http.forward.Fleet.forwarded}):
-        #: the rate limits counted it there.
-        self.forwarded: Callable[[IRequest], bool] | None = None
+        #: Who another gateway admitted a request it forwarded as
+        #: (L{mcpgateway.http.forward.Fleet.principal_of}): credentials were
+        #: verified and rate limits counted there.
+        self.forwarded: Callable[[IRequest], Principal | None] | None = None
 
     def principal_of(self, request: IRequest) -> Principal | None:
         """
@@ -124,6 +125,11 @@ class Guard:
         @raise Unauthorized: Without valid credentials (C{WWW-Authenticate} set).
         @raise LimitReached: Over a limit (C{Retry-After} set).
         """
+        if self.forwarded is not None:
+            admitted = self.forwarded(request)
+            if admitted is not None:
+                self._admitted[request] = admitted
+                return admitted
         header = request.getHeader(b"authorization")
         address = client_address(request)
         # A strong bearer token, or a credential verified from this address
@@ -136,8 +142,7 @@ class Guard:
                 principal = await self.verify(request, header, address)
             else:
                 principal = await self.verify_jwt(request, token, address)
-        if self.forwarded is None or not self.forwarded(request):
-            await self.limit(request, group, f"principal:{principal.name}", principal)
+        await self.limit(request, group, f"principal:{principal.name}", principal)
         self._admitted[request] = principal
         return principal
 

@@ -162,8 +162,8 @@ class GatewayApp:
             self.metrics.registry.register(audit.collector())
         self.fleet = fleet
         if fleet is not None:
-            # A forwarded request was counted where it arrived.
-            self.guard.forwarded = fleet.forwarded
+            # A forwarded request was admitted (and counted) where it arrived.
+            self.guard.forwarded = fleet.principal_of
             self.metrics.registry.register(fleet.placement.collector())
 
     def security(self, kind: str, request: IRequest, principal: Principal | None, **fields: Any) -> None:
@@ -261,7 +261,7 @@ class GatewayApp:
             )
         address = client_address(request)
         if self.fleet is not None:
-            forwarded = await self.fleet.route(request, session_id, create=True)
+            forwarded = await self.fleet.route(request, session_id, create=True, principal=principal)
             if forwarded is not None:
                 return forwarded
             address = self.fleet.client_of(request, address)
@@ -300,7 +300,7 @@ class GatewayApp:
     async def close_session(self, request: IRequest, principal: Principal, session_id: str) -> bytes:
         check_name(session_id, SESSION_ID, "the session id", "invalid_session_id")
         if self.fleet is not None:
-            forwarded = await self.fleet.route(request, session_id, create=False)
+            forwarded = await self.fleet.route(request, session_id, create=False, principal=principal)
             if forwarded is not None:
                 return forwarded
         return _render(request, 200, self.gateway.close_session(session_id, principal))

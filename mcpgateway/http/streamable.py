@@ -249,7 +249,7 @@ class McpEndpoint:
             session_id = header(request, SESSION_HEADER)
             if self.fleet is not None and session_id and version not in MODERN_VERSIONS:
                 # A legacy session lives in one process: its owner answers.
-                forwarded = await self.fleet.route(request, session_id, create=False)
+                forwarded = await self.fleet.route(request, session_id, create=False, principal=principal)
                 if forwarded is not None:
                     return forwarded
             if version in MODERN_VERSIONS:
