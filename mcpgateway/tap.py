@@ -94,6 +94,8 @@ class Options(usage.Options):
         server = self["gateway_config"].server
         problem = credential_problem(server) or workers_problem(self["gateway_config"], self["listen"])
         if self["worker"] is not None:
+            if server.workers == 1:
+                raise StartRefused("--worker: only for the workers a supervisor starts (server.workers above 1)")
             if not (self["worker"].isdigit() and int(self["worker"]) < server.workers):
                 raise StartRefused(f"--worker: expected a number below server.workers ({server.workers})")
             self["worker"] = int(self["worker"])

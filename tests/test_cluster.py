@@ -105,7 +105,8 @@ def test_cluster_configuration_read(tmp_path: Path) -> None:
     [
         ({"workers": 2}, ["--listen", "tcp:0"], "--listen cannot be combined"),
         ({"workers": 2, "metrics_listen": "tcp:0"}, [], "server.metrics_listen: 2 workers cannot share"),
-        ({}, ["--worker", "3"], "--worker: expected a number below server.workers (1)"),
+        ({}, ["--worker", "0"], "--worker: only for the workers a supervisor starts"),
+        ({"workers": 2}, ["--worker", "2"], "--worker: expected a number below server.workers (2)"),
     ],
 )
 def test_twistd_refuses_workers_it_cannot_serve(
