@@ -17,6 +17,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from mcpgateway.config.claude import convert_servers
 from mcpgateway.config.governance import (
@@ -107,11 +108,25 @@ DOWNLOAD_STARTUP_TIMEOUT = 120.0
 @dataclass(frozen=True)
 class ServiceConfig:
     """
-    One C{services.<name>} entry: an MCP server started as a child process.
+    One C{services.<name>} entry: an MCP server started as a child process
+    (C{command}), or one reached over HTTP (C{url}, its keys in
+    L{REMOTE_KEYS}).
     """
 
     name: str
-    command: tuple[str, ...]
+    command: tuple[str, ...] = ()
+    #: C{http(s)://...}: a remote MCP server instead of a child (L{mcpgateway.children.remote}).
+    url: str = ""
+    #: C{auto}, C{streamable-http} or C{sse} (url services).
+    transport: str = "auto"
+    #: Headers sent with every request to C{url} (C{${VAR}} read at load).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: A PEM bundle of the CAs trusted for an C{https} C{url}; C{""}: the system's.
+    ca_file: str = ""
+    #: The largest HTTP answer (or SSE event) read from C{url}.
+    max_response_bytes: int = 128 * 1024 * 1024
+    #: Idle keep-alive connections kept open to C{url}.
+    max_connections: int = 8
     description: str = ""
     enabled: bool = True
     env: Mapping[str, str] = field(default_factory=dict)
@@ -139,7 +154,7 @@ class ServiceConfig:
         """
         if self.startup_timeout is not None:
             return self.startup_timeout
-        if os.path.basename(self.command[0]) in DOWNLOADERS:
+        if self.command and os.path.basename(self.command[0]) in DOWNLOADERS:
             return max(self.handshake_timeout, DOWNLOAD_STARTUP_TIMEOUT)
         return self.handshake_timeout
 
@@ -345,8 +360,74 @@ def _command(value: Any, path: str, environ: Mapping[str, str]) -> tuple[str, ..
     return command
 
 
+def _url(value: Any, path: str, environ: Mapping[str, str]) -> str:
+    url = string(value, path, environ).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{path}: expected an http:// or https:// URL, got {url!r}")
+    if parts.username or parts.password:
+        raise ConfigError(f"{path}: put credentials in headers, not in the URL")
+    if parts.fragment:
+        raise ConfigError(f"{path}: a URL with a #fragment cannot be requested")
+    return url
+
+
+def _transport(value: Any, path: str, environ: Mapping[str, str]) -> str:
+    transport = string(value, path, environ)
+    if transport not in ("auto", "streamable-http", "sse"):
+        raise ConfigError(f"{path}: expected auto, streamable-http or sse, got {transport!r}")
+    return transport
+
+
+def _headers(value: Any, path: str, environ: Mapping[str, str]) -> dict[str, str]:
+    headers = string_map(value, path, environ)
+    for name, text in headers.items():
+        if not _TOKEN.fullmatch(name):
+            raise ConfigError(f"{path}.{name}: not an HTTP header name")
+        if name.lower() in _OWN_HEADERS:
+            raise ConfigError(f"{path}.{name}: the gateway sets this header itself")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text) or not text.isascii():
+            raise ConfigError(f"{path}.{name}: a header value is printable ASCII (no line breaks)")
+    return headers
+
+
+def _ca_file(value: Any, path: str, environ: Mapping[str, str]) -> str:
+    name = string(value, path, environ)
+    if not os.path.isfile(name):
+        raise ConfigError(f"{path}: no such file: {name!r}")
+    return name
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: Headers of the MCP transports, which the gateway writes itself.
+_OWN_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "accept",
+        "host",
+        "connection",
+        "transfer-encoding",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "mcp-method",
+        "mcp-name",
+        "last-event-id",
+    }
+)
+#: Keys only a url service may have.
+REMOTE_KEYS = frozenset({"url", "transport", "headers", "ca_file", "max_response_bytes", "max_connections"})
+#: Keys only a command service may have: a url service runs no process.
+LOCAL_KEYS = frozenset({"command", "env", "sandbox", "startup_timeout", "max_line_bytes", "prewarm"})
+
 _SERVICE: dict[str, Reader] = {
     "command": _command,
+    "url": _url,
+    "transport": _transport,
+    "headers": _headers,
+    "ca_file": _ca_file,
+    "max_response_bytes": positive(integer),
+    "max_connections": positive(integer),
     "description": string,
     "enabled": boolean,
     "env": string_map,
@@ -437,8 +518,16 @@ def _service(name: str, raw: Any, environ: Mapping[str, str]) -> ServiceConfig:
     if not SERVICE_NAME.fullmatch(name):
         raise ConfigError(f"{path}: a service name is 1-64 of A-Z a-z 0-9 _ -")
     values = section(raw, path, environ, _SERVICE, aliases={"sandbox_config": "sandbox"})
-    if "command" not in values:
-        raise ConfigError(f"{path}.command: missing (the program and its arguments)")
+    if "command" in values and "url" in values:
+        raise ConfigError(f"{path}: give command (a child process) or url (a remote server), not both")
+    if "url" in values:
+        for key in sorted(LOCAL_KEYS & set(values)):
+            raise ConfigError(f"{path}.{key}: not for a url service (it runs no process on this host)")
+    elif "command" in values:
+        for key in sorted(REMOTE_KEYS & set(values)):
+            raise ConfigError(f"{path}.{key}: only for a url service")
+    else:
+        raise ConfigError(f"{path}.command: missing (the program and its arguments), or give url")
     return ServiceConfig(name=name, **values)
 
 
