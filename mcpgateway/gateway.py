@@ -11,7 +11,7 @@ timeout, and maps what comes back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred, gatherResults
@@ -68,6 +68,9 @@ class Gateway:
         #: the MCP front door to end the session's streams.
         self.session_closed: list[Callable[[Session], None]] = []
         self.restarts: dict[str, int] = {}
+        #: The extra HTTP headers a session sends to a C{url} service (e.g.
+        #: its principal's C{Authorization}); none unless set.
+        self.session_headers: Callable[[Session, Service], Mapping[str, str]] = _no_headers
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -242,7 +245,7 @@ class Gateway:
         shared = session.spawning.get(name)
         if shared is None:
             self.sessions.reserve(session, name)
-            shared = session.spawning[name] = observe(service.acquire())
+            shared = session.spawning[name] = observe(service.acquire(self.session_headers(session, service)))
             shared.wait().addBoth(self._spawned, session, name)
             service.refill_pool_soon()
         child = await session.track(shared.wait())
@@ -324,7 +327,7 @@ class Gateway:
                 log.failure("a session_closed listener failed for session {id}", id=session.id)
         for waiting in list(session.calls):
             waiting.cancel()
-        for name, child in session.children.items():
+        for name, child in list(session.children.items()):
             self._closing_child(child, name)
         session.children.clear()
         for service in self.services.values():
@@ -335,3 +338,7 @@ class Gateway:
         closing: Deferred[None] = child.close(grace).addCallback(lambda _: None)
         self._closing.add(closing)
         closing.addBoth(lambda result: self._closing.discard(closing))
+
+
+def _no_headers(session: Session, service: Service) -> Mapping[str, str]:
+    return {}

@@ -73,6 +73,12 @@ class ServiceState(Protocol):
     on_handshake: Callable[[float], None] | None
 
     @property
+    def transport(self) -> str:
+        """
+        C{stdio} (child processes) or C{http} (a C{url} service).
+        """
+
+    @property
     def children(self) -> Sized:
         """
         Its live children.
@@ -266,6 +272,11 @@ class _StateCollector(Collector):
         gateway = self.gateway
         yield GaugeMetricFamily("mcpgateway_sessions", "Live sessions.", value=len(gateway.sessions))
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "info": GaugeMetricFamily(
+                "mcpgateway_service_info",
+                "1 per service, labelled with its transport: stdio (child processes) or http (a url service).",
+                labels=["service", "transport"],
+            ),
             "children": GaugeMetricFamily("mcpgateway_children", "Live children, by service.", labels=["service"]),
             "pool": GaugeMetricFamily("mcpgateway_pool_size", "Ready children in the warm pool.", labels=["service"]),
             "failing": GaugeMetricFamily(
@@ -291,6 +302,7 @@ class _StateCollector(Collector):
             ),
         }
         for name, service in gateway.services.items():
+            families["info"].add_metric([name, service.transport], 1)
             families["children"].add_metric([name], len(service.children))
             families["pool"].add_metric([name], service.pool_size)
             families["failing"].add_metric([name], 1 if service.state == "failing" else 0)
