@@ -26,7 +26,7 @@ from mcpgateway.children.service import Service
 from mcpgateway.config import GatewayConfig
 from mcpgateway.errors import CallTimedOut, ChildFailed, NotFound, ServiceUnavailable, SessionClosed, ToolRPCError
 from mcpgateway.lib.deferreds import observe
-from mcpgateway.mcp.exits import ChildExited
+from mcpgateway.mcp.exits import ChildExited, Unreachable
 from mcpgateway.mcp.jsonrpc import RPCError
 from mcpgateway.mcp.results import result_text
 from mcpgateway.observe.logs import logger, now_iso
@@ -203,6 +203,8 @@ class Gateway:
                 raise CallTimedOut(
                     f"{name} did not answer {tool!r} within {service.config.call_timeout:g} s; the call was cancelled"
                 ) from None
+            except Unreachable as error:
+                raise _unreachable(service, error) from None
             except ChildExited as error:
                 raise ChildFailed.ended(name, "during the call", error.info) from None
         except CancelledError:
@@ -342,3 +344,15 @@ class Gateway:
 
 def _no_headers(session: Session, service: Service) -> Mapping[str, str]:
     return {}
+
+
+def _unreachable(service: Service, error: Unreachable) -> ServiceUnavailable:
+    """
+    A remote server that could not be reached for a call: the call never
+    left the gateway, so 503 (a retry is safe), as for a start that fails.
+    """
+    return ServiceUnavailable(
+        f"the {service.name} server {error.info.describe()}; the call was not sent",
+        retry_after=service.config.backoff_initial,
+        service=service.name,
+    )

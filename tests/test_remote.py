@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ import pytest_twisted
 import treq
 
 from mcpgateway.config import ConfigError, parse_config
+from mcpgateway.devcert import main as devcert
 from mcpgateway.mcp.sse import Event, EventTooLarge, SseParser
 
 from .conftest import PYTHON, SERVERS, fixture_service, sleep, wait_until
@@ -51,7 +53,8 @@ class Upstream:
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         path = {"sse": "/sse"}.get(mode, "/mcp")
-        self.base = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if "--tls" in flags else "http"
+        self.base = f"{scheme}://127.0.0.1:{self.port}"
         self.url = self.base + path
 
     def launch(self) -> None:
@@ -263,6 +266,24 @@ async def test_an_upstream_that_dies_mid_call(live: Any, upstream: Any) -> None:
     assert body["result"] == "1"  # a new upstream session
 
 
+@pytest.mark.parametrize("protocol", ["legacy", "modern"])
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_gone_between_calls(live: Any, upstream: Any, protocol: str) -> None:
+    """
+    A call that cannot be sent (connection refused) is a 503, safe to retry,
+    not a 502: nothing reached the server.
+    """
+    server = await upstream("streamable")
+    gw = live({"r": remote(server, protocol=protocol)})
+    assert (await gw.call("r", "count", "s"))[0].code == 200
+    server.kill()
+    response, body = await gw.call("r", "count", "s")
+    assert response.code == 503, body
+    assert body["code"] == "service_unavailable"
+    assert "the call was not sent" in body["error"]
+    assert response.headers.getRawHeaders(b"retry-after") == [b"1"]
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_unreachable_url(live: Any) -> None:
     gw = live({"r": {"url": f"http://127.0.0.1:{free_port()}/mcp"}})
@@ -281,6 +302,26 @@ async def test_redirects_are_refused(live: Any, upstream: Any) -> None:
     response, body = await gw.call("r", "count", "s")
     assert response.code == 503
     assert "redirect" in body["error"]
+
+
+# -- TLS -------------------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_verified_against_ca_file(live: Any, upstream: Any, tmp_path: Path) -> None:
+    pem = tmp_path / "upstream.pem"
+    devcert([str(pem), "--host", "127.0.0.1"])
+    server = await upstream("streamable", "--tls", str(pem))
+    assert server.url.startswith("https://")
+    gw = live({"trusted": remote(server, ca_file=str(pem)), "system": remote(server)})
+    response, body = await gw.call("trusted", "count", "s")
+    assert response.code == 200, body
+    assert body["result"] == "1"
+    # The system's trust store does not know this self-signed certificate.
+    response, body = await gw.call("system", "count", "s")
+    assert response.code == 503
+    assert "unreachable" in body["error"]
+    assert "certificate verify failed" in body["error"]
 
 
 # -- headers -------------------------------------------------------------------------------------------

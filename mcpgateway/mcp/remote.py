@@ -32,6 +32,7 @@ from urllib.parse import urljoin, urlsplit
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -43,7 +44,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from mcpgateway.errors import ChildFailed
 from mcpgateway.lib.deferreds import Shared
 from mcpgateway.lib.jsontext import dumps
-from mcpgateway.mcp.exits import ChildExited, ExitInfo
+from mcpgateway.mcp.exits import ChildExited, ExitInfo, Unreachable
 from mcpgateway.mcp.jsonrpc import RPCError, decode, error_member
 from mcpgateway.mcp.spec import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, MODERN_VERSION, VERSION_KEY
 from mcpgateway.mcp.sse import EventTooLarge, SseParser
@@ -318,7 +319,10 @@ class HttpPeer:
         except Exception as error:  # refused, reset, DNS, TLS verification...
             if _cancelled(error):
                 raise CancelledError() from None
-            raise self._gone(f"became unreachable ({_describe(error)})") from None
+            gone = self._gone(f"became unreachable ({_describe(error)})")
+            if isinstance(error, ConnectError | DNSLookupError):
+                raise Unreachable(gone.info) from None  # nothing was sent
+            raise gone from None
         if 300 <= response.code < 400:
             _read(response, 0).done.addErrback(lambda _: None)
             raise ChildFailed(

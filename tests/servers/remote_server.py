@@ -2,7 +2,7 @@
 A remote MCP server for the gateway's C{url} services: the official SDK's
 FastMCP (C{MCPServer}) served by uvicorn on loopback.
 
-  python remote_server.py PORT [streamable|sse|redirect] [--json]
+  python remote_server.py PORT [streamable|sse|legacy-only|redirect] [--json] [--tls PEM]
 
   - C{streamable}: Streamable HTTP at C{/mcp} (both eras: 2026-07-28 per
     request, and C{initialize} + C{Mcp-Session-Id}); answers as event
@@ -12,6 +12,7 @@ FastMCP (C{MCPServer}) served by uvicorn on loopback.
   - C{legacy-only}: Streamable HTTP as a 2025 server serves it:
     C{server/discover} (no session yet) is answered 400.
   - C{redirect}: every request answered 307 to C{/elsewhere}.
+  - C{--tls PEM}: HTTPS with the certificate and key in C{PEM}.
 
 Tools: C{count} (calls so far in this MCP session: state per session),
 C{big} {mb} (a text of C{mb} MB), C{stall} {seconds}, C{die} (the process
@@ -159,7 +160,16 @@ def main() -> None:
         web = _redirect()
     else:
         web = app.streamable_http_app(json_response="--json" in sys.argv)
-    uvicorn.run(_observed(web), host="127.0.0.1", port=port, log_level="warning", lifespan="auto")
+    tls = sys.argv[sys.argv.index("--tls") + 1] if "--tls" in sys.argv else None
+    uvicorn.run(
+        _observed(web),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="auto",
+        ssl_certfile=tls,
+        ssl_keyfile=tls,
+    )
 
 
 if __name__ == "__main__":
