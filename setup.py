@@ -44,6 +44,9 @@ setup(
             "hypothesis>=6.100",
             "signalwire-agents==1.1.0",
             "mcp>=2.3,<3",
+            # tests/servers/remote_server.py: the SDK's server apps on uvicorn
+            # (url services' tests); mcp depends on it, named for clarity.
+            "uvicorn>=0.30",
             "opentelemetry-sdk>=1.20",
             # uv and uvx (binaries in a wheel) for tests/test_real_servers.py's
             # Python servers; the children find them on the gateway's PATH.
