@@ -28,6 +28,7 @@ from mcpgateway.mcp.sse import Event, EventTooLarge, SseParser
 from .conftest import PYTHON, SERVERS, fixture_service, sleep, wait_until
 from .test_mcp_front import connect, in_thread
 from .test_metrics_pool import _sample
+from .test_policy import governed  # noqa: F401 (a fixture)
 
 REMOTE_SERVER = str(SERVERS / "remote_server.py")
 
@@ -302,6 +303,34 @@ async def test_redirects_are_refused(live: Any, upstream: Any) -> None:
     response, body = await gw.call("r", "count", "s")
     assert response.code == 503
     assert "redirect" in body["error"]
+
+
+# -- sessions, policy --------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_session_deletes_its_upstream_session(live: Any, upstream: Any) -> None:
+    server = await upstream("streamable")
+    gw = live({"r": remote(server, protocol="legacy")}, session={"cleanup_interval": 0.2})
+    response, _ = await gw.call("r", "count", "short", timeout=0.3)
+    assert response.code == 200
+    assert len((await server.stats())["sessions"]) == 1
+    await wait_until(lambda: len(gw.gateway.sessions) == 0, timeout=5)
+    await no_upstream_sessions_left(server)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_tool_policy_applies_to_a_remote_service(governed: Any, upstream: Any) -> None:  # noqa: F811
+    server = await upstream("streamable")
+    policy = {"default": "allow", "rules": [{"roles": ["admin"], "deny": ["r/die"]}]}
+    gw, _ = governed({"r": remote(server)}, policy=policy)
+    _, tools = await gw.request("GET", "/services/r/tools")
+    names = {tool["name"] for tool in tools["tools"]}
+    assert "count" in names and "die" not in names
+    response, body = await gw.call("r", "die", "s")
+    assert response.code == 403
+    assert body["code"] == "forbidden_tool"
+    assert server.alive  # the call never reached it
 
 
 # -- TLS -------------------------------------------------------------------------------------------------
