@@ -11,7 +11,7 @@ verified against the system's trust store or C{ca_file}, no redirects.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from treq.client import HTTPClient
@@ -24,6 +24,7 @@ from mcpgateway.children.child import Child, Era, StartFailed, handshake
 from mcpgateway.config import ServiceConfig
 from mcpgateway.errors import GatewayError
 from mcpgateway.mcp.jsonrpc import RPCError
+from mcpgateway.mcp.peer import Peer
 from mcpgateway.mcp.remote import HttpPeer
 from mcpgateway.mcp.stdio import NotificationHandler
 
@@ -83,7 +84,7 @@ async def open_remote(
     hint: Era | None,
     transport: str | None = None,
     on_notification: NotificationHandler | None = None,
-    on_peer: Any = None,
+    on_peer: Callable[[Peer], None] | None = None,
 ) -> Child:
     """
     Open an MCP session with the service's server.

@@ -42,7 +42,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from mcpgateway.errors import ChildFailed
-from mcpgateway.lib.deferreds import Shared
+from mcpgateway.lib.deferreds import Shared, observe
 from mcpgateway.lib.jsontext import dumps
 from mcpgateway.mcp.exits import ChildExited, ExitInfo, Unreachable
 from mcpgateway.mcp.jsonrpc import RPCError, decode, error_member
@@ -207,6 +207,7 @@ class HttpPeer:
         self._opening: Shared[None] | None = None
         self._pending: dict[int, Deferred[dict[str, Any]]] = {}
         self._exchanges: set[Deferred[Any]] = set()
+        self._initialized: Shared[None] | None = None
         #: Exchanges (POSTs, the SSE GET) made so far, by transport and outcome.
         self.requests = 0
 
@@ -271,11 +272,14 @@ class HttpPeer:
         except (ValueError, TypeError, RecursionError) as error:
             self.log.warn("could not send a {what} message: {error}", what=message.get("method", "reply"), error=error)
             return
-        Deferred.fromCoroutine(self._post_only(message, body)).addErrback(
+        sending = Deferred.fromCoroutine(self._post_only(message, body)).addErrback(
             lambda failure: self.log.info(
                 "sending {what} failed: {error}", what=message.get("method", "a reply"), error=failure.value
             )
         )
+        if message.get("method") == "notifications/initialized" and not sending.called:
+            # Requests wait for it: the server must see it before them.
+            self._initialized = observe(sending)
 
     async def _post_only(self, message: dict[str, Any], body: bytes) -> None:
         await self._opened()
@@ -335,6 +339,9 @@ class HttpPeer:
         return response
 
     async def _request(self, request_id: int, message: dict[str, Any], body: bytes) -> dict[str, Any]:
+        if self._initialized is not None:
+            await self._initialized.wait()
+            self._initialized = None
         first = not self._exchanged
         self._exchanged = True
         if self.transport != "sse":
