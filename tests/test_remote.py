@@ -232,6 +232,28 @@ async def test_a_ten_megabyte_answer_and_the_cap(live: Any, upstream: Any) -> No
 
 
 @pytest_twisted.ensureDeferred
+async def test_bad_answers_are_502(live: Any, upstream: Any) -> None:
+    server = await upstream("streamable")
+    gw = live({"r": remote(server, protocol="legacy")})
+    response, body = await gw.call("r", "count", "s")
+    assert body.get("result") == "1", body
+    response, body = await gw.call("r", "html_answer", "s")
+    assert response.code == 502, body
+    assert body["code"] == "child_failed"
+    assert "HTTP 200 (text/html)" in body["error"]
+    response, body = await gw.call("r", "server_error", "s")
+    assert response.code == 502, body
+    assert body["http_status"] == 500
+    assert "upstream exploded" in body["error"]
+    # A bad answer ends one call, not the session: its state is intact.
+    assert (await gw.call("r", "count", "s"))[1]["result"] == "2"
+    response, body = await gw.call("r", "no_such_tool", "s")
+    assert response.code == 200 and body["is_error"] is True  # the SDK's own answer
+    await gw.request("DELETE", "/sessions/s")
+    await no_upstream_sessions_left(server)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_stalled_upstream_times_out(live: Any, upstream: Any) -> None:
     server = await upstream("streamable")
     gw = live({"r": remote(server, call_timeout=1)})

@@ -19,6 +19,9 @@ C{big} {mb} (a text of C{mb} MB), C{stall} {seconds}, C{die} (the process
 kills itself mid-call), C{long_task} {steps, delay} (progress after each
 step), C{headers} (the request headers it got, as JSON).
 
+A call of C{html_answer} gets an HTML page, one of C{server_error} a 500
+(neither tool exists: the answer comes before the server sees the call).
+
 C{GET /_stats} (outside MCP) tells what it saw: C{sessions} (Mcp-Session-Id
 values it minted), C{deleted} (those ended with DELETE), C{methods}
 (requests by HTTP method).
@@ -124,6 +127,42 @@ def _observed(inner: Any) -> Any:
     return asgi
 
 
+def _bad_answers(inner: Any) -> Any:
+    """
+    A call of the tool C{html_answer} is answered 200 with an HTML page,
+    one of C{server_error} with a 500: what a broken proxy in front of a
+    server sends.
+    """
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await inner(scope, receive, send)
+            return
+        messages = []
+        body = b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if b'"html_answer"' in body:
+            await Response("<html>502 Bad Gateway</html>", media_type="text/html")(scope, receive, send)
+            return
+        if b'"server_error"' in body:
+            await Response("upstream exploded", status_code=500)(scope, receive, send)
+            return
+        replay = iter(messages)
+
+        async def again() -> dict[str, Any]:
+            replayed = next(replay, None)
+            return replayed if replayed is not None else await receive()
+
+        await inner(scope, again, send)
+
+    return asgi
+
+
 def _legacy_only(inner: Any) -> Any:
     """
     A 2025 server: a request without a session that is not C{initialize}
@@ -162,7 +201,7 @@ def main() -> None:
         web = app.streamable_http_app(json_response="--json" in sys.argv)
     tls = sys.argv[sys.argv.index("--tls") + 1] if "--tls" in sys.argv else None
     uvicorn.run(
-        _observed(web),
+        _observed(_bad_answers(web)),
         host="127.0.0.1",
         port=port,
         log_level="warning",
