@@ -208,8 +208,6 @@ class HttpPeer:
         self._pending: dict[int, Deferred[dict[str, Any]]] = {}
         self._exchanges: set[Deferred[Any]] = set()
         self._initialized: Shared[None] | None = None
-        #: Exchanges (POSTs, the SSE GET) made so far, by transport and outcome.
-        self.requests = 0
 
     @property
     def alive(self) -> bool:
@@ -308,7 +306,6 @@ class HttpPeer:
         return headers
 
     async def _post(self, url: str, message: dict[str, Any], body: bytes) -> IResponse:
-        self.requests += 1
         try:
             response: IResponse = (
                 await self._client.request(
@@ -446,7 +443,6 @@ class HttpPeer:
         await self._opening.wait()
 
     async def _open_stream(self) -> None:
-        self.requests += 1
         headers = dict(self._headers)
         headers["Accept"] = ["text/event-stream"]
         try:
@@ -644,8 +640,7 @@ class HttpPeer:
             headers["Mcp-Session-Id"] = [session_id]
             if self._version is not None:
                 headers["MCP-Protocol-Version"] = [self._version]
-            self.requests += 1
-            deleting = self._client.request("DELETE", self.url, headers=_as_headers(headers), allow_redirects=False)
+                deleting = self._client.request("DELETE", self.url, headers=_as_headers(headers), allow_redirects=False)
             deleting.addTimeout(grace, self._clock)
             try:
                 response = await deleting
