@@ -11,7 +11,7 @@ timeout, and maps what comes back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred, gatherResults
@@ -24,13 +24,22 @@ from mcpgateway.children.child import Child
 from mcpgateway.children.sandbox import sandbox_capabilities
 from mcpgateway.children.service import Service
 from mcpgateway.config import GatewayConfig
-from mcpgateway.errors import CallTimedOut, ChildFailed, NotFound, ServiceUnavailable, SessionClosed, ToolRPCError
+from mcpgateway.errors import (
+    CallTimedOut,
+    ChildFailed,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    SessionClosed,
+    ToolRPCError,
+)
 from mcpgateway.lib.deferreds import observe
 from mcpgateway.mcp.exits import ChildExited
 from mcpgateway.mcp.jsonrpc import RPCError
 from mcpgateway.mcp.results import result_text
 from mcpgateway.observe.logs import logger, now_iso
 from mcpgateway.policy.auth import Principal
+from mcpgateway.policy.credentials import Credentials
 from mcpgateway.sessions import Session, SessionRegistry
 
 __all__ = ["Gateway"]
@@ -43,14 +52,25 @@ class Gateway:
     The services, the sessions, and the reaper that expires idle sessions.
     """
 
-    def __init__(self, config: GatewayConfig, reactor: IReactorProcess, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        reactor: IReactorProcess,
+        clock: IReactorTime,
+        credentials: Credentials | None = None,
+    ) -> None:
         """
         @param config: The configuration.
         @param reactor: Spawns children.
         @param clock: All timing (timeouts, expiry, backoff) goes through it.
+        @param credentials: The per-principal credentials; loaded from
+            C{config} now (blocking) if L{None}.
+        @raise ConfigError: If C{credentials} is L{None} and the secrets
+            cannot be loaded.
         """
         self.config = config
         self.clock = clock
+        self.credentials = credentials if credentials is not None else Credentials.from_config(config)
         secrets = tuple(secret for secret in (config.server.auth_password, config.server.auth_token) if secret)
         self.services = {
             name: Service(service, reactor, clock, config.session.sandbox_dir, secrets=secrets)
@@ -60,6 +80,8 @@ class Gateway:
         self.sessions = SessionRegistry(config.session)
         for service in self.services.values():
             service.pool_room = self._pool_room(service)
+            service.hidden_values = self.credentials.hidden
+            service.listing_env = self._listing_env(service.name)
         self._reaper = LoopingCall(self.sweep)
         self._reaper.clock = clock
         self._closing: set[Deferred[None]] = set()
@@ -81,6 +103,12 @@ class Gateway:
         log.info("sandbox on this machine: {capabilities}", capabilities=sandbox_capabilities())
         for service in self.services.values():
             service.refill_pool()
+
+    def _listing_env(self, name: str) -> Callable[[], Mapping[str, str]]:
+        """
+        A tool lister child is nobody's: it gets the C{default} credential only.
+        """
+        return lambda: self.credentials.for_listing(name).env
 
     def _pool_room(self, service: Service) -> Callable[[], bool]:
         """
@@ -107,6 +135,7 @@ class Gateway:
             self._close(session)
         await gatherResults(list(self._closing))
         await gatherResults(stopping)
+        self.credentials.stop()
 
     def sweep(self) -> None:
         """
@@ -185,7 +214,7 @@ class Gateway:
         service = self.service(name)
         session = self.sessions.open(session_id, principal, self.clock.seconds(), timeout, metadata)
         try:
-            child, restarted = await self._child_for(session, service)
+            child, restarted = await self._child_for(session, service, principal)
             try:
                 result = await session.track(
                     child.call_tool(tool, arguments, meta).addTimeout(service.config.call_timeout, self.clock)
@@ -224,15 +253,29 @@ class Gateway:
             answer["structured_content"] = result["structuredContent"]
         return answer
 
-    async def _child_for(self, session: Session, service: Service) -> tuple[Child, bool]:
+    async def _child_for(self, session: Session, service: Service, principal: Principal) -> tuple[Child, bool]:
         """
         The session's live child of C{service}, starting one if needed.
 
+        A service with per-principal credentials runs its children with
+        their session owner's credential: only the owner may call it in the
+        session (an admin may use another's session, never its credential).
+
         @return: The child, and whether it replaces one that died.
+        @raise Forbidden: C{no_credential} if the service has per-principal
+            credentials and C{principal} has none or does not own the session.
         """
         name = service.name
         if session.closed:
             raise SessionClosed(f"session {session.id!r} was closed")
+        personal = self.credentials.applies(name)
+        if personal and principal.name != session.owner:
+            raise Forbidden(
+                f"service {name!r} runs with its callers' own credentials: in session {session.id!r}, "
+                f"which belongs to {session.owner}, only {session.owner} may call it",
+                "no_credential",
+                service=name,
+            )
         child = session.children.get(name)
         if child is not None:
             if child.alive:
@@ -242,7 +285,9 @@ class Gateway:
         shared = session.spawning.get(name)
         if shared is None:
             self.sessions.reserve(session, name)
-            shared = session.spawning[name] = observe(service.acquire())
+            # The owner's own credential (no_credential if none), never a pooled child.
+            credential_env = self.credentials.for_principal(name, principal).env if personal else None
+            shared = session.spawning[name] = observe(service.acquire(credential_env))
             shared.wait().addBoth(self._spawned, session, name)
             service.refill_pool_soon()
         child = await session.track(shared.wait())
@@ -304,15 +349,18 @@ class Gateway:
         """
         return self.sessions.open(session_id, principal, self.clock.seconds(), timeout, metadata)
 
-    async def child_for(self, session: Session, name: str) -> tuple[Child, bool]:
+    async def child_for(self, session: Session, name: str, principal: Principal) -> tuple[Child, bool]:
         """
         The session's live child of service C{name}, starting one if needed,
         under the same limits as a REST call.
 
+        @param principal: The caller (its credential, if the service has
+            per-principal credentials).
         @return: The child, and whether it replaces one that died.
         @raise NotFound: If C{name} is no enabled service.
+        @raise Forbidden: C{no_credential}, as for a REST call.
         """
-        return await self._child_for(session, self.service(name))
+        return await self._child_for(session, self.service(name), principal)
 
     def _close(self, session: Session) -> None:
         session.closed = True

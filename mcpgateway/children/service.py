@@ -16,7 +16,7 @@ import random
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
@@ -30,6 +30,7 @@ from mcpgateway.children.sandbox.limits import explain_exit
 from mcpgateway.children.tools import ToolCache
 from mcpgateway.config import ServiceConfig
 from mcpgateway.errors import ServiceUnavailable
+from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ExitInfo
 from mcpgateway.mcp.stdio import ChildProtocol
 from mcpgateway.observe.logs import logger
@@ -58,6 +59,11 @@ class Service:
     @ivar pool_room: Whether the warm pool may grow now (the gateway counts
         pool children against the session limits).
     @ivar on_handshake: Told each successful start's spawn-to-ready seconds.
+    @ivar hidden_values: The values no child may get from its inherited or
+        configured environment (the loaded secrets: a child gets one only as
+        its principal's credential).
+    @ivar listing_env: The credential variables of a child started only to
+        list the tools (no principal's).
     @ivar failures: Consecutive start failures.
     @ivar last_failure: The last start failure's L{ServiceUnavailable}.
     """
@@ -87,7 +93,7 @@ class Service:
         self._retry_at = 0.0
         self._starting = 0
         #: The tool list its children declare, fetched once and shared.
-        self.tool_cache = ToolCache(config, self._ready_child, self.spawn)
+        self.tool_cache = ToolCache(config, self._ready_child, lambda: self.spawn(self.listing_env()))
         self._stable_timers: dict[Child, IDelayedCall] = {}
         self._stopping = False
         self.start_failures = 0
@@ -101,6 +107,8 @@ class Service:
         self._refill_timer: IDelayedCall | None = None
         self.pool_room: Callable[[], bool] = lambda: True
         self.on_handshake: Callable[[float], None] | None = None
+        self.hidden_values: Callable[[], Collection[str]] = tuple
+        self.listing_env: Callable[[], Mapping[str, str]] = dict
         self._starting_protocols: set[ChildProtocol] = set()
 
     # -- state ---------------------------------------------------------------
@@ -130,16 +138,18 @@ class Service:
             "children": len(self.children),
         }
         if self.state == "failing" and self.last_failure is not None:
-            view["last_error"] = self.last_failure.message
+            view["last_error"] = SECRET_VALUES.text(self.last_failure.message)
             view["retry_after"] = round(self._retry_at - self._clock.seconds(), 3)
         return view
 
     # -- children --------------------------------------------------------------
 
-    async def spawn(self) -> Child:
+    async def spawn(self, credential_env: Mapping[str, str] | None = None) -> Child:
         """
         Start a new child and complete its handshake.
 
+        @param credential_env: Variables of the principal the child is for
+            (its credential), set last, past the sandbox's filter.
         @return: The ready child, already counted in L{children}.
         @raise ServiceUnavailable: If the service is backing off or this start fails.
         """
@@ -176,7 +186,7 @@ class Service:
                     workdir=workdir,
                     extra_env=self.config.env,
                     gateway_env=os.environ,
-                    secrets=self._secrets,
+                    secrets=(*self._secrets, *self.hidden_values()),
                     cache_dir=self._cache_dir(),
                 )
             except OSError as error:
@@ -187,7 +197,7 @@ class Service:
                 f"{self.name}",
                 launch.executable,
                 launch.args,
-                launch.env,
+                {**launch.env, **(credential_env or {})},
                 launch.path,
                 max_line=self.config.max_line_bytes,
                 # The first start may have to download the server (npx, uvx).
@@ -250,14 +260,18 @@ class Service:
         """
         return len(self._pool) + self._pool_starting
 
-    def acquire(self) -> Deferred[Child]:
+    def acquire(self, credential_env: Mapping[str, str] | None = None) -> Deferred[Child]:
         """
         A child for a new session: a warm one from the pool if there is one,
         else a fresh spawn.  The caller refills the pool (L{refill_pool}) once
         the new session counts against the limits.
 
+        @param credential_env: A principal's credential: the child is then
+            always a fresh one started with it (never a pooled one).
         @return: Fires with a ready child, already counted in L{children}.
         """
+        if credential_env is not None:
+            return ensureDeferred(self.spawn(credential_env))
         while self._pool:
             child = self._pool.pop(0)
             if child.alive:

@@ -39,6 +39,7 @@ from mcpgateway.gateway import Gateway
 from mcpgateway.http.guard import Guard, Limiter, client_address
 from mcpgateway.http.oauth import ProtectedResource
 from mcpgateway.lib import jsontext
+from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
 from mcpgateway.observe.access import AccessLog
 from mcpgateway.observe.audit import AuditLog
@@ -337,7 +338,8 @@ class GatewayApp:
             self.security("invalid_input", request, None, code=error.code)
         if error.retry_after is not None:
             request.setHeader(b"Retry-After", retry_after_header(error.retry_after))
-        body = error.body()
+        # A child's stderr tail or message may echo its credential.
+        body: dict[str, Any] = SECRET_VALUES.value(error.body())
         if "stderr_tail" in body:
             principal = self.guard.principal_of(request)
             if principal is None or not self.gateway.shows_stderr(principal, body.get("service")):
