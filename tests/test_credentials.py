@@ -177,7 +177,7 @@ def test_loading_errors_name_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigError, match=r"secrets.env.alice-github: secret 'alice-github' is also given by"):
         Credentials.from_config(parse_config(raw))
     raw = {"secrets": {"env": {"alice-github": "NOT_SET_ANYWHERE_42"}}}
-    with pytest.raises(ConfigError, match="secrets.env.alice-github: the environment variable NOT_SET_ANYWHERE_42"):
+    with pytest.raises(ConfigError, match=r"secrets\.env\.alice-github: the environment variable NOT_SET_ANYWHERE_42"):
         Credentials.from_config(parse_config(raw))
 
 
@@ -194,7 +194,7 @@ def test_a_secrets_file_others_may_read_is_refused(tmp_path: Path, mode: int) ->
 def test_a_secrets_file_of_another_user_is_refused(tmp_path: Path) -> None:
     path = secrets_file(tmp_path, {"alice-github": ALICE_SECRET}, 0o400)
     credentials = Credentials({}, parse_config({"secrets": {"file": str(path)}}).secrets, uid=os.geteuid() + 1)
-    with pytest.raises(ConfigError, match=f"owned by uid {os.geteuid()}, not by the gateway's user"):
+    with pytest.raises(ConfigError, match=rf"owned by uid {os.geteuid()}, not by the gateway.s user"):
         credentials.load()
 
 
