@@ -312,7 +312,7 @@ def test_a_tool_lister_gets_the_default_only(layered: Credentials) -> None:
 def test_values_are_redacted_in_texts_and_json() -> None:
     values = SecretValues()
     assert values.text(ALICE_SECRET) == ALICE_SECRET
-    values.set("a", {"alice-github": ALICE_SECRET, "short": "abc", "prefix": ALICE_SECRET[:10]})
+    values.set("a", [("alice-github", ALICE_SECRET), ("short", "abc"), ("prefix", ALICE_SECRET[:10])])
     assert values.text(f"x {ALICE_SECRET}y abc") == "x [secret:alice-github]y abc"
     assert values.text(ALICE_SECRET[:10]) == "[secret:prefix]"
     assert values.value({ALICE_SECRET: [1, {"k": f"Bearer {ALICE_SECRET}"}]}) == {

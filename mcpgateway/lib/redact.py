@@ -13,7 +13,7 @@ text through it.  With no secret loaded it costs one truth test.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["MIN_SECRET_LENGTH", "SECRET_VALUES", "SecretValues"]
@@ -30,6 +30,7 @@ class SecretValues:
     """
 
     def __init__(self) -> None:
+        #: Value -> name, by owner.
         self._owned: dict[object, dict[str, str]] = {}
         self._names: dict[str, str] = {}
         self._pattern: re.Pattern[str] | None = None
@@ -37,15 +38,17 @@ class SecretValues:
     def __bool__(self) -> bool:
         return self._pattern is not None
 
-    def set(self, owner: object, values: Mapping[str, str]) -> None:
+    def set(self, owner: object, values: Iterable[tuple[str, str]]) -> None:
         """
         Replace the values C{owner} holds.
 
         @param owner: Whoever loaded them (a credential store).
-        @param values: Secret name -> value; values shorter than
-            L{MIN_SECRET_LENGTH} are ignored (the store refuses them).
+        @param values: C{(name, value)} pairs (a name may come with several
+            values: one replaced by a reload is still held by older
+            children); values shorter than L{MIN_SECRET_LENGTH} are ignored
+            (the store refuses them).
         """
-        self._owned[owner] = {name: value for name, value in values.items() if len(value) >= MIN_SECRET_LENGTH}
+        self._owned[owner] = {value: name for name, value in values if len(value) >= MIN_SECRET_LENGTH}
         self._rebuild()
 
     def forget(self, owner: object) -> None:
@@ -58,7 +61,7 @@ class SecretValues:
     def _rebuild(self) -> None:
         names: dict[str, str] = {}
         for values in self._owned.values():
-            for name, value in values.items():
+            for value, name in values.items():
                 names.setdefault(value, name)
         # Longest first, so a secret that contains another is replaced whole.
         ordered = sorted(names, key=len, reverse=True)

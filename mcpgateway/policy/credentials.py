@@ -199,6 +199,7 @@ class Credentials:
         self._environ = environ
         self._uid = uid
         self.values: Mapping[str, str] = {}
+        self._loaded: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Credentials:
@@ -236,7 +237,9 @@ class Credentials:
 
     def _install(self, values: dict[str, str]) -> None:
         self.values = values
-        SECRET_VALUES.set(self, values)
+        # Values a reload replaced stay redacted: older children still hold them.
+        self._loaded.update({value: name for name, value in values.items()})
+        SECRET_VALUES.set(self, [(name, value) for value, name in self._loaded.items()])
 
     def load(self) -> None:
         """
