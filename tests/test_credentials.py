@@ -484,3 +484,28 @@ async def test_no_token_leaves_by_logs_audit_errors_or_stderr(github: Any, tmp_p
         assert secret not in json.dumps([str(value) for event in events for value in event.values()])
         assert secret not in str(metrics)
     assert not SECRET_VALUES.contains(rows)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloads_run_in_order_and_a_bad_one_keeps_the_old_values(tmp_path: Path) -> None:
+    path = secrets_file(tmp_path, {"alice-github": ALICE_SECRET})
+    service = {**SERVICE, "credentials": {"principals": {"alice": {"env": {"GITHUB_TOKEN": "alice-github"}}}}}
+    credentials = Credentials.from_config(parse_config({"secrets": {"file": str(path)}, "services": {"gh": service}}))
+    alice = Principal("alice", "agent")
+    try:
+        first = credentials.reload()
+        secrets_file(tmp_path, {"alice-github": BOB_SECRET})
+        second = credentials.reload()  # waits for the first, then reads the new file
+        assert [await first, await second] == [True, True]
+        assert credentials.for_principal("gh", alice).env == {"GITHUB_TOKEN": BOB_SECRET}
+        # The replaced value is still redacted: an older child holds it.
+        assert SECRET_VALUES.text(ALICE_SECRET + BOB_SECRET) == "[secret:alice-github][secret:alice-github]"
+
+        secrets_file(tmp_path, {"bob-github": DEFAULT_SECRET})  # alice's secret gone
+        assert await credentials.reload() is False
+        path.chmod(0o644)
+        assert await credentials.reload() is False
+        assert credentials.for_principal("gh", alice).env == {"GITHUB_TOKEN": BOB_SECRET}
+    finally:
+        credentials.stop()
+    assert not SECRET_VALUES.contains(BOB_SECRET)

@@ -200,6 +200,7 @@ class Credentials:
         self._uid = uid
         self.values: Mapping[str, str] = {}
         self._loaded: dict[str, str] = {}
+        self._reloading: Deferred[bool] | None = None
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Credentials:
@@ -253,10 +254,26 @@ class Credentials:
         """
         Read the secrets again, in a thread; children started afterwards get
         the new values.  A failure keeps the old values and is logged.
+        Reloads run one at a time: one asked for while another reads starts
+        when it ends, so the last one asked for reads last.
 
         @return: Fires with whether the new values are in use.
         """
+        done: Deferred[bool] = Deferred()
+        previous = self._reloading
+        if previous is None or previous.called:
+            self._run_reload(done)
+        else:
 
+            def then(result: object) -> object:
+                self._run_reload(done)
+                return result
+
+            previous.addBoth(then)
+        self._reloading = done
+        return done
+
+    def _run_reload(self, done: Deferred[bool]) -> None:
         def loaded(values: dict[str, str]) -> bool:
             self._install(values)
             log.info("secrets reloaded: {count} secrets; new children get them", count=len(values))
@@ -267,7 +284,7 @@ class Credentials:
             log.warn("secrets reload failed, the old secrets stay in use: {why}", why=why)
             return False
 
-        return deferToThread(self._read).addCallbacks(loaded, failed)
+        deferToThread(self._read).addCallbacks(loaded, failed).chainDeferred(done)
 
     def stop(self) -> None:
         """
