@@ -113,6 +113,13 @@ SERVICE = {"command": ["server"]}
         (
             {
                 "secrets": {"env": {"gh": "GH"}},
+                "services": {"gh": {**SERVICE, "credentials": {"default": {"env": {"LD_PRELOAD": "gh"}}}}},
+            },
+            "services.gh.credentials.default.env.LD_PRELOAD: the sandbox never passes LD_PRELOAD to a child",
+        ),
+        (
+            {
+                "secrets": {"env": {"gh": "GH"}},
                 "services": {"gh": {**SERVICE, "credentials": {"roles": {"agent": {"headers": {"Host": "gh"}}}}}},
             },
             "services.gh.credentials.roles.agent.headers.Host: the gateway sets Host itself",

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcpgateway.config.sandbox import always_removed
 from mcpgateway.config.values import ConfigError, Reader, kind, section, string
 
 __all__ = [
@@ -170,6 +171,8 @@ def _child_env(value: Any, path: str, environ: Mapping[str, str]) -> dict[str, s
         where = f"{path}.{variable}"
         if not _ENV_NAME.fullmatch(variable):
             raise ConfigError(f"{where}: not an environment variable name")
+        if always_removed(variable):
+            raise ConfigError(f"{where}: the sandbox never passes {variable} to a child")
         result[variable] = _secret_name(name, where, environ)
     return result
 
