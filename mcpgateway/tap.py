@@ -188,8 +188,11 @@ class GatewayService(Service):
         on_stop: Sequence[Callable[[], None]] = (),
         audit: AuditLog | None = None,
         tokens: Tokens | None = None,
+        on_start: Sequence[Callable[[], None]] = (),
     ) -> None:
         """
+        @param on_start: Called once the logs are configured, before the
+            gateway starts (e.g. the dashboard's security events).
         @param on_stop: Called once the gateway has stopped and every call
             in flight has been answered (e.g. to disconnect the budgets).
         @param audit: The audit log, started and stopped with the gateway.
@@ -199,6 +202,7 @@ class GatewayService(Service):
         self.limiter = limiter
         self.access = access
         self.on_stop = tuple(on_stop)
+        self.on_start = tuple(on_start)
         self.audit = audit
         self.tokens = tokens
 
@@ -213,6 +217,8 @@ class GatewayService(Service):
             self.audit.start()
         if self.tokens is not None:
             self.tokens.start()  # the issuers' JWKS, fetched off the reactor
+        for start in self.on_start:
+            start()
         self.gateway.start()
 
     def stopService(self) -> Deferred[None]:
@@ -308,7 +314,14 @@ def makeService(options: dict[str, Any]) -> IService:
     top = MultiService()
     # The web server is stopped first (services stop in reverse order), then the gateway.
     GatewayService(
-        gateway, config, limiter, access, on_stop=[governance.close], audit=audit, tokens=authenticator.tokens
+        gateway,
+        config,
+        limiter,
+        access,
+        on_stop=[governance.close, app.stop],
+        audit=audit,
+        tokens=authenticator.tokens,
+        on_start=[app.start],
     ).setServiceParent(top)
     if config.server.metrics_listen:
         page = GatewaySite(MetricsPage(app.metrics), 1024)
