@@ -149,7 +149,9 @@ class Gateway:
         closed (a call in flight on it fails with C{child_failed}), and the
         session's next call to the service starts a fresh child and answers
         C{session_restarted: true}, as after a crash; the warm pool is
-        emptied and refilled and the backoff forgotten.  Sessions stay open.
+        emptied and refilled and the backoff forgotten.  Sessions stay open,
+        except one whose call failed (as after a crash during a call, it is
+        forgotten if it holds no other child).
 
         @return: The C{POST /admin/services/<name>/restart} body.
         @raise NotFound: If C{name} is no enabled service.

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest_twisted
 import treq
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
 from mcpgateway.calls import CallRecord, CallRequest
@@ -321,3 +322,38 @@ async def test_dashboard_assets(live: Callable[..., Any]) -> None:
         response, body = await gateway.request("GET", f"/admin/static/{name}", auth=None)
         assert response.code == 404, name
         assert body["code"] == "not_found"
+
+
+@pytest_twisted.ensureDeferred
+async def test_restart_fails_the_call_in_flight(live: Callable[..., Any]) -> None:
+    gateway = start(live)
+    response, body = await gateway.call("fx", "counter", "slow")
+    assert response.code == 200
+    waiting = ensureDeferred(gateway.call("fx", "sleep", "slow", {"seconds": 30}))
+    sessions = gateway.gateway.sessions
+    await wait_until(lambda: bool((session := sessions.get("slow")) is not None and session.calls))
+    response, body = await gateway.request("POST", "/admin/services/fx/restart")
+    assert (response.code, body["session_children_closed"]) == (200, 1)
+    response, body = await waiting
+    assert (response.code, body["code"]) == (502, "child_failed")
+    # As after a crash during a call: the session held nothing else, so it
+    # was forgotten, and the next call opens it afresh.
+    assert gateway.gateway.sessions.get("slow") is None
+    response, body = await gateway.call("fx", "counter", "slow")
+    assert (response.code, body["result"], body["session_restarted"]) == (200, "1", False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_guessing_is_limited(live: Callable[..., Any]) -> None:
+    gateway = live({"fx": fixture_service()}, rate_limiting={"auth_failure_limit": "3 per minute"})
+    codes = []
+    for _ in range(4):
+        response, text = await post_login(gateway, f"user={AUTH[0]}&password=guess".encode())
+        codes.append(response.code)
+    assert codes == [401, 401, 401, 429]
+    assert "too many attempts" in text
+    assert int(response.headers.getRawHeaders(b"retry-after")[0]) >= 1
+    # The right password gains nothing while the budget is used up.
+    response, text = await post_login(gateway, f"user={AUTH[0]}&password={AUTH[1]}".encode())
+    assert response.code == 429
+    assert not response.headers.hasHeader(b"set-cookie")
