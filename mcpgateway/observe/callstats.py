@@ -35,6 +35,17 @@ class _Bucket:
     calls: int = 0
     errors: int = 0
     seconds: list[float] = field(default_factory=list)
+    #: Its p99 (seconds) once it is over: a closed bucket never changes.
+    p99: float | None = None
+    closed: bool = False
+
+    def percentile_99(self, now_start: float) -> float | None:
+        if self.closed:
+            return self.p99
+        p99 = _percentile(sorted(self.seconds), 0.99)
+        if self.start < now_start:
+            self.p99, self.closed = p99, True
+        return p99
 
 
 def _percentile(ordered: list[float], fraction: float) -> float | None:
@@ -123,12 +134,13 @@ class CallStats:
             by_start = {b.start: b for b in kept}
             series = []
             start = first
+            current = now - now % self.bucket
             while start <= now:
                 b = by_start.get(start)
                 if b is None:
                     series.append([start, 0, 0, None])
                 else:
-                    p = _percentile(sorted(b.seconds), 0.99)
+                    p = b.percentile_99(current)
                     series.append([start, b.calls, b.errors, None if p is None else round(p * 1000, 3)])
                 start += self.bucket
             result[name] = {
