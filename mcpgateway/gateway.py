@@ -162,6 +162,41 @@ class Gateway:
         """
         return {name: service.describe() for name, service in self.services.items()}
 
+    def service_status(self) -> dict[str, Any]:
+        """
+        @return: Each enabled service's admin view (L{Service.status}) with
+            C{restarts}: sessions whose child of it was replaced.
+        """
+        return {
+            name: {**service.status(), "restarts": self.restarts.get(name, 0)}
+            for name, service in self.services.items()
+        }
+
+    def restart_service(self, name: str) -> dict[str, Any]:
+        """
+        Restart service C{name}'s children: every session's child of it is
+        closed (a call in flight on it fails with C{child_failed}), and the
+        session's next call to the service starts a fresh child and answers
+        C{session_restarted: true}, as after a crash; the warm pool is
+        emptied and refilled and the backoff forgotten.  Sessions stay open,
+        except one whose call failed (as after a crash during a call, it is
+        forgotten if it holds no other child).
+
+        @return: The C{POST /admin/services/<name>/restart} body.
+        @raise NotFound: If C{name} is no enabled service.
+        """
+        service = self.service(name)
+        closed = 0
+        for session in self.sessions:
+            child = session.children.pop(name, None)
+            if child is not None:
+                session.restarted.add(name)
+                self._closing_child(child, name)
+                closed += 1
+        pooled = service.recycle()
+        log.info("{service}: restarted by an admin ({n} session children closed)", service=name, n=closed)
+        return {"service": name, "session_children_closed": closed, "pool_children_closed": pooled}
+
     def shows_stderr(self, principal: Principal, service: object) -> bool:
         """
         Whether C{principal} may see a child's stderr tail in an error of

@@ -192,9 +192,12 @@ class GatewayService(Service):
         on_stop: Sequence[Callable[[], None]] = (),
         audit: AuditLog | None = None,
         tokens: Tokens | None = None,
+        on_start: Sequence[Callable[[], None]] = (),
         reload_on_hangup: bool = False,
     ) -> None:
         """
+        @param on_start: Called once the logs are configured, before the
+            gateway starts (e.g. the dashboard's security events).
         @param on_stop: Called once the gateway has stopped and every call
             in flight has been answered (e.g. to disconnect the budgets).
         @param audit: The audit log, started and stopped with the gateway.
@@ -206,6 +209,7 @@ class GatewayService(Service):
         self.limiter = limiter
         self.access = access
         self.on_stop = tuple(on_stop)
+        self.on_start = tuple(on_start)
         self.audit = audit
         self.tokens = tokens
         self.reload_on_hangup = reload_on_hangup
@@ -222,6 +226,8 @@ class GatewayService(Service):
             self.audit.start()
         if self.tokens is not None:
             self.tokens.start()  # the issuers' JWKS, fetched off the reactor
+        for start in self.on_start:
+            start()
         if self.reload_on_hangup:
             self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
         self.gateway.start()
@@ -336,9 +342,10 @@ def makeService(options: dict[str, Any]) -> IService:
         config,
         limiter,
         access,
-        on_stop=[governance.close],
+        on_stop=[governance.close, app.stop],
         audit=audit,
         tokens=authenticator.tokens,
+        on_start=[app.start],
         reload_on_hangup=config.secrets is not None,
     ).setServiceParent(top)
     if config.server.metrics_listen:

@@ -142,6 +142,43 @@ class Service:
             view["retry_after"] = round(self._retry_at - self._clock.seconds(), 3)
         return view
 
+    def status(self) -> dict[str, Any]:
+        """
+        @return: The admin's view: L{describe}, plus the counters, the
+            backoff, the last start failure and how many tools it declared.
+        """
+        view = self.describe()
+        wait = self._retry_at - self._clock.seconds() if self.failures else 0.0
+        cached = self.tool_cache.cached
+        view.update(
+            spawns=self.spawns,
+            start_failures=self.start_failures,
+            crashes=self.crashes,
+            failures=self.failures,
+            backoff=round(max(0.0, wait), 3),
+            last_error=SECRET_VALUES.text(self.last_failure.message) if self.last_failure is not None else None,
+            tools=len(cached) if cached is not None else None,
+            pool=self.pool_size,
+        )
+        return view
+
+    def recycle(self) -> int:
+        """
+        Close the warm pool's children, forget the backoff (the next start
+        is tried at once), and fill the pool again with fresh children.
+
+        @return: How many pool children were closed.
+        """
+        pooled, self._pool = self._pool, []
+        for child in pooled:
+            child.close(self.config.close_grace)
+        self.failures = 0
+        self._retry_at = 0.0
+        if self._pool_retry is not None and self._pool_retry.active():
+            self._pool_retry.cancel()
+        self.refill_pool_soon()
+        return len(pooled)
+
     # -- children --------------------------------------------------------------
 
     async def spawn(self, credential_env: Mapping[str, str] | None = None) -> Child:
