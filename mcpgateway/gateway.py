@@ -64,13 +64,16 @@ class Gateway:
         @param reactor: Spawns children.
         @param clock: All timing (timeouts, expiry, backoff) goes through it.
         @param credentials: The per-principal credentials; loaded from
-            C{config} now (blocking) if L{None}.
+            C{config} now (blocking) if L{None}, and then forgotten by L{stop}.
         @raise ConfigError: If C{credentials} is L{None} and the secrets
             cannot be loaded.
         """
         self.config = config
         self.clock = clock
         self.credentials = credentials if credentials is not None else Credentials.from_config(config)
+        #: Whether L{stop} forgets the secrets (only those it loaded: the
+        #: twistd service's audit log still writes, redacted, after the stop).
+        self._owns_credentials = credentials is None
         secrets = tuple(secret for secret in (config.server.auth_password, config.server.auth_token) if secret)
         self.services = {
             name: Service(service, reactor, clock, config.session.sandbox_dir, secrets=secrets)
@@ -135,7 +138,8 @@ class Gateway:
             self._close(session)
         await gatherResults(list(self._closing))
         await gatherResults(stopping)
-        self.credentials.stop()
+        if self._owns_credentials:
+            self.credentials.stop()
 
     def sweep(self) -> None:
         """
