@@ -19,7 +19,12 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=[*find_packages(include=["mcpgateway", "mcpgateway.*"]), "twisted.plugins"],
-    package_data={"twisted.plugins": ["mcpgateway_plugin.py"], "mcpgateway": ["py.typed"]},
+    # The admin dashboard's script, style sheet and icon: served from the
+    # package (its CSP admits nothing else), so a wheel must carry them.
+    package_data={
+        "twisted.plugins": ["mcpgateway_plugin.py"],
+        "mcpgateway": ["py.typed", "http/admin/static/*.js", "http/admin/static/*.css", "http/admin/static/*.svg"],
+    },
     install_requires=[
         "twisted[tls]>=24.7",
         "klein>=24.8",
@@ -53,6 +58,9 @@ setup(
             "uv>=0.5",
             # The audit log's PostgreSQL storage, tested against a real server.
             "psycopg[binary]>=3.1",
+            # The admin dashboard's tests drive the system's Chromium
+            # (executable_path; never `playwright install`).
+            "playwright>=1.40",
         ],
         # Optional: a span per tool call, traceparent passed to the child.
         "otel": ["opentelemetry-api>=1.20"],

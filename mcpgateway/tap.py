@@ -9,6 +9,7 @@ C{startService}.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ from mcpgateway.observe.logs import configure
 from mcpgateway.observe.security import SecurityFile
 from mcpgateway.policy.auth import Authenticator
 from mcpgateway.policy.budgets import BudgetPolicy
+from mcpgateway.policy.credentials import Credentials
 from mcpgateway.policy.jwt import Tokens
 from mcpgateway.policy.ratelimit import RateLimiter
 from mcpgateway.policy.rules import RulePolicy
@@ -81,6 +83,8 @@ class Options(usage.Options):
         try:
             self["limiter"] = RateLimiter(self["gateway_config"].rate_limiting)
             self["governance"] = Governance.from_config(self["gateway_config"])
+            # Read (and checked: mode, owner, every name referenced) before twistd forks.
+            self["credentials"] = Credentials.from_config(self["gateway_config"])
         except ConfigError as error:
             raise StartRefused(f"configuration error: {self['config']}: {error}") from None
         audit = self["gateway_config"].audit
@@ -188,19 +192,28 @@ class GatewayService(Service):
         on_stop: Sequence[Callable[[], None]] = (),
         audit: AuditLog | None = None,
         tokens: Tokens | None = None,
+        on_start: Sequence[Callable[[], None]] = (),
+        reload_on_hangup: bool = False,
     ) -> None:
         """
+        @param on_start: Called once the logs are configured, before the
+            gateway starts (e.g. the dashboard's security events).
         @param on_stop: Called once the gateway has stopped and every call
             in flight has been answered (e.g. to disconnect the budgets).
         @param audit: The audit log, started and stopped with the gateway.
+        @param reload_on_hangup: Reload the gateway's secrets on SIGHUP
+            (L{Credentials.reload}) while running.
         """
         self.gateway = gateway
         self.config = config
         self.limiter = limiter
         self.access = access
         self.on_stop = tuple(on_stop)
+        self.on_start = tuple(on_start)
         self.audit = audit
         self.tokens = tokens
+        self.reload_on_hangup = reload_on_hangup
+        self._previous_hangup: Any = None
 
     def startService(self) -> None:
         configure(self.config.logging.level, self.config.logging.file)
@@ -213,12 +226,29 @@ class GatewayService(Service):
             self.audit.start()
         if self.tokens is not None:
             self.tokens.start()  # the issuers' JWKS, fetched off the reactor
+        for start in self.on_start:
+            start()
+        if self.reload_on_hangup:
+            self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
         self.gateway.start()
+
+    def _hangup(self, signum: int, frame: object) -> None:
+        """
+        SIGHUP: reload the secrets.  A signal handler may interrupt the
+        reactor anywhere, so it only schedules the reload on the reactor's
+        thread, as Twisted's own handlers do; the files are read in a thread.
+        """
+        from twisted.internet import reactor
+
+        reactor.callFromThread(self.gateway.credentials.reload)  # type: ignore[attr-defined]
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         if self.tokens is not None:
             self.tokens.stop()
+        if self._previous_hangup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hangup)
+            self._previous_hangup = None
 
         def stopped(result: object) -> object:
             # Calls cut short by the stop are still answered, counted and
@@ -286,7 +316,7 @@ def makeService(options: dict[str, Any]) -> IService:
     from twisted.internet import reactor
 
     config: GatewayConfig = options["gateway_config"]
-    gateway = Gateway(config, reactor, reactor)
+    gateway = Gateway(config, reactor, reactor, options.get("credentials"))
     limiter: RateLimiter = options["limiter"]
     governance: Governance = options["governance"]
     access = AccessLog(config.logging.access_log or "log", reactor)
@@ -308,7 +338,15 @@ def makeService(options: dict[str, Any]) -> IService:
     top = MultiService()
     # The web server is stopped first (services stop in reverse order), then the gateway.
     GatewayService(
-        gateway, config, limiter, access, on_stop=[governance.close], audit=audit, tokens=authenticator.tokens
+        gateway,
+        config,
+        limiter,
+        access,
+        on_stop=[governance.close, app.stop],
+        audit=audit,
+        tokens=authenticator.tokens,
+        on_start=[app.start],
+        reload_on_hangup=config.secrets is not None,
     ).setServiceParent(top)
     if config.server.metrics_listen:
         page = GatewaySite(MetricsPage(app.metrics), 1024)

@@ -26,6 +26,7 @@ from mcpgateway.devcert import main as devcert
 from mcpgateway.mcp.sse import Event, EventTooLarge, SseParser
 
 from .conftest import PYTHON, SERVERS, fixture_service, sleep, wait_until
+from .test_credentials import ALICE_SECRET, BOB_SECRET, bearer, principals, secrets_file
 from .test_mcp_front import connect, in_thread
 from .test_metrics_pool import _sample
 from .test_policy import governed  # noqa: F401 (a fixture)
@@ -379,20 +380,63 @@ async def test_https_verified_against_ca_file(live: Any, upstream: Any, tmp_path
 
 
 @pytest_twisted.ensureDeferred
-async def test_configured_and_per_session_headers(live: Any, upstream: Any, monkeypatch: Any) -> None:
+async def test_configured_headers(live: Any, upstream: Any, monkeypatch: Any) -> None:
     monkeypatch.setenv("REMOTE_TEAM", "blue")
     server = await upstream("streamable")
     gw = live({"r": remote(server, protocol="legacy", headers={"X-Team": "${REMOTE_TEAM}", "X-Fixed": "1"})})
-    # The seam per-principal credentials use: headers per gateway session.
-    gw.gateway.session_headers = lambda session, service: {"Authorization": f"Bearer token-of-{session.owner}"}
     _, body = await gw.call("r", "headers", "s")
     seen = json.loads(body["result"])
     assert seen["x-team"] == "blue"
     assert seen["x-fixed"] == "1"
-    assert seen["authorization"] == "Bearer token-of-tester"
     assert seen["mcp-protocol-version"] == "2025-11-25"
     assert seen["mcp-session-id"]
     await gw.request("DELETE", "/sessions/s")
+    await no_upstream_sessions_left(server)
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_principal_reaches_the_upstream_with_its_own_token(
+    live: Any, upstream: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """
+    C{credentials} headers (the secrets block) per principal: alice's and
+    bob's sessions each carry their own C{Authorization}, carol has none.
+    """
+    monkeypatch.setenv("TEST_BOB_REMOTE", BOB_SECRET)
+    path = secrets_file(tmp_path, {"alice-remote": ALICE_SECRET})
+    server = await upstream("streamable")
+    service = remote(
+        server,
+        protocol="legacy",
+        headers={"X-Team": "blue"},
+        credentials={
+            "principals": {
+                "alice": {"headers": {"Authorization": "Bearer {alice-remote}"}},
+                "bob": {"headers": {"Authorization": "Bearer {bob-remote}"}},
+            }
+        },
+    )
+    gw = live(
+        {"r": service},
+        server=principals(),
+        secrets={"file": str(path), "env": {"bob-remote": "TEST_BOB_REMOTE"}},
+    )
+
+    async def seen_by_upstream(who: str) -> Any:
+        body = {"tool": "headers", "session_id": f"s-{who}", "arguments": {}}
+        response, answer = await gw.request("POST", "/services/r/call", body, **bearer(who))
+        return response.code, json.loads(answer["result"]) if response.code == 200 else answer
+
+    status, alice = await seen_by_upstream("alice")
+    assert (status, alice["authorization"], alice["x-team"]) == (200, f"Bearer {ALICE_SECRET}", "blue")
+    status, bob = await seen_by_upstream("bob")
+    assert (status, bob["authorization"]) == (200, f"Bearer {BOB_SECRET}")
+    assert bob["mcp-session-id"] != alice["mcp-session-id"]
+    status, carol = await seen_by_upstream("carol")
+    assert (status, carol["code"]) == (403, "no_credential")
+    assert len((await server.stats())["sessions"]) == 2  # nothing opened for carol
+    for who in ("alice", "bob"):
+        await gw.request("DELETE", f"/sessions/s-{who}", **bearer(who))
     await no_upstream_sessions_left(server)
 
 
@@ -469,6 +513,10 @@ async def test_stop_ends_upstream_sessions(live: Any, upstream: Any) -> None:
         ({"url": "http://x/mcp", "ca_file": "/nonexistent.pem"}, "services.r.ca_file: no such file"),
         ({"url": "http://x/mcp", "max_response_bytes": 0}, "services.r.max_response_bytes"),
         ({"command": ["x"], "headers": {}}, "services.r.headers: only for a url service"),
+        (
+            {"url": "http://x/mcp", "credentials": {"default": {"env": {"TOKEN": "secret-1"}}}},
+            "services.r.credentials.default.env: a url service runs no process",
+        ),
         ({"description": "nothing"}, "services.r.command: missing"),
     ],
 )

@@ -486,3 +486,110 @@ def test_a_call_cut_by_shutdown_is_answered_503_and_logged(tmp_path: Path) -> No
     assert (status, body["code"]) == (503, "service_unavailable"), body
     lines = [json.loads(line) for line in access.read_text().splitlines()]
     assert [(line["session"], line["status"]) for line in lines] == [("cut", 503)], lines
+
+
+# -- (f) per-principal secrets: refused at start, reloaded on SIGHUP ---------------------------------------
+
+
+CREDENTIAL_SERVER = str(Path(FIXTURE_SERVER).parent / "credential_server.py")
+ALICE = ("alice", "alice-password-1")
+OLD_TOKEN = "tok-alice-old-61f0e2b9"
+NEW_TOKEN = "tok-alice-new-0d93c7a4"
+
+
+def _secrets_config(tmp_path: Path, port: int, tag: str, mode: int = 0o600) -> tuple[Path, Path]:
+    """
+    @return: The configuration (service C{gh}, alice's token from a secrets
+        file) and the secrets file, holding L{OLD_TOKEN} with C{mode}.
+    """
+    from mcpgateway.policy.auth import hash_password
+
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"alice-github": OLD_TOKEN}))
+    secrets.chmod(mode)
+    service = {
+        "command": [sys.executable, CREDENTIAL_SERVER],
+        "env": {"MCPGATEWAY_TEST_TAG": tag},
+        "credentials": {"principals": {"alice": {"env": {"GITHUB_TOKEN": "alice-github"}}}},
+        "close_grace": 0.5,
+    }
+    principal = {"name": "alice", "role": "agent", "password_hash": hash_password(ALICE[1], n=2**10)}
+    config = write_config(tmp_path / "gateway.json", port, {"gh": service}, principals=[principal])
+    raw = json.loads(config.read_text())
+    raw["secrets"] = {"file": str(secrets)}
+    config.write_text(json.dumps(raw))
+    return config, secrets
+
+
+def test_a_secrets_file_others_may_read_stops_the_start(tmp_path: Path) -> None:
+    config, secrets = _secrets_config(tmp_path, free_port(), uuid.uuid4().hex, mode=0o644)
+    result = subprocess.run(
+        [*twistd(), "-n", "--pidfile=", "mcpgateway", "--config", str(config)],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert output.strip() == (
+        f"mcpgateway: configuration error: {config}: secrets.file: {secrets}: mode 0644 lets others read it; "
+        f"it must be 0600 or stricter (chmod 600 {secrets})"
+    )
+
+
+def test_sighup_reloads_the_secrets_for_new_children_only(tmp_path: Path) -> None:
+    port = free_port()
+    tag = uuid.uuid4().hex
+    config, secrets = _secrets_config(tmp_path, port, tag)
+    command = [*twistd(), "-n", "--pidfile=", "mcpgateway", "--config", str(config)]
+
+    def whoami(gateway: Running, session: str) -> dict[str, Any]:
+        status, body = gateway.call("gh", "whoami", session, ALICE)
+        assert status == 200, body
+        return dict(json.loads(body["result"]))
+
+    def hang_up(gateway: Running, expected: str) -> None:
+        seen = gateway.text().count(expected)
+        gateway.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while gateway.text().count(expected) == seen:
+            assert time.monotonic() < deadline, gateway.text()
+            time.sleep(0.05)
+
+    with running(command, tmp_path, port, environment(), tag) as gateway:
+        first = whoami(gateway, "s1")
+        assert first["token"] == OLD_TOKEN
+
+        replacement = tmp_path / "secrets.new"
+        replacement.write_text(json.dumps({"alice-github": NEW_TOKEN}))
+        replacement.chmod(0o600)
+        os.replace(replacement, secrets)
+        hang_up(gateway, "secrets reloaded: 1 secrets")
+
+        # The running child keeps the token it was started with; a new one gets the new token.
+        assert whoami(gateway, "s1") == first
+        second = whoami(gateway, "s2")
+        assert second["token"] == NEW_TOKEN
+        assert second["pid"] != first["pid"]
+
+        # Both children leak their tokens to stderr: both are redacted in the log.
+        for session in ("s1", "s2"):
+            status, body = gateway.call("gh", "leak", session, ALICE)
+            assert status == 422, body
+            assert body["error"].endswith("the API refused token [secret:alice-github]")
+
+        # A bad reload keeps the secrets in use, and says why.
+        secrets.chmod(0o644)
+        hang_up(gateway, "secrets reload failed")
+        assert whoami(gateway, "s3")["token"] == NEW_TOKEN
+
+        exit_status, _ = gateway.stop()
+        assert_orderly_exit(gateway, exit_status)
+        log = gateway.text()
+        assert f"the old secrets stay in use: secrets.file: {secrets}: mode 0644 lets others read it" in log
+        assert log.count("debug: calling the API with token [secret:alice-github]") == 2
+        assert OLD_TOKEN not in log
+        assert NEW_TOKEN not in log
+    assert_no_tagged_processes(tag)

@@ -16,7 +16,7 @@ import random
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
@@ -31,6 +31,7 @@ from mcpgateway.children.sandbox.limits import explain_exit
 from mcpgateway.children.tools import ToolCache
 from mcpgateway.config import ServiceConfig
 from mcpgateway.errors import ServiceUnavailable
+from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ExitInfo
 from mcpgateway.mcp.peer import Peer
 from mcpgateway.mcp.remote import HttpPeer
@@ -61,6 +62,13 @@ class Service:
     @ivar pool_room: Whether the warm pool may grow now (the gateway counts
         pool children against the session limits).
     @ivar on_handshake: Told each successful start's spawn-to-ready seconds.
+    @ivar hidden_values: The values no child may get from its inherited or
+        configured environment (the loaded secrets: a child gets one only as
+        its principal's credential).
+    @ivar listing_env: The credential variables of a child started only to
+        list the tools (no principal's).
+    @ivar listing_headers: The same for a C{url} service's listing session:
+        its credential headers.
     @ivar failures: Consecutive start failures.
     @ivar last_failure: The last start failure's L{ServiceUnavailable}.
     """
@@ -90,7 +98,9 @@ class Service:
         self._retry_at = 0.0
         self._starting = 0
         #: The tool list its children declare, fetched once and shared.
-        self.tool_cache = ToolCache(config, self._ready_child, self.spawn)
+        self.tool_cache = ToolCache(
+            config, self._ready_child, lambda: self.spawn(self.listing_env(), self.listing_headers())
+        )
         self._stable_timers: dict[Child, IDelayedCall] = {}
         self._stopping = False
         self.start_failures = 0
@@ -104,6 +114,9 @@ class Service:
         self._refill_timer: IDelayedCall | None = None
         self.pool_room: Callable[[], bool] = lambda: True
         self.on_handshake: Callable[[float], None] | None = None
+        self.hidden_values: Callable[[], Collection[str]] = tuple
+        self.listing_env: Callable[[], Mapping[str, str]] = dict
+        self.listing_headers: Callable[[], Mapping[str, str]] = dict
         self._starting_protocols: set[Peer] = set()
         #: A url service's HTTP client (its connection pool), made at its first session.
         self._remote: RemoteClient | None = None
@@ -143,19 +156,60 @@ class Service:
             "children": len(self.children),
         }
         if self.state == "failing" and self.last_failure is not None:
-            view["last_error"] = self.last_failure.message
+            view["last_error"] = SECRET_VALUES.text(self.last_failure.message)
             view["retry_after"] = round(self._retry_at - self._clock.seconds(), 3)
         return view
 
+    def status(self) -> dict[str, Any]:
+        """
+        @return: The admin's view: L{describe}, plus the counters, the
+            backoff, the last start failure and how many tools it declared.
+        """
+        view = self.describe()
+        wait = self._retry_at - self._clock.seconds() if self.failures else 0.0
+        cached = self.tool_cache.cached
+        view.update(
+            spawns=self.spawns,
+            start_failures=self.start_failures,
+            crashes=self.crashes,
+            failures=self.failures,
+            backoff=round(max(0.0, wait), 3),
+            last_error=SECRET_VALUES.text(self.last_failure.message) if self.last_failure is not None else None,
+            tools=len(cached) if cached is not None else None,
+            pool=self.pool_size,
+        )
+        return view
+
+    def recycle(self) -> int:
+        """
+        Close the warm pool's children, forget the backoff (the next start
+        is tried at once), and fill the pool again with fresh children.
+
+        @return: How many pool children were closed.
+        """
+        pooled, self._pool = self._pool, []
+        for child in pooled:
+            child.close(self.config.close_grace)
+        self.failures = 0
+        self._retry_at = 0.0
+        if self._pool_retry is not None and self._pool_retry.active():
+            self._pool_retry.cancel()
+        self.refill_pool_soon()
+        return len(pooled)
+
     # -- children --------------------------------------------------------------
 
-    async def spawn(self, headers: Mapping[str, str] | None = None) -> Child:
+    async def spawn(
+        self, credential_env: Mapping[str, str] | None = None, credential_headers: Mapping[str, str] | None = None
+    ) -> Child:
         """
         Start a new child and complete its handshake (for a C{url} service:
         open a session with the server).
 
-        @param headers: Extra HTTP headers for a C{url} service's session
-            (e.g. the caller's C{Authorization}); over the configured ones.
+        @param credential_env: Variables of the principal the child is for
+            (its credential), set last, past the sandbox's filter.
+        @param credential_headers: HTTP headers of the principal a C{url}
+            service's session is for (its credential), over the configured ones.
         @return: The ready child, already counted in L{children}.
         @raise ServiceUnavailable: If the service is backing off or this start fails.
         """
@@ -191,7 +245,7 @@ class Service:
                     self._remote,
                     self._clock,
                     self.config,
-                    {**self.config.headers, **(headers or {})},
+                    {**self.config.headers, **(credential_headers or {})},
                     hint=self.era,
                     transport=self._remote.transport,
                     on_notification=lambda method, params: self.tool_cache.notified(holder, method, params),
@@ -209,7 +263,7 @@ class Service:
                         workdir=workdir,
                         extra_env=self.config.env,
                         gateway_env=os.environ,
-                        secrets=self._secrets,
+                        secrets=(*self._secrets, *self.hidden_values()),
                         cache_dir=self._cache_dir(),
                     )
                 except OSError as error:
@@ -220,7 +274,7 @@ class Service:
                     f"{self.name}",
                     launch.executable,
                     launch.args,
-                    launch.env,
+                    {**launch.env, **(credential_env or {})},
                     launch.path,
                     max_line=self.config.max_line_bytes,
                     # The first start may have to download the server (npx, uvx).
@@ -283,21 +337,27 @@ class Service:
         """
         return len(self._pool) + self._pool_starting
 
-    def acquire(self, headers: Mapping[str, str] | None = None) -> Deferred[Child]:
+    def acquire(
+        self, credential_env: Mapping[str, str] | None = None, credential_headers: Mapping[str, str] | None = None
+    ) -> Deferred[Child]:
         """
         A child for a new session: a warm one from the pool if there is one,
         else a fresh spawn.  The caller refills the pool (L{refill_pool}) once
         the new session counts against the limits.
 
-        @param headers: Extra HTTP headers for a C{url} service's session
-            (see L{spawn}).
+        @param credential_env: A principal's credential: the child is then
+            always a fresh one started with it (never a pooled one).
+        @param credential_headers: A principal's credential for a C{url}
+            service (see L{spawn}): a fresh session too.
         @return: Fires with a ready child, already counted in L{children}.
         """
+        if credential_env is not None or credential_headers is not None:
+            return ensureDeferred(self.spawn(credential_env, credential_headers))
         while self._pool:
             child = self._pool.pop(0)
             if child.alive:
                 return succeed(child)
-        return ensureDeferred(self.spawn(headers))
+        return ensureDeferred(self.spawn())
 
     def refill_pool_soon(self, delay: float = POOL_REFILL_DELAY) -> None:
         """

@@ -29,6 +29,7 @@ from mcpgateway.config.governance import (
 )
 from mcpgateway.config.issuers import IssuerConfig, issuers_from_config, public_url
 from mcpgateway.config.sandbox import SandboxPolicy, policy_from_config
+from mcpgateway.config.secrets import SecretSources, ServiceCredentials, credentials_from_config, secrets_from_config
 from mcpgateway.config.values import (
     ConfigError,
     Reader,
@@ -144,6 +145,8 @@ class ServiceConfig:
     prewarm: int = 0
     stderr_tail: str = "admins"
     sandbox: SandboxPolicy = field(default_factory=SandboxPolicy)
+    #: Per-principal credentials (L{mcpgateway.config.secrets}), or L{None}.
+    credentials: ServiceCredentials | None = None
 
     def first_start_timeout(self) -> float:
         """
@@ -267,6 +270,8 @@ class GatewayConfig:
     policy: PolicyConfig | None = None
     budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    #: Where per-principal credentials come from, or L{None}.
+    secrets: SecretSources | None = None
 
 
 def _port(value: Any, path: str, environ: Mapping[str, str]) -> int:
@@ -444,6 +449,7 @@ _SERVICE: dict[str, Reader] = {
     "prewarm": non_negative(integer),
     "stderr_tail": _stderr_tail,
     "sandbox": policy_from_config,
+    "credentials": credentials_from_config,
 }
 
 _SESSION: dict[str, Reader] = {
@@ -528,7 +534,23 @@ def _service(name: str, raw: Any, environ: Mapping[str, str]) -> ServiceConfig:
             raise ConfigError(f"{path}.{key}: only for a url service")
     else:
         raise ConfigError(f"{path}.command: missing (the program and its arguments), or give url")
-    return ServiceConfig(name=name, **values)
+    service = ServiceConfig(name=name, **values)
+    if service.credentials is not None:
+        if service.prewarm:
+            raise ConfigError(
+                f"{path}.prewarm: a warm child is started for nobody, so it cannot hold a "
+                "per-principal credential; use 0 with credentials"
+            )
+        for mapping in service.credentials.mappings():
+            if service.url and mapping.env:
+                raise ConfigError(f"{mapping.path}.env: a url service runs no process; give its credential as headers")
+            for variable in mapping.env:
+                if variable in service.env:
+                    raise ConfigError(f"{mapping.path}.env.{variable}: also set in {path}.env")
+            for header in mapping.headers:
+                if header.lower() in {name.lower() for name in service.headers}:
+                    raise ConfigError(f"{mapping.path}.headers.{header}: also set in {path}.headers")
+    return service
 
 
 def _mcp_servers(raw: Any, services: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -569,6 +591,7 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayC
         "mcpServers": lambda v, p, e: v,  # read below, into services
         "policy": tool_policy_from_config,
         "budgets": budgets_from_config,
+        "secrets": secrets_from_config,
     }
     top = section(raw, "", env, sections)
     services_raw = top.pop("services", {})
@@ -577,6 +600,10 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayC
     services_raw = {**services_raw, **_mcp_servers(top.pop("mcpServers", {}), services_raw)}
     services = {name: _service(name, value, env) for name, value in services_raw.items()}
     check_service_names(top.get("policy"), top.get("budgets", BudgetsConfig()), services)
+    if "secrets" not in top:
+        for service in services.values():
+            if service.credentials is not None:
+                raise ConfigError(f"services.{service.name}.credentials: there is no secrets section to take them from")
     return GatewayConfig(services=services, **top)
 
 

@@ -191,7 +191,7 @@ class Relay:
         session = ctx.session
         service = self.gateway.service(name)
         try:
-            child, restarted = await self.gateway.child_for(session, name)
+            child, restarted = await self.gateway.child_for(session, name, ctx.principal)
         except CancelledError:
             self._if_closed(session)
             raise

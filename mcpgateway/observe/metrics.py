@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mcpgateway.lib.redact import SECRET_VALUES
+
 __all__ = ["CONTENT_TYPE", "GatewayMetrics", "GatewayState", "MetricSource", "ServiceState", "route_of"]
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -255,9 +257,14 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         """
-        @return: The Prometheus text exposition of every metric.
+        @return: The Prometheus text exposition of every metric, every
+            loaded secret value in it redacted (labels carry names, never
+            values, but a name chosen by a client could echo one).
         """
-        return generate_latest(self.registry)
+        text = generate_latest(self.registry)
+        if not SECRET_VALUES:
+            return text
+        return SECRET_VALUES.text(text.decode("utf-8")).encode("utf-8")
 
 
 class _StateCollector(Collector):
