@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet.defer import Deferred, gatherResults
 
 from mcpgateway.config import ConfigError, parse_config
 from mcpgateway.devcert import main as devcert
@@ -149,6 +150,23 @@ async def test_modern_streamable_http(live: Any, upstream: Any, json_response: b
     stats = await server.stats()
     assert stats["sessions"] == []  # 2026-07-28 is stateless: no Mcp-Session-Id
     assert "GET" not in stats["methods"] and "DELETE" not in stats["methods"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_are_kept_alive_and_bounded(live: Any, upstream: Any) -> None:
+    server = await upstream("streamable", "--json")
+    gw = live({"r": remote(server, protocol="modern", max_connections=2)})
+    for _ in range(20):
+        assert (await gw.call("r", "count", "s"))[0].code == 200
+    stats = await server.stats()
+    assert stats["methods"]["POST"] >= 21  # discover and 20 calls
+    assert len(stats["connections"]) == 1  # one after the other: one connection
+    # Concurrent calls need more connections; at most max_connections stay open idle.
+    calls = [Deferred.fromCoroutine(gw.call("r", "stall", f"c{i}", {"seconds": 0.3})) for i in range(5)]
+    assert [response.code for response, _ in await gatherResults(calls)] == [200] * 5
+    assert len((await server.stats())["connections"]) >= 5
+    pool = gw.gateway.services["r"]._remote.pool
+    assert sum(len(idle) for idle in pool._connections.values()) <= 2
 
 
 @pytest_twisted.ensureDeferred

@@ -24,7 +24,8 @@ A call of C{html_answer} gets an HTML page, one of C{server_error} a 500
 
 C{GET /_stats} (outside MCP) tells what it saw: C{sessions} (Mcp-Session-Id
 values it minted), C{deleted} (those ended with DELETE), C{methods}
-(requests by HTTP method).
+(requests by HTTP method), C{connections} (the client ports of the TCP
+connections requests came on).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from starlette.responses import JSONResponse, Response
 
 app = MCPServer("remote-test-server", version="1.0.0")
 _counts: dict[str, int] = {}
-_stats: dict[str, Any] = {"sessions": [], "deleted": [], "methods": {}}
+_stats: dict[str, Any] = {"sessions": [], "deleted": [], "methods": {}, "connections": []}
 
 
 def _session_key(ctx: Context) -> str:
@@ -111,6 +112,9 @@ def _observed(inner: Any) -> Any:
             return
         method = scope["method"]
         _stats["methods"][method] = _stats["methods"].get(method, 0) + 1
+        client = scope.get("client")
+        if client and client[1] not in _stats["connections"]:
+            _stats["connections"].append(client[1])
         asked = dict(scope["headers"]).get(b"mcp-session-id", b"").decode()
 
         async def sending(message: dict[str, Any]) -> None:
