@@ -123,9 +123,11 @@ class Gateway:
 
     def health(self) -> dict[str, Any]:
         """
-        @return: The C{GET /health} body.
+        @return: The C{GET /health} body: C{status} is C{healthy}, or
+            C{draining} once new sessions are refused (L{mcpgateway.drain}).
         """
-        return {"status": "healthy", "timestamp": now_iso(self.clock.seconds()), "version": __version__}
+        status = "draining" if self.sessions.refusing else "healthy"
+        return {"status": status, "timestamp": now_iso(self.clock.seconds()), "version": __version__}
 
     def list_services(self) -> dict[str, Any]:
         """
@@ -313,6 +315,17 @@ class Gateway:
         @raise NotFound: If C{name} is no enabled service.
         """
         return await self._child_for(session, self.service(name))
+
+    def close_sessions(self) -> int:
+        """
+        Close every live session now, as L{close_session} does one.
+
+        @return: How many were closed.
+        """
+        sessions = list(self.sessions)
+        for session in sessions:
+            self._close(session)
+        return len(sessions)
 
     def _close(self, session: Session) -> None:
         session.closed = True
