@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
 
 from mcpgateway.gateway import Gateway
 from mcpgateway.lib.deferreds import Shared, observe
@@ -62,7 +63,7 @@ class Drain:
         Start the drain, or join the one under way: new sessions are refused
         from now on; the live ones may go on for C{timeout} seconds, after
         which they are closed (their children stopped, their calls in flight
-        answered as a closed session's are).
+        answered 503, as at a stop: L{Gateway.close_sessions}).
 
         @param timeout: Seconds the live sessions are given (the configured
             C{session.drain_timeout} if L{None}); a second call with a
@@ -80,7 +81,12 @@ class Drain:
             self._timer = None
         if self._empty is None:
             self.gateway.sessions.refusing = True
-            self._empty = observe(self.gateway.sessions.when_empty())
+            # One turn later: the last session's close (its calls cancelled,
+            # its children on their way out) is complete before anyone
+            # waiting for the drain, e.g. the stop, goes on.
+            emptied = self.gateway.sessions.when_empty()
+            emptied.addCallback(lambda _: deferLater(self.clock, 0, lambda: None))
+            self._empty = observe(emptied)
             self._empty.wait().addCallback(self._ended)
             log.info(
                 "draining: new sessions refused; {n} live session(s) have until {deadline} to end",

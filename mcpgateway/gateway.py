@@ -205,7 +205,7 @@ class Gateway:
             except ChildExited as error:
                 raise ChildFailed.ended(name, "during the call", error.info) from None
         except CancelledError:
-            if self._stopping:
+            if self._stopping or session.stopped:
                 raise ServiceUnavailable("the gateway is shutting down; retry", retry_after=1) from None
             if session.closed:
                 raise SessionClosed(f"session {session_id!r} was closed during the call") from None
@@ -318,12 +318,14 @@ class Gateway:
 
     def close_sessions(self) -> int:
         """
-        Close every live session now, as L{close_session} does one.
+        Close every live session now, as L{close_session} does one, except
+        that their calls cut short are answered as at a stop (503, retry).
 
         @return: How many were closed.
         """
         sessions = list(self.sessions)
         for session in sessions:
+            session.stopped = True
             self._close(session)
         return len(sessions)
 

@@ -29,6 +29,8 @@ class Session:
     @ivar calls: The L{Deferred}s its calls are waiting on, cancelled when it closes.
     @ivar restarted: Services whose child died; their next call says so.
     @ivar owner: The principal that created it.
+    @ivar stopped: Whether the gateway closed it (a stop, a drain's
+        deadline) rather than its client: its calls cut short may be retried.
     """
 
     def __init__(self, session_id: str, owner: str, now: float, timeout: float, metadata: dict[str, Any]) -> None:
@@ -43,6 +45,7 @@ class Session:
         self.calls: set[Deferred[Any]] = set()
         self.restarted: set[str] = set()
         self.closed = False
+        self.stopped = False
 
     @property
     def busy(self) -> bool:

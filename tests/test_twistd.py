@@ -590,10 +590,20 @@ def test_drain_timeout_closes_the_remaining_children(tmp_path: Path) -> None:
         for session in ("one", "two"):
             assert gateway.call("fx", "counter", session, auth)[0] == 200
         assert len(tagged_processes(tag)) == 2
+        answers: list[tuple[int, Any]] = []
+        caller = threading.Thread(
+            target=lambda: answers.append(gateway.call("fx", "sleep", "one", auth, seconds=30)), daemon=True
+        )
+        caller.start()
+        time.sleep(0.3)  # the call is in flight (test thread only; the gateway is another process)
         status, took = gateway.stop(signal.SIGTERM, timeout=10)
         assert 1.4 < took < 5, took
         assert_orderly_exit(gateway, status)
         assert "drain deadline: closing 2 live session(s)" in gateway.text()
+        caller.join(10)
+        # Cut by the deadline: answered as at a stop, safe to retry elsewhere.
+        [(status, body)] = answers
+        assert (status, body["code"]) == (503, "service_unavailable"), body
     assert_no_tagged_processes(tag)
 
 
