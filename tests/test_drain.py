@@ -152,10 +152,14 @@ async def test_admin_drain_over_http(live: Any) -> None:
     assert (response.code, body["result"]) == (200, "1")
     mcp_session = await initialize(gw)
 
-    # An agent may not drain the gateway.
+    # An agent may not drain the gateway; nor may anyone without credentials; only POST drains.
     agent = {"auth": None, "headers": {b"Authorization": [b"Bearer " + AGENT_TOKEN.encode()]}}
     response, body = await gw.request("POST", "/admin/drain", **agent)
     assert (response.code, body["code"]) == (403, "forbidden")
+    response, body = await gw.request("POST", "/admin/drain", auth=None)
+    assert (response.code, body["code"]) == (401, "unauthorized")
+    response, body = await gw.request("GET", "/admin/drain")
+    assert (response.code, body["code"]) == (405, "method_not_allowed")
     assert not gw.app.drain.draining
 
     # A call in flight when the drain starts completes.
