@@ -511,10 +511,9 @@ def test_haproxy_takes_a_draining_gateway_out_of_rotation(tmp_path: Path) -> Non
         (tmp_path / f"g{index}").mkdir()
         config = write_config(tmp_path / f"g{index}" / "gateway.json", port, {"todo": service}, drain_timeout=20)
         commands.append([*twistd(), "-n", "--pidfile=", "mcpgateway", "--config", str(config)])
+    balancer_log = (tmp_path / "haproxy.log").open("wb")
     balancer = subprocess.Popen(
-        [haproxy, "-db", "-f", str(tmp_path / "haproxy.cfg")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [haproxy, "-db", "-f", str(tmp_path / "haproxy.cfg")], stdout=balancer_log, stderr=subprocess.STDOUT
     )
     try:
         with (
@@ -548,7 +547,7 @@ def test_haproxy_takes_a_draining_gateway_out_of_rotation(tmp_path: Path) -> Non
             # Before the health check notices, HAProxy retries the 503 draining on the other gateway.
             for n in range(4):
                 status, body = through(f"during-{n}")
-                assert status == 200, body
+                assert status == 200, (body, (tmp_path / "haproxy.log").read_text()[-3000:])
             # Within inter x fall (2 s x 2) HAProxy's check sees the 503 and stops trying it.
             time.sleep(5.5)
             for n in range(8):
@@ -572,4 +571,5 @@ def test_haproxy_takes_a_draining_gateway_out_of_rotation(tmp_path: Path) -> Non
     finally:
         balancer.terminate()
         balancer.wait(timeout=10)
+        balancer_log.close()
     assert_no_tagged_processes(tag)
