@@ -184,7 +184,7 @@ async def test_admin_drain_over_http(live: Any) -> None:
     response, raw = await http(gw, "POST", "/mcp", request, POST_HEADERS)
     assert response.code == 503, raw
     assert response.headers.getRawHeaders(b"retry-after") == [b"1"]
-    assert "draining" in json.loads(raw)["error"]["message"]
+    assert json.loads(raw)["error"]["data"]["reason"] == "draining", raw
     assert "new" not in gw.gateway.sessions.visible_to(ADMIN_PRINCIPAL)
 
     # The live sessions keep working.
