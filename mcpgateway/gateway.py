@@ -84,11 +84,14 @@ class Gateway:
 
     def _pool_room(self, service: Service) -> Callable[[], bool]:
         """
-        Pool children count against C{max_sessions_per_service}.
+        Pool children count against C{max_sessions_per_service}; a draining
+        gateway (new sessions refused) keeps no pool.
         """
         limit = self.config.session.max_sessions_per_service
 
         def room() -> bool:
+            if self.sessions.refusing:
+                return False
             holding = sum(1 for session in self.sessions if session.holds(service.name))
             return holding + service.pool_pending + 1 <= limit
 

@@ -15,6 +15,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 
+from mcpgateway.children.service import POOL_REFILL_DELAY
 from mcpgateway.config import parse_config
 from mcpgateway.drain import Drain
 from mcpgateway.errors import ServiceUnavailable
@@ -226,3 +227,19 @@ async def test_admin_drain_deadline_closes_the_children(live: Any) -> None:
     assert response.headers.getRawHeaders(b"retry-after") == [b"1"]
     assert gw.app.drain.drained
     await wait_until(lambda: not gw.children(), timeout=5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_draining_gateway_does_not_refill_its_warm_pool(live: Any) -> None:
+    gw = live({"fx": fixture_service(prewarm=1)})
+    service = gw.gateway.services["fx"]
+    await wait_until(lambda: service.pool_size == 1)
+    response, body = await gw.call("fx", "counter", "live")  # takes the warm child
+    assert response.code == 200, body
+    response, _ = await gw.request("POST", "/admin/drain")
+    assert response.code == 202
+    await sleep(POOL_REFILL_DELAY + 0.5)
+    assert (service.pool_size, service.pool_pending) == (0, 0)
+    assert len(gw.children()) == 1, "only the live session's child"
+    response, body = await gw.call("fx", "counter", "live")
+    assert (response.code, body["result"]) == (200, "2")
