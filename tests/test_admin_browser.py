@@ -173,6 +173,32 @@ def test_restart_from_the_page_replaces_the_child(browser: Any, quick_start: Any
     children(gateway, 0)
 
 
+def test_drain_from_the_page_refuses_new_sessions_and_keeps_live_ones(browser: Any, quick_start: Any) -> None:
+    gateway = quick_start
+    assert gateway.call("todo", "add_todo", "live", ADMIN, text="a")[0] == 200
+    context = browser.new_context()
+    page = log_in(context.new_page(), gateway.url, *ADMIN)
+    assert page.locator("#draining").count() == 0
+    page.on("dialog", lambda dialog: dialog.accept())
+    with page.expect_navigation():
+        page.locator("header button", has_text="Drain").click()
+    assert page.inner_text("#draining").startswith("draining until ")
+    # The balancer's health check sees the process down; a new session goes elsewhere.
+    status, health = http("GET", gateway.url + "/health")
+    assert (status, health["status"], health["sessions"]) == (503, "draining", 1), health
+    status, body = gateway.call("todo", "list_todos", "new", ADMIN)
+    assert (status, body["code"]) == (503, "draining"), body
+    # The live session goes on, then ends: the process is drained and stays up.
+    status, body = gateway.call("todo", "list_todos", "live", ADMIN)
+    assert (status, body["result"]) == (200, "#1 [ ] a"), body
+    assert http("DELETE", gateway.url + "/sessions/live", auth=ADMIN)[0] == 200
+    children(gateway, 0)
+    page.reload()
+    assert page.inner_text("#draining") == "drained"
+    assert gateway.process.poll() is None
+    context.close()
+
+
 class _ForeignSite(BaseHTTPRequestHandler):
     """
     Another site's page (on C{localhost}, a different site than

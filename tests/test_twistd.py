@@ -168,11 +168,16 @@ def running(command: list[str], cwd: Path, port: int, env: dict[str, str], tag: 
             kill_tagged(tag)
 
 
-def write_config(path: Path, port: int, services: dict[str, Any], **server: Any) -> Path:
+def write_config(path: Path, port: int, services: dict[str, Any], drain_timeout: float = 0, **server: Any) -> Path:
+    """
+    A configuration for one gateway on C{port}.  Its C{session.drain_timeout}
+    is 0 unless given: these tests are about stopping; the drain's wait is
+    tested in section (h).
+    """
     config = {
         "server": {"host": "127.0.0.1", "port": port, "auth_user": "admin", "auth_password": "s3cret", **server},
         "services": services,
-        "session": {"sandbox_dir": str(path.parent / "sandbox")},
+        "session": {"sandbox_dir": str(path.parent / "sandbox"), "drain_timeout": drain_timeout},
     }
     path.write_text(json.dumps(config))
     return path
@@ -338,10 +343,13 @@ def test_shipped_config_serves_the_todo_example(tmp_path: Path) -> None:
         assert any(entry.startswith(b"HOME=" + str(tmp_path / "sandbox").encode()) for entry in environ)
         # The relative sandbox_dir is under the working directory.
         assert (tmp_path / "sandbox").is_dir()
+        # SIGTERM drains: with the session closed first there is nothing to wait for.
+        assert http("DELETE", gateway.url + "/sessions/call-1", auth=admin)[0] == 200
         exit_status, took = gateway.stop(signal.SIGTERM)
         assert took < 5
         assert_orderly_exit(gateway, exit_status, signal.SIGTERM)
         assert "todo: child" in gateway.text()
+        assert "drained: no session is left" in gateway.text()
     assert_no_tagged_processes(tag)
     assert (tmp_path / "config.json").read_bytes() == shipped
 
@@ -593,3 +601,151 @@ def test_sighup_reloads_the_secrets_for_new_children_only(tmp_path: Path) -> Non
         assert OLD_TOKEN not in log
         assert NEW_TOKEN not in log
     assert_no_tagged_processes(tag)
+
+
+# -- (h) graceful drain on SIGTERM --------------------------------------------------------------
+
+
+def _retry_after(url: str, body: Any, auth: tuple[str, str]) -> tuple[int, str | None, Any]:
+    """
+    C{POST url}; returns the status, the C{Retry-After} header and the decoded body.
+    """
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode(),
+    }
+    assert url.startswith("http://127.0.0.1:"), url
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310
+            return response.status, response.headers.get("Retry-After"), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.headers.get("Retry-After"), json.loads(error.read())
+
+
+def _wait_for_health(gateway: Running, status: int, within: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        code, body = http("GET", gateway.url + "/health", timeout=2)
+        if code == status:
+            return dict(body)
+        assert time.monotonic() < deadline, (code, body, gateway.text()[-3000:])
+        time.sleep(0.05)
+
+
+def _drain_config(tmp_path: Path, port: int, tag: str, drain_timeout: float) -> list[str]:
+    service = {"command": [sys.executable, FIXTURE_SERVER], "env": {"MCPGATEWAY_TEST_TAG": tag}, "close_grace": 0.5}
+    config = write_config(tmp_path / "gateway.json", port, {"fx": service}, drain_timeout=drain_timeout)
+    return [*twistd(), "-n", "--pidfile=", "mcpgateway", "--config", str(config)]
+
+
+def test_sigterm_drains_live_sessions_then_exits(tmp_path: Path) -> None:
+    port = free_port()
+    tag = uuid.uuid4().hex
+    auth = ("admin", "s3cret")
+    command = _drain_config(tmp_path, port, tag, drain_timeout=60)
+    answers: list[tuple[int, Any]] = []
+    with running(command, tmp_path, port, environment(), tag) as gateway:
+        for count in ("1", "2"):
+            status, body = gateway.call("fx", "counter", "live", auth)
+            assert (status, body["result"]) == (200, count), body
+        caller = threading.Thread(
+            target=lambda: answers.append(gateway.call("fx", "sleep", "live", auth, seconds=1.5)), daemon=True
+        )
+        caller.start()
+        time.sleep(0.3)  # the call is in flight (test thread only; the gateway is another process)
+        gateway.process.send_signal(signal.SIGTERM)
+
+        # The balancer's health check sees it down, with the body it knows.
+        health = _wait_for_health(gateway, 503)
+        assert (health["status"], health["sessions"], health["drained"]) == ("draining", 1, False)
+        assert {"timestamp", "version", "drain_deadline"} <= set(health)
+        # A new session is refused with a retryable 503 (the balancer sends the retry elsewhere).
+        status, retry_after, body = _retry_after(
+            gateway.url + "/services/fx/call", {"tool": "counter", "session_id": "new"}, auth
+        )
+        assert (status, body["code"], retry_after) == (503, "draining", "1"), body
+        # The call in flight completes; the live session goes on.
+        caller.join(10)
+        [(status, body)] = answers
+        assert (status, body["result"]) == (200, "slept 1.5"), body
+        status, body = gateway.call("fx", "counter", "live", auth)
+        assert (status, body["result"]) == (200, "3"), body
+        assert gateway.process.poll() is None, "still draining"
+        assert len(tagged_processes(tag)) == 1
+
+        # The session ends: the drain is over and the process exits.
+        started = time.monotonic()
+        assert http("DELETE", gateway.url + "/sessions/live", auth=auth)[0] == 200
+        status = gateway.process.wait(timeout=10)
+        assert time.monotonic() - started < 5
+        assert_orderly_exit(gateway, status)
+        log = gateway.text()
+        assert "draining: new sessions refused; 1 live session(s)" in log
+        assert "drained: no session is left" in log
+        assert "drain deadline" not in log
+    assert_no_tagged_processes(tag)
+
+
+def test_drain_timeout_closes_the_remaining_children(tmp_path: Path) -> None:
+    port = free_port()
+    tag = uuid.uuid4().hex
+    auth = ("admin", "s3cret")
+    command = _drain_config(tmp_path, port, tag, drain_timeout=1.5)
+    with running(command, tmp_path, port, environment(), tag) as gateway:
+        for session in ("one", "two"):
+            assert gateway.call("fx", "counter", session, auth)[0] == 200
+        assert len(tagged_processes(tag)) == 2
+        answers: list[tuple[int, Any]] = []
+        caller = threading.Thread(
+            target=lambda: answers.append(gateway.call("fx", "sleep", "one", auth, seconds=30)), daemon=True
+        )
+        caller.start()
+        time.sleep(0.3)  # the call is in flight (test thread only; the gateway is another process)
+        status, took = gateway.stop(signal.SIGTERM, timeout=10)
+        assert 1.4 < took < 5, took
+        assert_orderly_exit(gateway, status)
+        assert "drain deadline: closing 2 live session(s)" in gateway.text()
+        caller.join(10)
+        # Cut by the deadline: answered as at a stop, safe to retry elsewhere.
+        [(status, body)] = answers
+        assert (status, body["code"]) == (503, "service_unavailable"), body
+    assert_no_tagged_processes(tag)
+
+
+def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
+    port = free_port()
+    tag = uuid.uuid4().hex
+    command = _drain_config(tmp_path, port, tag, drain_timeout=60)
+    with running(command, tmp_path, port, environment(), tag) as gateway:
+        assert gateway.call("fx", "counter", "one", ("admin", "s3cret"))[0] == 200
+        gateway.process.send_signal(signal.SIGTERM)
+        _wait_for_health(gateway, 503)
+        status, took = gateway.stop(signal.SIGINT, timeout=10)
+        assert took < 5, took
+        assert_orderly_exit(gateway, status, signal.SIGTERM)  # twistd re-raises the first one
+        assert "drain deadline: closing 1 live session(s)" in gateway.text()
+    assert_no_tagged_processes(tag)
+
+
+def test_admin_drain_keeps_the_process_up_drained(tmp_path: Path) -> None:
+    port = free_port()
+    tag = uuid.uuid4().hex
+    auth = ("admin", "s3cret")
+    command = _drain_config(tmp_path, port, tag, drain_timeout=0.5)
+    with running(command, tmp_path, port, environment(), tag) as gateway:
+        assert gateway.call("fx", "counter", "one", auth)[0] == 200
+        status, body = http("POST", gateway.url + "/admin/drain", auth=auth)
+        assert (status, body["status"], body["sessions"]) == (202, "draining", 1), body
+        deadline = time.monotonic() + 10
+        while not _wait_for_health(gateway, 503)["drained"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert_no_tagged_processes(tag)
+        time.sleep(0.5)
+        assert gateway.process.poll() is None, "POST /admin/drain does not end the process"
+        # SIGTERM on a drained process has nothing to wait for.
+        status, took = gateway.stop(signal.SIGTERM)
+        assert took < 5
+        assert_orderly_exit(gateway, status)

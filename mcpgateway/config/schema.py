@@ -173,6 +173,9 @@ class SessionConfig:
     max_total_sessions: int = 1000
     cleanup_interval: float = 60.0
     sandbox_dir: str = "./sandbox"
+    #: On SIGTERM or C{POST /admin/drain}: how long live sessions may go on
+    #: before their children are closed (0: at once).
+    drain_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -458,6 +461,7 @@ _SESSION: dict[str, Reader] = {
     "max_total_sessions": positive(integer),
     "cleanup_interval": positive(number),
     "sandbox_dir": string,
+    "drain_timeout": non_negative(number),
 }
 
 _RATE_LIMITING: dict[str, Reader] = {

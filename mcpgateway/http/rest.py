@@ -26,6 +26,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from mcpgateway.calls import CallObserver, CallPolicy, CallRequest, ToolCalls, rest_session_id
+from mcpgateway.drain import Drain
 from mcpgateway.errors import (
     BadRequest,
     Forbidden,
@@ -134,6 +135,7 @@ class GatewayApp:
         policies: Sequence[CallPolicy] = (),
         observers: Sequence[CallObserver] = (),
         audit: AuditLog | None = None,
+        drain: Drain | None = None,
     ) -> None:
         """
         @param gateway: What the routes call.
@@ -146,6 +148,8 @@ class GatewayApp:
         @param audit: The audit log C{GET /audit} reads (and whose metrics
             C{/metrics} shows), or L{None} when it is off; to record calls it
             must also be one of C{observers}.
+        @param drain: The drain C{POST /admin/drain} starts and C{/health}
+            reports (one with C{session.drain_timeout} if L{None}).
         """
         self.gateway = gateway
         self.metrics = metrics if metrics is not None else GatewayMetrics(gateway)
@@ -167,6 +171,7 @@ class GatewayApp:
         #: What serves C{/mcp} (see L{mount_mcp}).
         self.mcp_endpoint: McpMount | None = None
         self.audit = audit
+        self.drain = drain if drain is not None else Drain(gateway, gateway.clock, gateway.config.session.drain_timeout)
         if audit is not None:
             self.metrics.registry.register(audit.collector())
 
@@ -206,9 +211,13 @@ class GatewayApp:
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
         """
-        Liveness: no credentials, never rate limited.
+        Liveness: no credentials, never rate limited; 503 once the process
+        drains, so a balancer's health check sends new sessions elsewhere.
         """
-        return _render(request, 200, self.gateway.health())
+        body = self.gateway.health()
+        if not self.drain.draining:
+            return _render(request, 200, body)
+        return _render(request, 503, {**body, **self.drain.describe()})
 
     @app.route("/.well-known/oauth-protected-resource", methods=["GET"])
     def resource_metadata(self, request: IRequest) -> bytes:
@@ -370,6 +379,19 @@ class GatewayApp:
     @app.route("/admin/static/<string:name>", methods=["GET"])
     def admin_asset(self, request: IRequest, name: str) -> bytes:
         return self.admin.asset(request, name)
+
+    @app.route("/admin/drain", methods=["POST"])
+    @guarded("default")
+    def admin_drain(self, request: IRequest, principal: Principal) -> bytes:
+        """
+        Admins only: start draining this process (L{Drain.drain}); answered
+        at once (202), the drain goes on.  The process stays up, drained.
+        """
+        if not principal.admin:
+            self.security("forbidden", request, principal)
+            raise Forbidden("POST /admin/drain is for admin principals only", "forbidden")
+        self.drain.drain()
+        return _render(request, 202, {**self.gateway.health(), **self.drain.describe()})
 
     # -- MCP (Streamable HTTP; see mcpgateway.http.streamable) ------------------------
 

@@ -219,8 +219,18 @@ class AdminPages:
         header = tags.header(
             tags.h1("mcpgateway"),
             tags.span("signed in as ", tags.b(browser.principal.name, id="principal")),
+            *_drain_badge(self.app.drain.draining, self.app.drain.describe()),
             # Actions of the whole process: one button each (data-post: the route).
-            tags.nav(tags.button("Log out", data_post="/admin/logout", data_then="/admin"), class_="actions"),
+            tags.nav(
+                tags.button(
+                    "Drain",
+                    data_post="/admin/drain",
+                    data_confirm="Drain this process? New sessions go elsewhere; live ones finish.",
+                    data_then="/admin",
+                ),
+                tags.button("Log out", data_post="/admin/logout", data_then="/admin"),
+                class_="actions",
+            ),
         )
         service_rows = [
             tags.tr(
@@ -521,3 +531,13 @@ def _form(request: IRequest) -> dict[str, str]:
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("the login form is not valid UTF-8 form data", "invalid_request") from None
     return {key: values[-1] for key, values in fields.items()}
+
+
+def _drain_badge(draining: bool, drain: dict[str, Any]) -> list[Tag]:
+    """
+    @return: The header's note that this process drains (empty if it does not).
+    """
+    if not draining:
+        return []
+    state = "drained" if drain["drained"] else f"draining until {drain['drain_deadline']}"
+    return [tags.span(state, id="draining", class_="draining")]
