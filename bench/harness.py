@@ -148,6 +148,8 @@ class GatewayProcess:
                 "max_total_sessions": limit,
                 "cleanup_interval": 60,
                 "sandbox_dir": str(workdir / "sandbox"),
+                # Stopped with its sessions live: no graceful drain to wait for.
+                "drain_timeout": 0,
             },
             # The recommended setting at high call rates: access lines buffered
             # to their own file (see README, logging.access_log).

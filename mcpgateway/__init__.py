@@ -1,5 +1,5 @@
 """
-mcpgateway: supervised stdio MCP servers behind one governed HTTP front.
+mcpgateway: supervised stdio MCP servers (and remote ones) behind one governed HTTP front.
 
 The folders are the layers of a request's path, each importing only those
 below it (ARCHITECTURE.rst; checked by C{lint-imports}).  One REST call::
@@ -11,8 +11,9 @@ below it (ARCHITECTURE.rst; checked by C{lint-imports}).  One REST call::
     gateway.py            the façade: the session's child for the service
     sessions.py           the session registry and its limits
     children/service.py   start with backoff, warm pool (children/sandbox/: how a child starts)
-    children/child.py     one MCP server: handshake, era, call
-    mcp/stdio.py          JSON-RPC over the child's stdin/stdout (mcp/framing.py)
+    children/child.py     one MCP server: handshake, era, call (over an mcp/peer.py Peer)
+    mcp/stdio.py          JSON-RPC over the child's stdin/stdout (mcp/framing.py),
+      or mcp/remote.py    over HTTP to a url service's remote server (children/remote.py)
     mcp/results.py        the result as text, back up the same way
 
 An MCP C{tools/call} enters at C{http/streamable.py}, is answered by

@@ -80,7 +80,9 @@ class GatewayError(Exception):
 
     def body(self) -> dict[str, Any]:
         """
-        @return: The JSON body: C{error}, C{code} and the details.
+        @return: The JSON body: C{error}, C{code} and the details (the web
+            layer redacts secret values from it: a child's stderr tail or
+            error message may echo its credential).
         """
         return {"error": self.message, "code": self.code, **self.details}
 
@@ -108,7 +110,9 @@ class Forbidden(GatewayError):
     policy hides or refuses the tool), C{forbidden_argument} (an argument is
     outside the policy's constraints; C{argument} names it), C{forbidden}
     (an admin-only route, e.g. an agent
-    reading the budgets or the audit log).
+    reading the budgets or the audit log), C{no_credential} (the service
+    runs with per-principal credentials and none is mapped to the caller,
+    or the caller is not the owner of the session whose child holds one).
     """
 
     status = 403

@@ -11,7 +11,7 @@ timeout, and maps what comes back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred, gatherResults
@@ -24,13 +24,22 @@ from mcpgateway.children.child import Child
 from mcpgateway.children.sandbox import sandbox_capabilities
 from mcpgateway.children.service import Service
 from mcpgateway.config import GatewayConfig
-from mcpgateway.errors import CallTimedOut, ChildFailed, NotFound, ServiceUnavailable, SessionClosed, ToolRPCError
+from mcpgateway.errors import (
+    CallTimedOut,
+    ChildFailed,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    SessionClosed,
+    ToolRPCError,
+)
 from mcpgateway.lib.deferreds import observe
-from mcpgateway.mcp.exits import ChildExited
+from mcpgateway.mcp.exits import ChildExited, Unreachable
 from mcpgateway.mcp.jsonrpc import RPCError
 from mcpgateway.mcp.results import result_text
 from mcpgateway.observe.logs import logger, now_iso
 from mcpgateway.policy.auth import Principal
+from mcpgateway.policy.credentials import Credentials
 from mcpgateway.sessions import Session, SessionRegistry
 
 __all__ = ["Gateway"]
@@ -43,14 +52,28 @@ class Gateway:
     The services, the sessions, and the reaper that expires idle sessions.
     """
 
-    def __init__(self, config: GatewayConfig, reactor: IReactorProcess, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        reactor: IReactorProcess,
+        clock: IReactorTime,
+        credentials: Credentials | None = None,
+    ) -> None:
         """
         @param config: The configuration.
         @param reactor: Spawns children.
         @param clock: All timing (timeouts, expiry, backoff) goes through it.
+        @param credentials: The per-principal credentials; loaded from
+            C{config} now (blocking) if L{None}, and then forgotten by L{stop}.
+        @raise ConfigError: If C{credentials} is L{None} and the secrets
+            cannot be loaded.
         """
         self.config = config
         self.clock = clock
+        self.credentials = credentials if credentials is not None else Credentials.from_config(config)
+        #: Whether L{stop} forgets the secrets (only those it loaded: the
+        #: twistd service's audit log still writes, redacted, after the stop).
+        self._owns_credentials = credentials is None
         secrets = tuple(secret for secret in (config.server.auth_password, config.server.auth_token) if secret)
         self.services = {
             name: Service(service, reactor, clock, config.session.sandbox_dir, secrets=secrets)
@@ -60,6 +83,9 @@ class Gateway:
         self.sessions = SessionRegistry(config.session)
         for service in self.services.values():
             service.pool_room = self._pool_room(service)
+            service.hidden_values = self.credentials.hidden
+            service.listing_env = self._listing_env(service.name)
+            service.listing_headers = self._listing_headers(service.name)
         self._reaper = LoopingCall(self.sweep)
         self._reaper.clock = clock
         self._closing: set[Deferred[None]] = set()
@@ -85,13 +111,28 @@ class Gateway:
         for service in self.services.values():
             service.refill_pool()
 
+    def _listing_env(self, name: str) -> Callable[[], Mapping[str, str]]:
+        """
+        A tool lister child is nobody's: it gets the C{default} credential only.
+        """
+        return lambda: self.credentials.for_listing(name).env
+
+    def _listing_headers(self, name: str) -> Callable[[], Mapping[str, str]]:
+        """
+        A url service's tool listing session is nobody's too: the C{default} credential's headers.
+        """
+        return lambda: self.credentials.for_listing(name).headers
+
     def _pool_room(self, service: Service) -> Callable[[], bool]:
         """
-        Pool children count against C{max_sessions_per_service}.
+        Pool children count against C{max_sessions_per_service}; a draining
+        gateway (new sessions refused) keeps no pool.
         """
         limit = self.config.session.max_sessions_per_service
 
         def room() -> bool:
+            if self.sessions.refusing:
+                return False
             holding = sum(1 for session in self.sessions if session.holds(service.name))
             return holding + service.pool_pending + 1 <= limit
 
@@ -110,6 +151,8 @@ class Gateway:
             self._close(session)
         await gatherResults(list(self._closing))
         await gatherResults(stopping)
+        if self._owns_credentials:
+            self.credentials.stop()
 
     def sweep(self) -> None:
         """
@@ -131,15 +174,52 @@ class Gateway:
 
     def health(self) -> dict[str, Any]:
         """
-        @return: The C{GET /health} body.
+        @return: The C{GET /health} body: C{status} is C{healthy}, or
+            C{draining} once new sessions are refused (L{mcpgateway.drain}).
         """
-        return {"status": "healthy", "timestamp": now_iso(self.clock.seconds()), "version": __version__}
+        status = "draining" if self.sessions.refusing else "healthy"
+        return {"status": status, "timestamp": now_iso(self.clock.seconds()), "version": __version__}
 
     def list_services(self) -> dict[str, Any]:
         """
         @return: Each enabled service's public view, keyed by name.
         """
         return {name: service.describe() for name, service in self.services.items()}
+
+    def service_status(self) -> dict[str, Any]:
+        """
+        @return: Each enabled service's admin view (L{Service.status}) with
+            C{restarts}: sessions whose child of it was replaced.
+        """
+        return {
+            name: {**service.status(), "restarts": self.restarts.get(name, 0)}
+            for name, service in self.services.items()
+        }
+
+    def restart_service(self, name: str) -> dict[str, Any]:
+        """
+        Restart service C{name}'s children: every session's child of it is
+        closed (a call in flight on it fails with C{child_failed}), and the
+        session's next call to the service starts a fresh child and answers
+        C{session_restarted: true}, as after a crash; the warm pool is
+        emptied and refilled and the backoff forgotten.  Sessions stay open,
+        except one whose call failed (as after a crash during a call, it is
+        forgotten if it holds no other child).
+
+        @return: The C{POST /admin/services/<name>/restart} body.
+        @raise NotFound: If C{name} is no enabled service.
+        """
+        service = self.service(name)
+        closed = 0
+        for session in self.sessions:
+            child = session.children.pop(name, None)
+            if child is not None:
+                session.restarted.add(name)
+                self._closing_child(child, name)
+                closed += 1
+        pooled = service.recycle()
+        log.info("{service}: restarted by an admin ({n} session children closed)", service=name, n=closed)
+        return {"service": name, "session_children_closed": closed, "pool_children_closed": pooled}
 
     def shows_stderr(self, principal: Principal, service: object) -> bool:
         """
@@ -193,7 +273,7 @@ class Gateway:
         service = self.service(name)
         session = self.sessions.open(session_id, principal, self.clock.seconds(), timeout, metadata)
         try:
-            child, restarted = await self._child_for(session, service)
+            child, restarted = await self._child_for(session, service, principal)
             try:
                 result = await session.track(
                     child.call_tool(tool, arguments, meta).addTimeout(service.config.call_timeout, self.clock)
@@ -208,10 +288,12 @@ class Gateway:
                 raise CallTimedOut(
                     f"{name} did not answer {tool!r} within {service.config.call_timeout:g} s; the call was cancelled"
                 ) from None
+            except Unreachable as error:
+                raise _unreachable(service, error) from None
             except ChildExited as error:
                 raise ChildFailed.ended(name, "during the call", error.info) from None
         except CancelledError:
-            if self._stopping:
+            if self._stopping or session.stopped:
                 raise ServiceUnavailable("the gateway is shutting down; retry", retry_after=1) from None
             if session.closed:
                 raise SessionClosed(f"session {session_id!r} was closed during the call") from None
@@ -232,15 +314,29 @@ class Gateway:
             answer["structured_content"] = result["structuredContent"]
         return answer
 
-    async def _child_for(self, session: Session, service: Service) -> tuple[Child, bool]:
+    async def _child_for(self, session: Session, service: Service, principal: Principal) -> tuple[Child, bool]:
         """
         The session's live child of C{service}, starting one if needed.
 
+        A service with per-principal credentials runs its children with
+        their session owner's credential: only the owner may call it in the
+        session (an admin may use another's session, never its credential).
+
         @return: The child, and whether it replaces one that died.
+        @raise Forbidden: C{no_credential} if the service has per-principal
+            credentials and C{principal} has none or does not own the session.
         """
         name = service.name
         if session.closed:
             raise SessionClosed(f"session {session.id!r} was closed")
+        personal = self.credentials.applies(name)
+        if personal and principal.name != session.owner:
+            raise Forbidden(
+                f"service {name!r} runs with its callers' own credentials: in session {session.id!r}, "
+                f"which belongs to {session.owner}, only {session.owner} may call it",
+                "no_credential",
+                service=name,
+            )
         child = session.children.get(name)
         if child is not None:
             if child.alive:
@@ -250,7 +346,15 @@ class Gateway:
         shared = session.spawning.get(name)
         if shared is None:
             self.sessions.reserve(session, name)
-            shared = session.spawning[name] = observe(service.acquire())
+            # The owner's own credential (no_credential if none), never a pooled child:
+            # environment variables for a child, headers for a url service's session.
+            credential = self.credentials.for_principal(name, principal) if personal else None
+            shared = session.spawning[name] = observe(
+                service.acquire(
+                    credential.env if credential is not None else None,
+                    credential.headers if credential is not None else None,
+                )
+            )
             shared.wait().addBoth(self._spawned, session, name)
             service.refill_pool_soon()
         child = await session.track(shared.wait())
@@ -312,15 +416,31 @@ class Gateway:
         """
         return self.sessions.open(session_id, principal, self.clock.seconds(), timeout, metadata)
 
-    async def child_for(self, session: Session, name: str) -> tuple[Child, bool]:
+    async def child_for(self, session: Session, name: str, principal: Principal) -> tuple[Child, bool]:
         """
         The session's live child of service C{name}, starting one if needed,
         under the same limits as a REST call.
 
+        @param principal: The caller (its credential, if the service has
+            per-principal credentials).
         @return: The child, and whether it replaces one that died.
         @raise NotFound: If C{name} is no enabled service.
+        @raise Forbidden: C{no_credential}, as for a REST call.
         """
-        return await self._child_for(session, self.service(name))
+        return await self._child_for(session, self.service(name), principal)
+
+    def close_sessions(self) -> int:
+        """
+        Close every live session now, as L{close_session} does one, except
+        that their calls cut short are answered as at a stop (503, retry).
+
+        @return: How many were closed.
+        """
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.stopped = True
+            self._close(session)
+        return len(sessions)
 
     def _close(self, session: Session) -> None:
         session.closed = True
@@ -332,7 +452,7 @@ class Gateway:
                 log.failure("a session_closed listener failed for session {id}", id=session.id)
         for waiting in list(session.calls):
             waiting.cancel()
-        for name, child in session.children.items():
+        for name, child in list(session.children.items()):
             self._closing_child(child, name)
         session.children.clear()
         for service in self.services.values():
@@ -343,3 +463,15 @@ class Gateway:
         closing: Deferred[None] = child.close(grace).addCallback(lambda _: None)
         self._closing.add(closing)
         closing.addBoth(lambda result: self._closing.discard(closing))
+
+
+def _unreachable(service: Service, error: Unreachable) -> ServiceUnavailable:
+    """
+    A remote server that could not be reached for a call: the call never
+    left the gateway, so 503 (a retry is safe), as for a start that fails.
+    """
+    return ServiceUnavailable(
+        f"the {service.name} server {error.info.describe()}; the call was not sent",
+        retry_after=service.config.backoff_initial,
+        service=service.name,
+    )

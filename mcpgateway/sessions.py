@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 
 from mcpgateway.children.child import Child
 from mcpgateway.config import SessionConfig
-from mcpgateway.errors import LimitReached, NotFound
+from mcpgateway.errors import LimitReached, NotFound, ServiceUnavailable
 from mcpgateway.lib.deferreds import Shared
 from mcpgateway.observe.logs import now_iso
 from mcpgateway.policy.auth import Principal
@@ -29,6 +29,8 @@ class Session:
     @ivar calls: The L{Deferred}s its calls are waiting on, cancelled when it closes.
     @ivar restarted: Services whose child died; their next call says so.
     @ivar owner: The principal that created it.
+    @ivar stopped: Whether the gateway closed it (a stop, a drain's
+        deadline) rather than its client: its calls cut short may be retried.
     """
 
     def __init__(self, session_id: str, owner: str, now: float, timeout: float, metadata: dict[str, Any]) -> None:
@@ -43,6 +45,7 @@ class Session:
         self.calls: set[Deferred[Any]] = set()
         self.restarted: set[str] = set()
         self.closed = False
+        self.stopped = False
 
     @property
     def busy(self) -> bool:
@@ -94,11 +97,16 @@ class Session:
 class SessionRegistry:
     """
     The live sessions and the limits on them.
+
+    @ivar refusing: Whether new sessions are refused (the process drains):
+        L{open} of an unknown id raises L{ServiceUnavailable} C{draining}.
     """
 
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self._sessions: dict[str, Session] = {}
+        self.refusing = False
+        self._emptied: list[Deferred[None]] = []
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -137,6 +145,12 @@ class SessionRegistry:
         if session is not None and not visible(session, principal):
             raise NotFound(f"no session {session_id!r}", "session_not_found")
         if session is None:
+            if self.refusing:
+                raise ServiceUnavailable(
+                    "this gateway is draining and takes no new session; retry (the balancer sends it elsewhere)",
+                    "draining",
+                    retry_after=1,
+                )
             if len(self._sessions) >= self.config.max_total_sessions:
                 raise LimitReached(
                     f"the gateway holds its maximum of {self.config.max_total_sessions} sessions",
@@ -171,6 +185,21 @@ class SessionRegistry:
         """
         if self._sessions.get(session.id) is session:
             del self._sessions[session.id]
+            if not self._sessions:
+                emptied, self._emptied = self._emptied, []
+                for waiter in emptied:
+                    waiter.callback(None)
+
+    def when_empty(self) -> Deferred[None]:
+        """
+        @return: Fires once no session is left (at once if none is).
+        """
+        waiter: Deferred[None] = Deferred(lambda d: self._emptied.remove(d) if d in self._emptied else None)
+        if not self._sessions:
+            waiter.callback(None)
+        else:
+            self._emptied.append(waiter)
+        return waiter
 
     def discard_if_empty(self, session: Session) -> None:
         """

@@ -9,6 +9,8 @@ C{startService}.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,9 +28,17 @@ from twisted.web.http import Request
 from mcpgateway.calls import CallPolicy
 from mcpgateway.cluster.directory import Directory
 from mcpgateway.cluster.placement import Placement
-from mcpgateway.cluster.workers import SUPERVISOR_ENV, ReusePortService, WorkerPool, die_with_parent, worker_command
+from mcpgateway.cluster.workers import (
+    STOP_GRACE,
+    SUPERVISOR_ENV,
+    ReusePortService,
+    WorkerPool,
+    die_with_parent,
+    worker_command,
+)
 from mcpgateway.config import ConfigError, GatewayConfig, ServerConfig, load_config
 from mcpgateway.config.issuers import is_loopback_host
+from mcpgateway.drain import Drain
 from mcpgateway.gateway import Gateway
 from mcpgateway.http.fetch import fetch
 from mcpgateway.http.forward import Fleet
@@ -43,6 +53,7 @@ from mcpgateway.observe.logs import configure, logger
 from mcpgateway.observe.security import SecurityFile
 from mcpgateway.policy.auth import Authenticator
 from mcpgateway.policy.budgets import BudgetPolicy
+from mcpgateway.policy.credentials import Credentials
 from mcpgateway.policy.jwt import Tokens
 from mcpgateway.policy.ratelimit import RateLimiter
 from mcpgateway.policy.rules import RulePolicy
@@ -53,6 +64,7 @@ log = logger("mcpgateway.cluster")
 
 __all__ = [
     "ClusterService",
+    "DrainingService",
     "GatewayService",
     "Governance",
     "Options",
@@ -104,6 +116,8 @@ class Options(usage.Options):
         try:
             self["limiter"] = RateLimiter(self["gateway_config"].rate_limiting)
             self["governance"] = Governance.from_config(self["gateway_config"])
+            # Read (and checked: mode, owner, every name referenced) before twistd forks.
+            self["credentials"] = Credentials.from_config(self["gateway_config"])
         except ConfigError as error:
             raise StartRefused(f"configuration error: {self['config']}: {error}") from None
         audit = self["gateway_config"].audit
@@ -226,19 +240,28 @@ class GatewayService(Service):
         on_stop: Sequence[Callable[[], None]] = (),
         audit: AuditLog | None = None,
         tokens: Tokens | None = None,
+        on_start: Sequence[Callable[[], None]] = (),
+        reload_on_hangup: bool = False,
     ) -> None:
         """
+        @param on_start: Called once the logs are configured, before the
+            gateway starts (e.g. the dashboard's security events).
         @param on_stop: Called once the gateway has stopped and every call
             in flight has been answered (e.g. to disconnect the budgets).
         @param audit: The audit log, started and stopped with the gateway.
+        @param reload_on_hangup: Reload the gateway's secrets on SIGHUP
+            (L{Credentials.reload}) while running.
         """
         self.gateway = gateway
         self.config = config
         self.limiter = limiter
         self.access = access
         self.on_stop = tuple(on_stop)
+        self.on_start = tuple(on_start)
         self.audit = audit
         self.tokens = tokens
+        self.reload_on_hangup = reload_on_hangup
+        self._previous_hangup: Any = None
 
     def startService(self) -> None:
         configure(self.config.logging.level, self.config.logging.file)
@@ -251,12 +274,29 @@ class GatewayService(Service):
             self.audit.start()
         if self.tokens is not None:
             self.tokens.start()  # the issuers' JWKS, fetched off the reactor
+        for start in self.on_start:
+            start()
+        if self.reload_on_hangup:
+            self._previous_hangup = signal.signal(signal.SIGHUP, self._hangup)
         self.gateway.start()
+
+    def _hangup(self, signum: int, frame: object) -> None:
+        """
+        SIGHUP: reload the secrets.  A signal handler may interrupt the
+        reactor anywhere, so it only schedules the reload on the reactor's
+        thread, as Twisted's own handlers do; the files are read in a thread.
+        """
+        from twisted.internet import reactor
+
+        reactor.callFromThread(self.gateway.credentials.reload)  # type: ignore[attr-defined]
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         if self.tokens is not None:
             self.tokens.stop()
+        if self._previous_hangup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hangup)
+            self._previous_hangup = None
 
         def stopped(result: object) -> object:
             # Calls cut short by the stop are still answered, counted and
@@ -272,6 +312,53 @@ class GatewayService(Service):
             return result
 
         return ensureDeferred(self.gateway.stop()).addBoth(stopped)
+
+
+class DrainingService(MultiService):
+    """
+    The gateway's top service: stopping it (twistd does on SIGTERM or
+    SIGINT) first drains the gateway (L{Drain.drain}, bounded by
+    C{session.drain_timeout}) while the web server still listens, so live
+    sessions keep working; then stops everything below it, which closes
+    whatever children are left.  A second SIGTERM or SIGINT during the drain
+    cuts it short.
+    """
+
+    def __init__(self, drain: Drain) -> None:
+        super().__init__()
+        self.drain = drain
+
+    def stopService(self) -> Deferred[object]:
+        restore = self._cut_short_on_signal()
+
+        def stop(_: None) -> Deferred[object]:
+            restore()
+            stopped: Deferred[object] = MultiService.stopService(self)
+            return stopped
+
+        return self.drain.drain().addCallback(stop)
+
+    def _cut_short_on_signal(self) -> Callable[[], None]:
+        """
+        While draining, SIGTERM and SIGINT end the drain at once (twistd's own
+        handlers would only ask the stopping reactor to stop again).
+
+        @return: Puts the previous handlers back.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        from twisted.internet import reactor
+
+        def cut_short(signum: int, frame: object) -> None:
+            reactor.callFromThread(self.drain.finish)  # type: ignore[attr-defined]
+
+        previous = {signum: signal.signal(signum, cut_short) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+        return restore
 
 
 class ClusterService(Service):
@@ -388,11 +475,12 @@ def makeService(options: dict[str, Any]) -> IService:
         # The supervisor: the workers serve, each a twistd of its own.
         top = MultiService()
         path = options["config"]
-        WorkerPool(config.server.workers, lambda index: worker_command(path, index), reactor, reactor).setServiceParent(
-            top
-        )
+        # A worker drains (session.drain_timeout) before it stops: SIGKILL only after that.
+        grace = config.session.drain_timeout + STOP_GRACE
+        pool = WorkerPool(config.server.workers, lambda i: worker_command(path, i), reactor, reactor, stop_grace=grace)
+        pool.setServiceParent(top)
         return top
-    gateway = Gateway(config, reactor, reactor)
+    gateway = Gateway(config, reactor, reactor, options.get("credentials"))
     fleet = None
     if config.cluster.enabled:
         placement = Placement(Directory(config.cluster, ""), gateway, worker or 0)
@@ -414,15 +502,24 @@ def makeService(options: dict[str, Any]) -> IService:
         observers=observers,
         audit=audit,
         fleet=fleet,
+        drain=Drain(gateway, reactor, config.session.drain_timeout),
     )
     site = make_site(app, config)
-    top = MultiService()
+    top = DrainingService(app.drain)
     if fleet is not None:
         # Started first, stopped last: the gateway's closing sessions leave the directory.
         ClusterService(config, fleet, site, worker).setServiceParent(top)
     # The web server is stopped first (services stop in reverse order), then the gateway.
     GatewayService(
-        gateway, config, limiter, access, on_stop=[governance.close], audit=audit, tokens=authenticator.tokens
+        gateway,
+        config,
+        limiter,
+        access,
+        on_stop=[governance.close, app.stop],
+        audit=audit,
+        tokens=authenticator.tokens,
+        on_start=[app.start],
+        reload_on_hangup=config.secrets is not None,
     ).setServiceParent(top)
     if config.server.metrics_listen:
         page = GatewaySite(MetricsPage(app.metrics), 1024)

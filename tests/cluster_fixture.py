@@ -70,7 +70,8 @@ def gateway_config(
             "state_dir": str(directory / "state"),
         },
         "services": entries,
-        "session": {"sandbox_dir": str(directory / "sandbox"), "cleanup_interval": 1},
+        # A stop drains live sessions for drain_timeout first (mcpgateway.drain).
+        "session": {"sandbox_dir": str(directory / "sandbox"), "cleanup_interval": 1, "drain_timeout": 1},
         "rate_limiting": {"enabled": False},
         "audit": {"enabled": False},
         "cluster": {"redis": redis_uri, "secret": SECRET, "entry_ttl": 5, **cluster},

@@ -207,7 +207,8 @@ def make_config(tmp_path: Path) -> Callable[..., dict[str, Any]]:
         tagged = {}
         for name, entry in services.items():
             entry = dict(entry)
-            entry["env"] = {**entry.get("env", {}), "MCPGATEWAY_TEST_TAG": tag}
+            if "url" not in entry:  # a url service runs no process (and takes no env)
+                entry["env"] = {**entry.get("env", {}), "MCPGATEWAY_TEST_TAG": tag}
             tagged[name] = entry
         session = {"sandbox_dir": str(tmp_path / "sandbox"), **sections.pop("session", {})}
         server = {"auth_user": USER, "auth_password": PASSWORD, **sections.pop("server", {})}
@@ -228,7 +229,8 @@ async def live(make_config: Callable[..., dict[str, Any]]) -> AsyncIterator[Call
         services: dict[str, dict[str, Any]], app_options: dict[str, Any] | None = None, **sections: Any
     ) -> LiveGateway:
         raw = make_config(services, **sections)
-        tag = next(iter(raw["services"].values()))["env"]["MCPGATEWAY_TEST_TAG"] if services else uuid.uuid4().hex
+        tags = [entry["env"]["MCPGATEWAY_TEST_TAG"] for entry in raw["services"].values() if "env" in entry]
+        tag = tags[0] if tags else uuid.uuid4().hex
         config = parse_config(raw)
         gateway = Gateway(config, reactor, reactor)
         limiter = RateLimiter(config.rate_limiting)

@@ -133,6 +133,12 @@ def test_placement_claims_forwards_caches_and_guards_loops(redis_server: RedisSe
     # Without create, an unknown session is not entered.
     assert result(Deferred.fromCoroutine(there.owner_for("nobody", create=False))) is None
     assert redis_server.client().get("mcpgateway:session:nobody") is None
+    # A draining process claims no new session (it refuses it itself).
+    their_gateway.sessions.refusing = True
+    assert result(Deferred.fromCoroutine(there.owner_for("new", create=True))) is None
+    assert redis_server.client().get("mcpgateway:session:new") is None
+    assert result(Deferred.fromCoroutine(there.owner_for("s", create=True))) == "http://moved:1"
+    their_gateway.sessions.refusing = False
     # A closed session leaves the directory.
     admin = Principal("admin", "admin")
     their_gateway.open_session("t", admin, 60, {})

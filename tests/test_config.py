@@ -615,3 +615,13 @@ def test_first_start_timeout_is_longer_only_for_downloaders() -> None:
     assert config.services["npx"].first_start_timeout() == 120
     assert config.services["py"].first_start_timeout() == 5
     assert config.services["given"].first_start_timeout() == 300
+
+
+def test_session_drain_timeout() -> None:
+    assert parse_config({}).session.drain_timeout == 30.0
+    assert parse_config({"session": {"drain_timeout": 0}}).session.drain_timeout == 0.0
+    assert parse_config({"session": {"drain_timeout": "${T|2.5}"}}).session.drain_timeout == 2.5
+    message = config_error({"session": {"drain_timeout": -1}})
+    assert message.startswith("session.drain_timeout: must not be negative"), message
+    message = config_error({"session": {"drain_timeout": "soon"}})
+    assert message.startswith("session.drain_timeout: expected a number"), message

@@ -137,22 +137,77 @@ def test_disabled_becomes_enabled_false_and_description_is_kept() -> None:
 
 
 @pytest.mark.parametrize(
-    ("entry", "why"),
+    ("entry", "service"),
     [
-        ({"url": "https://example.com/mcp"}, "url"),
-        ({"type": "http", "url": "https://example.com/mcp", "headers": {"Authorization": "Bearer x"}}, "type 'http'"),
-        ({"type": "sse", "url": "https://example.com/sse"}, "type 'sse'"),
-        ({"serverUrl": "https://example.com/mcp"}, "serverUrl"),
+        ({"url": "https://example.com/mcp"}, {"url": "https://example.com/mcp"}),
+        ({"serverUrl": "https://example.com/mcp"}, {"url": "https://example.com/mcp"}),
+        (
+            {"httpUrl": "https://example.com/mcp"},
+            {"url": "https://example.com/mcp", "transport": "streamable-http"},
+        ),
+        (
+            {"type": "http", "url": "https://example.com/mcp", "headers": {"Authorization": "Bearer ${TOKEN}"}},
+            {
+                "url": "https://example.com/mcp",
+                "transport": "streamable-http",
+                "headers": {"Authorization": "Bearer ${TOKEN}"},
+            },
+        ),
+        (
+            {"type": "sse", "url": "https://example.com/sse", "disabled": True},
+            {"url": "https://example.com/sse", "transport": "sse", "enabled": False},
+        ),
     ],
 )
-def test_remote_servers_are_skipped_with_the_reason(entry: dict[str, Any], why: str) -> None:
+def test_remote_servers_become_url_services_that_load(entry: dict[str, Any], service: dict[str, Any]) -> None:
     imported = import_servers({"mcpServers": {"remote": entry, "local": {"command": "x"}}})
+    assert imported.services == {"remote": service, "local": {"command": ["x"]}}
+    assert imported.notes == ()
+    config = parse_config({"services": imported.services}, {"TOKEN": "t0ken-value"})
+    remote = config.services["remote"]
+    assert (remote.url, remote.transport) == (service["url"], service.get("transport", "auto"))
+    assert dict(remote.headers) == ({"Authorization": "Bearer t0ken-value"} if "headers" in service else {})
+
+
+def test_remote_server_fields_without_an_equivalent_are_noted() -> None:
+    entry = {"type": "http", "url": "https://example.com/mcp", "oauth": {"clientId": "x"}, "command": "x"}
+    imported = import_servers({"mcpServers": {"web": entry}})
+    assert imported.services == {"web": {"url": "https://example.com/mcp", "transport": "streamable-http"}}
+    assert lines(imported.notes) == [
+        "note: services.web: field 'command' not mapped (a remote server runs no program)",
+        "note: services.web: field 'oauth' not mapped (the gateway sends configured headers; "
+        "give a token in headers or a secrets block)",
+    ]
+
+
+def test_a_transport_the_gateway_does_not_speak_is_skipped_with_the_reason() -> None:
+    imported = import_servers(
+        {"mcpServers": {"ws": {"type": "ws", "url": "wss://example.com"}, "local": {"command": "x"}}}
+    )
     assert imported.services == {"local": {"command": ["x"]}}
     assert lines(imported.notes) == [
-        f"note: mcpServers.remote: skipped: remote servers are not supported yet ({why}; "
-        "the gateway runs stdio servers)"
+        "note: mcpServers.ws: skipped: type 'ws' is not a transport the gateway speaks (stdio, http, sse)"
     ]
     assert imported.notes[0].target == ""
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"type": "http"}, "mcpServers.web.url: missing (the server's address)"),
+        (
+            {"url": "https://a/mcp", "httpUrl": "https://b/mcp"},
+            "mcpServers.web: both 'url' and 'httpUrl': give one URL",
+        ),
+        ({"url": ["https://a/mcp"]}, "mcpServers.web.url: expected a string, got a list"),
+        ({"url": "https://a/mcp", "headers": ["x"]}, "mcpServers.web.headers: expected an object of strings"),
+        ({"type": 1, "url": "https://a/mcp"}, "mcpServers.web.type: expected a string"),
+    ],
+)
+def test_bad_remote_entries_name_the_key_path(entry: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        import_servers({"mcpServers": {"web": entry}})
+    assert str(raised.value).startswith(message)
 
 
 def test_unknown_fields_are_reported_never_dropped() -> None:
@@ -318,12 +373,12 @@ def test_config_mcp_servers_cwd_and_disabled() -> None:
             "mcpServers.todo.autoApprove: field 'autoApprove' not mapped (the gateway does not ask before a tool call)",
         ),
         (
-            {"mcpServers": {"web": {"url": "https://example.com/mcp"}}},
-            "mcpServers.web: remote servers are not supported yet (url; the gateway runs stdio servers)",
+            {"mcpServers": {"web": {"type": "ws", "url": "wss://example.com"}}},
+            "mcpServers.web: type 'ws' is not a transport the gateway speaks (stdio, http, sse)",
         ),
         (
-            {"mcpServers": {"web": {"type": "sse", "url": "https://example.com/sse"}}},
-            "mcpServers.web: remote servers are not supported yet (type 'sse'; the gateway runs stdio servers)",
+            {"mcpServers": {"web": {"url": "https://example.com/mcp", "oauth": {}}}},
+            "mcpServers.web.oauth: field 'oauth' not mapped",
         ),
         ({"mcpServers": {"my server": {"command": "b"}}}, "mcpServers.my server: a service name is 1-64"),
         ({"mcpServers": {"x": {"command": "x", "args": "-y"}}}, "mcpServers.x.args: expected a list of strings"),
@@ -379,7 +434,7 @@ def test_import_reports_notes_on_stderr_and_exits_zero(tmp_path: Path) -> None:
         "mcpServers": {
             "time": {"command": "uvx", "args": ["mcp-server-time"], "autoApprove": ["get_current_time"]},
             "my tools": {"command": "tools"},
-            "web": {"url": "https://example.com/mcp"},
+            "web": {"type": "ws", "url": "wss://example.com/mcp"},
         }
     }
     result = run(write_json(tmp_path / ".mcp.json", document), cwd=tmp_path)
@@ -387,7 +442,7 @@ def test_import_reports_notes_on_stderr_and_exits_zero(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         "note: services.time: field 'autoApprove' not mapped (the gateway does not ask before a tool call)",
         "note: services.my_tools: renamed from 'my tools' (a service name is 1-64 of A-Z a-z 0-9 _ -)",
-        "note: mcpServers.web: skipped: remote servers are not supported yet (url; the gateway runs stdio servers)",
+        "note: mcpServers.web: skipped: type 'ws' is not a transport the gateway speaks (stdio, http, sse)",
     ]
     assert json.loads(result.stdout) == {
         "services": {"time": {"command": ["uvx", "mcp-server-time"]}, "my_tools": {"command": ["tools"]}}

@@ -76,7 +76,8 @@ def test_two_gateway_processes_share_one_redis_budget(tmp_path: Path) -> None:
                         "env": {"MCPGATEWAY_TEST_TAG": tag},
                     }
                 },
-                "session": {"sandbox_dir": str(tmp_path / f"sandbox{index}")},
+                # Stopped with live sessions: no graceful drain to wait for.
+                "session": {"sandbox_dir": str(tmp_path / f"sandbox{index}"), "drain_timeout": 0},
                 # Generous timeouts: this test is about sharing, not about a
                 # loaded CI machine's scheduling (fail-open has its own tests).
                 "rate_limiting": {

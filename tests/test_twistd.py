@@ -168,11 +168,16 @@ def running(command: list[str], cwd: Path, port: int, env: dict[str, str], tag: 
             kill_tagged(tag)
 
 
-def write_config(path: Path, port: int, services: dict[str, Any], **server: Any) -> Path:
+def write_config(path: Path, port: int, services: dict[str, Any], drain_timeout: float = 0, **server: Any) -> Path:
+    """
+    A configuration for one gateway on C{port}.  Its C{session.drain_timeout}
+    is 0 unless given: these tests are about stopping; the drain's wait is
+    tested in section (h).
+    """
     config = {
         "server": {"host": "127.0.0.1", "port": port, "auth_user": "admin", "auth_password": "s3cret", **server},
         "services": services,
-        "session": {"sandbox_dir": str(path.parent / "sandbox")},
+        "session": {"sandbox_dir": str(path.parent / "sandbox"), "drain_timeout": drain_timeout},
     }
     path.write_text(json.dumps(config))
     return path
@@ -338,10 +343,13 @@ def test_shipped_config_serves_the_todo_example(tmp_path: Path) -> None:
         assert any(entry.startswith(b"HOME=" + str(tmp_path / "sandbox").encode()) for entry in environ)
         # The relative sandbox_dir is under the working directory.
         assert (tmp_path / "sandbox").is_dir()
+        # SIGTERM drains: with the session closed first there is nothing to wait for.
+        assert http("DELETE", gateway.url + "/sessions/call-1", auth=admin)[0] == 200
         exit_status, took = gateway.stop(signal.SIGTERM)
         assert took < 5
         assert_orderly_exit(gateway, exit_status, signal.SIGTERM)
         assert "todo: child" in gateway.text()
+        assert "drained: no session is left" in gateway.text()
     assert_no_tagged_processes(tag)
     assert (tmp_path / "config.json").read_bytes() == shipped
 
@@ -486,3 +494,258 @@ def test_a_call_cut_by_shutdown_is_answered_503_and_logged(tmp_path: Path) -> No
     assert (status, body["code"]) == (503, "service_unavailable"), body
     lines = [json.loads(line) for line in access.read_text().splitlines()]
     assert [(line["session"], line["status"]) for line in lines] == [("cut", 503)], lines
+
+
+# -- (f) per-principal secrets: refused at start, reloaded on SIGHUP ---------------------------------------
+
+
+CREDENTIAL_SERVER = str(Path(FIXTURE_SERVER).parent / "credential_server.py")
+ALICE = ("alice", "alice-password-1")
+OLD_TOKEN = "tok-alice-old-61f0e2b9"
+NEW_TOKEN = "tok-alice-new-0d93c7a4"
+
+
+def _secrets_config(tmp_path: Path, port: int, tag: str, mode: int = 0o600) -> tuple[Path, Path]:
+    """
+    @return: The configuration (service C{gh}, alice's token from a secrets
+        file) and the secrets file, holding L{OLD_TOKEN} with C{mode}.
+    """
+    from mcpgateway.policy.auth import hash_password
+
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"alice-github": OLD_TOKEN}))
+    secrets.chmod(mode)
+    service = {
+        "command": [sys.executable, CREDENTIAL_SERVER],
+        "env": {"MCPGATEWAY_TEST_TAG": tag},
+        "credentials": {"principals": {"alice": {"env": {"GITHUB_TOKEN": "alice-github"}}}},
+        "close_grace": 0.5,
+    }
+    principal = {"name": "alice", "role": "agent", "password_hash": hash_password(ALICE[1], n=2**10)}
+    config = write_config(tmp_path / "gateway.json", port, {"gh": service}, principals=[principal])
+    raw = json.loads(config.read_text())
+    raw["secrets"] = {"file": str(secrets)}
+    config.write_text(json.dumps(raw))
+    return config, secrets
+
+
+def test_a_secrets_file_others_may_read_stops_the_start(tmp_path: Path) -> None:
+    config, secrets = _secrets_config(tmp_path, free_port(), uuid.uuid4().hex, mode=0o644)
+    result = subprocess.run(
+        [*twistd(), "-n", "--pidfile=", "mcpgateway", "--config", str(config)],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert output.strip() == (
+        f"mcpgateway: configuration error: {config}: secrets.file: {secrets}: mode 0644 lets others read it; "
+        f"it must be 0600 or stricter (chmod 600 {secrets})"
+    )
+
+
+def test_sighup_reloads_the_secrets_for_new_children_only(tmp_path: Path) -> None:
+    port = free_port()
+    tag = uuid.uuid4().hex
+    config, secrets = _secrets_config(tmp_path, port, tag)
+    command = [*twistd(), "-n", "--pidfile=", "mcpgateway", "--config", str(config)]
+
+    def whoami(gateway: Running, session: str) -> dict[str, Any]:
+        status, body = gateway.call("gh", "whoami", session, ALICE)
+        assert status == 200, body
+        return dict(json.loads(body["result"]))
+
+    def hang_up(gateway: Running, expected: str) -> None:
+        seen = gateway.text().count(expected)
+        gateway.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while gateway.text().count(expected) == seen:
+            assert time.monotonic() < deadline, gateway.text()
+            time.sleep(0.05)
+
+    with running(command, tmp_path, port, environment(), tag) as gateway:
+        first = whoami(gateway, "s1")
+        assert first["token"] == OLD_TOKEN
+
+        replacement = tmp_path / "secrets.new"
+        replacement.write_text(json.dumps({"alice-github": NEW_TOKEN}))
+        replacement.chmod(0o600)
+        os.replace(replacement, secrets)
+        hang_up(gateway, "secrets reloaded: 1 secrets")
+
+        # The running child keeps the token it was started with; a new one gets the new token.
+        assert whoami(gateway, "s1") == first
+        second = whoami(gateway, "s2")
+        assert second["token"] == NEW_TOKEN
+        assert second["pid"] != first["pid"]
+
+        # Both children leak their tokens to stderr: both are redacted in the log.
+        for session in ("s1", "s2"):
+            status, body = gateway.call("gh", "leak", session, ALICE)
+            assert status == 422, body
+            assert body["error"].endswith("the API refused token [secret:alice-github]")
+
+        # A bad reload keeps the secrets in use, and says why.
+        secrets.chmod(0o644)
+        hang_up(gateway, "secrets reload failed")
+        assert whoami(gateway, "s3")["token"] == NEW_TOKEN
+
+        exit_status, _ = gateway.stop()
+        assert_orderly_exit(gateway, exit_status)
+        log = gateway.text()
+        assert f"the old secrets stay in use: secrets.file: {secrets}: mode 0644 lets others read it" in log
+        assert log.count("debug: calling the API with token [secret:alice-github]") == 2
+        assert OLD_TOKEN not in log
+        assert NEW_TOKEN not in log
+    assert_no_tagged_processes(tag)
+
+
+# -- (h) graceful drain on SIGTERM --------------------------------------------------------------
+
+
+def _retry_after(url: str, body: Any, auth: tuple[str, str]) -> tuple[int, str | None, Any]:
+    """
+    C{POST url}; returns the status, the C{Retry-After} header and the decoded body.
+    """
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode(),
+    }
+    assert url.startswith("http://127.0.0.1:"), url
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310
+            return response.status, response.headers.get("Retry-After"), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.headers.get("Retry-After"), json.loads(error.read())
+
+
+def _wait_for_health(gateway: Running, status: int, within: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        code, body = http("GET", gateway.url + "/health", timeout=2)
+        if code == status:
+            return dict(body)
+        assert time.monotonic() < deadline, (code, body, gateway.text()[-3000:])
+        time.sleep(0.05)
+
+
+def _drain_config(tmp_path: Path, port: int, tag: str, drain_timeout: float) -> list[str]:
+    service = {"command": [sys.executable, FIXTURE_SERVER], "env": {"MCPGATEWAY_TEST_TAG": tag}, "close_grace": 0.5}
+    config = write_config(tmp_path / "gateway.json", port, {"fx": service}, drain_timeout=drain_timeout)
+    return [*twistd(), "-n", "--pidfile=", "mcpgateway", "--config", str(config)]
+
+
+def test_sigterm_drains_live_sessions_then_exits(tmp_path: Path) -> None:
+    port = free_port()
+    tag = uuid.uuid4().hex
+    auth = ("admin", "s3cret")
+    command = _drain_config(tmp_path, port, tag, drain_timeout=60)
+    answers: list[tuple[int, Any]] = []
+    with running(command, tmp_path, port, environment(), tag) as gateway:
+        for count in ("1", "2"):
+            status, body = gateway.call("fx", "counter", "live", auth)
+            assert (status, body["result"]) == (200, count), body
+        caller = threading.Thread(
+            target=lambda: answers.append(gateway.call("fx", "sleep", "live", auth, seconds=1.5)), daemon=True
+        )
+        caller.start()
+        time.sleep(0.3)  # the call is in flight (test thread only; the gateway is another process)
+        gateway.process.send_signal(signal.SIGTERM)
+
+        # The balancer's health check sees it down, with the body it knows.
+        health = _wait_for_health(gateway, 503)
+        assert (health["status"], health["sessions"], health["drained"]) == ("draining", 1, False)
+        assert {"timestamp", "version", "drain_deadline"} <= set(health)
+        # A new session is refused with a retryable 503 (the balancer sends the retry elsewhere).
+        status, retry_after, body = _retry_after(
+            gateway.url + "/services/fx/call", {"tool": "counter", "session_id": "new"}, auth
+        )
+        assert (status, body["code"], retry_after) == (503, "draining", "1"), body
+        # The call in flight completes; the live session goes on.
+        caller.join(10)
+        [(status, body)] = answers
+        assert (status, body["result"]) == (200, "slept 1.5"), body
+        status, body = gateway.call("fx", "counter", "live", auth)
+        assert (status, body["result"]) == (200, "3"), body
+        assert gateway.process.poll() is None, "still draining"
+        assert len(tagged_processes(tag)) == 1
+
+        # The session ends: the drain is over and the process exits.
+        started = time.monotonic()
+        assert http("DELETE", gateway.url + "/sessions/live", auth=auth)[0] == 200
+        status = gateway.process.wait(timeout=10)
+        assert time.monotonic() - started < 5
+        assert_orderly_exit(gateway, status)
+        log = gateway.text()
+        assert "draining: new sessions refused; 1 live session(s)" in log
+        assert "drained: no session is left" in log
+        assert "drain deadline" not in log
+    assert_no_tagged_processes(tag)
+
+
+def test_drain_timeout_closes_the_remaining_children(tmp_path: Path) -> None:
+    port = free_port()
+    tag = uuid.uuid4().hex
+    auth = ("admin", "s3cret")
+    command = _drain_config(tmp_path, port, tag, drain_timeout=1.5)
+    with running(command, tmp_path, port, environment(), tag) as gateway:
+        for session in ("one", "two"):
+            assert gateway.call("fx", "counter", session, auth)[0] == 200
+        assert len(tagged_processes(tag)) == 2
+        answers: list[tuple[int, Any]] = []
+        caller = threading.Thread(
+            target=lambda: answers.append(gateway.call("fx", "sleep", "one", auth, seconds=30)), daemon=True
+        )
+        caller.start()
+        time.sleep(0.3)  # the call is in flight (test thread only; the gateway is another process)
+        status, took = gateway.stop(signal.SIGTERM, timeout=10)
+        assert 1.4 < took < 5, took
+        assert_orderly_exit(gateway, status)
+        assert "drain deadline: closing 2 live session(s)" in gateway.text()
+        caller.join(10)
+        # Cut by the deadline: answered as at a stop, safe to retry elsewhere.
+        [(status, body)] = answers
+        assert (status, body["code"]) == (503, "service_unavailable"), body
+    assert_no_tagged_processes(tag)
+
+
+def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
+    port = free_port()
+    tag = uuid.uuid4().hex
+    command = _drain_config(tmp_path, port, tag, drain_timeout=60)
+    with running(command, tmp_path, port, environment(), tag) as gateway:
+        assert gateway.call("fx", "counter", "one", ("admin", "s3cret"))[0] == 200
+        gateway.process.send_signal(signal.SIGTERM)
+        _wait_for_health(gateway, 503)
+        status, took = gateway.stop(signal.SIGINT, timeout=10)
+        assert took < 5, took
+        assert_orderly_exit(gateway, status, signal.SIGTERM)  # twistd re-raises the first one
+        assert "drain deadline: closing 1 live session(s)" in gateway.text()
+    assert_no_tagged_processes(tag)
+
+
+def test_admin_drain_keeps_the_process_up_drained(tmp_path: Path) -> None:
+    port = free_port()
+    tag = uuid.uuid4().hex
+    auth = ("admin", "s3cret")
+    command = _drain_config(tmp_path, port, tag, drain_timeout=0.5)
+    with running(command, tmp_path, port, environment(), tag) as gateway:
+        assert gateway.call("fx", "counter", "one", auth)[0] == 200
+        status, body = http("POST", gateway.url + "/admin/drain", auth=auth)
+        assert (status, body["status"], body["sessions"]) == (202, "draining", 1), body
+        deadline = time.monotonic() + 10
+        while not _wait_for_health(gateway, 503)["drained"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert_no_tagged_processes(tag)
+        time.sleep(0.5)
+        assert gateway.process.poll() is None, "POST /admin/drain does not end the process"
+        # SIGTERM on a drained process has nothing to wait for.
+        status, took = gateway.stop(signal.SIGTERM)
+        assert took < 5
+        assert_orderly_exit(gateway, status)

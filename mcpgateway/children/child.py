@@ -18,6 +18,7 @@ from mcpgateway import __version__
 from mcpgateway.lib.deferreds import Shared, observe, wait_for
 from mcpgateway.mcp.exits import ExitInfo
 from mcpgateway.mcp.jsonrpc import RPCError
+from mcpgateway.mcp.peer import Peer
 from mcpgateway.mcp.spec import (
     CAPABILITIES_KEY,
     LEGACY_VERSION,
@@ -27,7 +28,7 @@ from mcpgateway.mcp.spec import (
 )
 from mcpgateway.mcp.stdio import ChildProtocol, NotificationHandler
 
-__all__ = ["LEGACY", "MODERN", "Child", "Era", "StartFailed", "spawn_child"]
+__all__ = ["LEGACY", "MODERN", "Child", "Era", "StartFailed", "handshake", "spawn_child"]
 
 _MAX_TOOL_PAGES = 1000
 
@@ -74,7 +75,8 @@ class StartFailed(Exception):
 
 class Child:
     """
-    A running MCP server that has completed its handshake.
+    An MCP server that has completed its handshake: a child process, or a
+    session with a remote server (L{mcpgateway.children.remote}).
 
     @ivar era: The protocol era it speaks.
     @ivar server_info: What it said about itself, if anything.
@@ -85,14 +87,21 @@ class Child:
 
     def __init__(
         self,
-        protocol: ChildProtocol,
+        protocol: Peer,
         clock: IReactorTime,
         era: Era,
         server_info: dict[str, Any],
         started_at: float,
         workdir: str | None,
+        stop: Callable[[float], Deferred[ExitInfo]] | None = None,
     ) -> None:
+        """
+        @param protocol: The peer: a child's pipes, or a remote server's HTTP session.
+        @param stop: Ends the peer given a grace in seconds; L{None} for a
+            child process (stdin closed, SIGTERM, SIGKILL).
+        """
         self.protocol = protocol
+        self._stop = stop
         self.clock = clock
         self.era = era
         self.server_info = server_info
@@ -185,7 +194,11 @@ class Child:
         @return: Fires with the L{ExitInfo} once it has been reaped.
         """
         if self._closing is None:
-            self._closing = observe(_close(self.protocol, self.clock, grace))
+            if self._stop is not None:
+                self._closing = observe(self._stop(grace))
+            else:
+                assert isinstance(self.protocol, ChildProtocol)
+                self._closing = observe(_close(self.protocol, self.clock, grace))
         return self._closing.wait()
 
 
@@ -220,8 +233,8 @@ def with_envelope(params: dict[str, Any] | None) -> dict[str, Any]:
     return params
 
 
-async def _handshake(
-    protocol: ChildProtocol, clock: IReactorTime, discover_timeout: float, hint: Era | None
+async def handshake(
+    protocol: Peer, clock: IReactorTime, discover_timeout: float, hint: Era | None
 ) -> tuple[Era, dict[str, Any]]:
     """
     Decide the era as the specification's dual-era client does.
@@ -324,10 +337,10 @@ async def spawn_child(
         raise StartFailed(f"cannot start the program: {error.strerror or error}", None, "") from None
     if on_process is not None:
         on_process(protocol)
-    handshake = ensureDeferred(_handshake(protocol, clock, discover_timeout, hint))
-    handshake.addTimeout(handshake_timeout, clock)
+    shaking = ensureDeferred(handshake(protocol, clock, discover_timeout, hint))
+    shaking.addTimeout(handshake_timeout, clock)
     try:
-        era, info = await handshake
+        era, info = await shaking
     except Exception as error:
         if not protocol.ended.done:
             await _close(protocol, clock, close_grace)

@@ -16,7 +16,7 @@ import random
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
@@ -25,12 +25,16 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from mcpgateway.children.child import LEGACY, MODERN, Child, Era, StartFailed, spawn_child
+from mcpgateway.children.remote import RemoteClient, open_remote
 from mcpgateway.children.sandbox import Launch, build_launch
 from mcpgateway.children.sandbox.limits import explain_exit
 from mcpgateway.children.tools import ToolCache
 from mcpgateway.config import ServiceConfig
 from mcpgateway.errors import ServiceUnavailable
+from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ExitInfo
+from mcpgateway.mcp.peer import Peer
+from mcpgateway.mcp.remote import HttpPeer
 from mcpgateway.mcp.stdio import ChildProtocol
 from mcpgateway.observe.logs import logger
 from mcpgateway.observe.security import security_event
@@ -58,6 +62,13 @@ class Service:
     @ivar pool_room: Whether the warm pool may grow now (the gateway counts
         pool children against the session limits).
     @ivar on_handshake: Told each successful start's spawn-to-ready seconds.
+    @ivar hidden_values: The values no child may get from its inherited or
+        configured environment (the loaded secrets: a child gets one only as
+        its principal's credential).
+    @ivar listing_env: The credential variables of a child started only to
+        list the tools (no principal's).
+    @ivar listing_headers: The same for a C{url} service's listing session:
+        its credential headers.
     @ivar failures: Consecutive start failures.
     @ivar last_failure: The last start failure's L{ServiceUnavailable}.
     """
@@ -87,7 +98,9 @@ class Service:
         self._retry_at = 0.0
         self._starting = 0
         #: The tool list its children declare, fetched once and shared.
-        self.tool_cache = ToolCache(config, self._ready_child, self.spawn)
+        self.tool_cache = ToolCache(
+            config, self._ready_child, lambda: self.spawn(self.listing_env(), self.listing_headers())
+        )
         self._stable_timers: dict[Child, IDelayedCall] = {}
         self._stopping = False
         self.start_failures = 0
@@ -101,7 +114,19 @@ class Service:
         self._refill_timer: IDelayedCall | None = None
         self.pool_room: Callable[[], bool] = lambda: True
         self.on_handshake: Callable[[float], None] | None = None
-        self._starting_protocols: set[ChildProtocol] = set()
+        self.hidden_values: Callable[[], Collection[str]] = tuple
+        self.listing_env: Callable[[], Mapping[str, str]] = dict
+        self.listing_headers: Callable[[], Mapping[str, str]] = dict
+        self._starting_protocols: set[Peer] = set()
+        #: A url service's HTTP client (its connection pool), made at its first session.
+        self._remote: RemoteClient | None = None
+
+    @property
+    def transport(self) -> str:
+        """
+        @return: C{"http"} for a C{url} service, else C{"stdio"}.
+        """
+        return "http" if self.config.url else "stdio"
 
     # -- state ---------------------------------------------------------------
 
@@ -127,19 +152,64 @@ class Service:
             "enabled": self.config.enabled,
             "state": self.state,
             "protocol": self.era.name if self._started_once and self.era else None,
+            "transport": self.transport,
             "children": len(self.children),
         }
         if self.state == "failing" and self.last_failure is not None:
-            view["last_error"] = self.last_failure.message
+            view["last_error"] = SECRET_VALUES.text(self.last_failure.message)
             view["retry_after"] = round(self._retry_at - self._clock.seconds(), 3)
         return view
 
+    def status(self) -> dict[str, Any]:
+        """
+        @return: The admin's view: L{describe}, plus the counters, the
+            backoff, the last start failure and how many tools it declared.
+        """
+        view = self.describe()
+        wait = self._retry_at - self._clock.seconds() if self.failures else 0.0
+        cached = self.tool_cache.cached
+        view.update(
+            spawns=self.spawns,
+            start_failures=self.start_failures,
+            crashes=self.crashes,
+            failures=self.failures,
+            backoff=round(max(0.0, wait), 3),
+            last_error=SECRET_VALUES.text(self.last_failure.message) if self.last_failure is not None else None,
+            tools=len(cached) if cached is not None else None,
+            pool=self.pool_size,
+        )
+        return view
+
+    def recycle(self) -> int:
+        """
+        Close the warm pool's children, forget the backoff (the next start
+        is tried at once), and fill the pool again with fresh children.
+
+        @return: How many pool children were closed.
+        """
+        pooled, self._pool = self._pool, []
+        for child in pooled:
+            child.close(self.config.close_grace)
+        self.failures = 0
+        self._retry_at = 0.0
+        if self._pool_retry is not None and self._pool_retry.active():
+            self._pool_retry.cancel()
+        self.refill_pool_soon()
+        return len(pooled)
+
     # -- children --------------------------------------------------------------
 
-    async def spawn(self) -> Child:
+    async def spawn(
+        self, credential_env: Mapping[str, str] | None = None, credential_headers: Mapping[str, str] | None = None
+    ) -> Child:
         """
-        Start a new child and complete its handshake.
+        Start a new child and complete its handshake (for a C{url} service:
+        open a session with the server).
 
+        @param credential_env: Variables of the principal the child is for
+            (its credential), set last, past the sandbox's filter.
+        @param credential_headers: HTTP headers of the principal a C{url}
+            service's session is for (its credential), over the configured ones.
         @return: The ready child, already counted in L{children}.
         @raise ServiceUnavailable: If the service is backing off or this start fails.
         """
@@ -159,47 +229,64 @@ class Service:
         self.spawns += 1
         launch: Launch | None = None
         workdir: str | None = None
-        started: list[ChildProtocol] = []
+        started: list[Peer] = []
 
-        def running(protocol: ChildProtocol) -> None:
+        def running(protocol: Peer) -> None:
             started.append(protocol)
             self._starting_protocols.add(protocol)
-            protocol.explain_exit = lambda info: self._explain(info, launch)
+            if isinstance(protocol, ChildProtocol):
+                protocol.explain_exit = lambda info: self._explain(info, launch)
 
         try:
-            try:
-                workdir = self._make_workdir()
-                launch = build_launch(
-                    self.config.sandbox,
-                    self.config.command,
-                    service=self.name,
-                    workdir=workdir,
-                    extra_env=self.config.env,
-                    gateway_env=os.environ,
-                    secrets=self._secrets,
-                    cache_dir=self._cache_dir(),
+            if self.config.url:
+                if self._remote is None:
+                    self._remote = RemoteClient(self.config, self._reactor)
+                child = await open_remote(
+                    self._remote,
+                    self._clock,
+                    self.config,
+                    {**self.config.headers, **(credential_headers or {})},
+                    hint=self.era,
+                    transport=self._remote.transport,
+                    on_notification=lambda method, params: self.tool_cache.notified(holder, method, params),
+                    on_peer=running,
                 )
-            except OSError as error:
-                raise StartFailed(f"cannot set up the sandbox: {error.strerror or error}", None, "") from None
-            child = await spawn_child(
-                self._reactor,
-                self._clock,
-                f"{self.name}",
-                launch.executable,
-                launch.args,
-                launch.env,
-                launch.path,
-                max_line=self.config.max_line_bytes,
-                # The first start may have to download the server (npx, uvx).
-                handshake_timeout=self.config.handshake_timeout
-                if self._started_once
-                else self.config.first_start_timeout(),
-                discover_timeout=self.config.discover_timeout,
-                close_grace=self.config.close_grace,
-                hint=self.era,
-                on_notification=lambda method, params: self.tool_cache.notified(holder, method, params),
-                on_process=running,
-            )
+                if isinstance(child.protocol, HttpPeer):
+                    self._remote.transport = child.protocol.transport
+            else:
+                try:
+                    workdir = self._make_workdir()
+                    launch = build_launch(
+                        self.config.sandbox,
+                        self.config.command,
+                        service=self.name,
+                        workdir=workdir,
+                        extra_env=self.config.env,
+                        gateway_env=os.environ,
+                        secrets=(*self._secrets, *self.hidden_values()),
+                        cache_dir=self._cache_dir(),
+                    )
+                except OSError as error:
+                    raise StartFailed(f"cannot set up the sandbox: {error.strerror or error}", None, "") from None
+                child = await spawn_child(
+                    self._reactor,
+                    self._clock,
+                    f"{self.name}",
+                    launch.executable,
+                    launch.args,
+                    {**launch.env, **(credential_env or {})},
+                    launch.path,
+                    max_line=self.config.max_line_bytes,
+                    # The first start may have to download the server (npx, uvx).
+                    handshake_timeout=self.config.handshake_timeout
+                    if self._started_once
+                    else self.config.first_start_timeout(),
+                    discover_timeout=self.config.discover_timeout,
+                    close_grace=self.config.close_grace,
+                    hint=self.era,
+                    on_notification=lambda method, params: self.tool_cache.notified(holder, method, params),
+                    on_process=running,
+                )
         except StartFailed as failure:
             if launch is not None:
                 launch.cleanup()
@@ -222,7 +309,7 @@ class Service:
         log.info(
             "{service}: child {pid} ready ({era} {version}) in {ms:.1f} ms",
             service=self.name,
-            pid=child.pid,
+            pid=child.pid if child.pid is not None else self.config.url,
             era=child.era.name,
             version=child.era.version,
             ms=(child.ready_at - child.started_at) * 1000,
@@ -234,7 +321,7 @@ class Service:
         """
         @return: Bytes its children (live and ended) wrote to stderr.
         """
-        return self._ended_stderr_bytes + sum(child.protocol.stderr.total_bytes for child in self.children)
+        return self._ended_stderr_bytes + sum(_stderr_bytes(child) for child in self.children)
 
     @property
     def pool_size(self) -> int:
@@ -250,14 +337,22 @@ class Service:
         """
         return len(self._pool) + self._pool_starting
 
-    def acquire(self) -> Deferred[Child]:
+    def acquire(
+        self, credential_env: Mapping[str, str] | None = None, credential_headers: Mapping[str, str] | None = None
+    ) -> Deferred[Child]:
         """
         A child for a new session: a warm one from the pool if there is one,
         else a fresh spawn.  The caller refills the pool (L{refill_pool}) once
         the new session counts against the limits.
 
+        @param credential_env: A principal's credential: the child is then
+            always a fresh one started with it (never a pooled one).
+        @param credential_headers: A principal's credential for a C{url}
+            service (see L{spawn}): a fresh session too.
         @return: Fires with a ready child, already counted in L{children}.
         """
+        if credential_env is not None or credential_headers is not None:
+            return ensureDeferred(self.spawn(credential_env, credential_headers))
         while self._pool:
             child = self._pool.pop(0)
             if child.alive:
@@ -372,7 +467,7 @@ class Service:
                 how=info.describe(),
                 **({"limit": info.cause["limit"], "key": info.cause["key"]} if info.cause else {}),
             )
-        self._ended_stderr_bytes += child.protocol.stderr.total_bytes
+        self._ended_stderr_bytes += _stderr_bytes(child)
         if not child.closing:
             self.crashes += 1
         if child in self._pool:
@@ -465,3 +560,12 @@ class Service:
             [child.close(self.config.close_grace) for child in list(self.children)]
             + [protocol.ended.wait() for protocol in starting]
         )
+        if self._remote is not None:
+            await self._remote.close()
+
+
+def _stderr_bytes(child: Child) -> int:
+    """
+    @return: What a child process wrote to stderr (a remote server: 0).
+    """
+    return child.protocol.stderr.total_bytes if isinstance(child.protocol, ChildProtocol) else 0

@@ -9,6 +9,8 @@ live there).  L{Placement.owner_for} answers, for a session id, L{None}
   - otherwise the directory is asked, through a small cache of other
     owners; a first call claims the session (C{SET NX}), so two first calls
     on two processes agree on one owner;
+  - a draining process (L{mcpgateway.drain}) claims nothing: it refuses
+    a new session itself, and a balancer or the client tries another;
   - a I{forwarded} request is never forwarded again (the loop guard): if the
     directory names another owner (the sender's cache was stale),
     L{Misdirected} says which, and the sender asks again once.
@@ -102,7 +104,9 @@ class Placement:
             if known is not None:
                 return known
         try:
-            if create:
+            # A draining process takes no new session: it only looks, and
+            # refuses the call itself (503) if nobody owns the session.
+            if create and not self.gateway.sessions.refusing:
                 owner: str | None = await self.directory.claim(session_id)
             else:
                 owner = await self.directory.owner(session_id)

@@ -34,7 +34,15 @@ from twisted.python.failure import Failure
 
 from mcpgateway.observe.logs import logger
 
-__all__ = ["SUPERVISOR_ENV", "ReusePortService", "WorkerPool", "die_with_parent", "reuseport_socket", "worker_command"]
+__all__ = [
+    "STOP_GRACE",
+    "SUPERVISOR_ENV",
+    "ReusePortService",
+    "WorkerPool",
+    "die_with_parent",
+    "reuseport_socket",
+    "worker_command",
+]
 
 log = logger("mcpgateway.workers")
 
@@ -45,8 +53,8 @@ RESTART_DELAY = 1.0
 RESTART_DELAY_MAX = 30.0
 #: A worker that ran this long was healthy: its next restart waits L{RESTART_DELAY} again.
 HEALTHY_SECONDS = 10.0
-#: Seconds a worker has to stop after SIGTERM before SIGKILL.
-STOP_GRACE = 60.0
+#: Seconds a worker has to stop after SIGTERM before SIGKILL, beyond its drain.
+STOP_GRACE = 30.0
 _PR_SET_PDEATHSIG = 1
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} ")
 

@@ -10,11 +10,13 @@ configuration may hold).
 
 C{command} and C{args} become the gateway's C{command} list, C{env} its
 C{env}, C{cwd} its C{sandbox.working_dir}, C{disabled: true} C{enabled:
-false} and C{description} its C{description}.  Values are copied as written:
-C{${VAR}} is substituted by the gateway when it loads its configuration.
-Everything else is a L{Note}, never dropped silently: a field with no gateway
-equivalent, a remote server (the gateway runs stdio servers only), a name that
-is not a service name (renamed), a variable of the client's own syntax.
+false} and C{description} its C{description}.  A remote server (C{url},
+C{serverUrl} or C{httpUrl}, or C{type} C{http}/C{sse}) becomes a C{url}
+service: its C{type} the C{transport}, its C{headers} the C{headers}.  Values
+are copied as written: C{${VAR}} is substituted by the gateway when it loads
+its configuration.  Everything else is a L{Note}, never dropped silently: a
+field with no gateway equivalent, a name that is not a service name
+(renamed), a variable of the client's own syntax.
 """
 
 from __future__ import annotations
@@ -37,10 +39,20 @@ _NOT_MAPPED = {
     "disabledTools": "the gateway serves every tool of a service",
     "timeout": "set the service's call_timeout (seconds) instead",
     "transport": "the gateway talks to its children over stdio only",
+    "oauth": "the gateway sends configured headers; give a token in headers or a secrets block",
 }
 _NO_EQUIVALENT = "no gateway equivalent"
-#: Fields that name a remote server, which the gateway cannot run yet.
-_REMOTE = ("url", "serverUrl", "httpUrl")
+#: Fields that name a remote server's URL, and the transport each implies
+#: when no C{type} is given (Gemini CLI's C{httpUrl} is Streamable HTTP; a
+#: plain C{url} is probed: Streamable HTTP, then HTTP+SSE).
+_REMOTE = {"url": "auto", "serverUrl": "auto", "httpUrl": "streamable-http"}
+#: A client's C{type} of a remote server, as a gateway C{transport}.
+_TRANSPORTS = {
+    "http": "streamable-http",
+    "streamable-http": "streamable-http",
+    "streamableHttp": "streamable-http",
+    "sse": "sse",
+}
 #: VS Code's predefined variables that look like environment variables.
 _CLIENT_VARIABLES = frozenset({"workspaceFolder", "workspaceFolderBasename", "userHome", "cwd", "pathSeparator", "/"})
 _VARIABLE = re.compile(r"\$\{([^}]*)\}")
@@ -112,9 +124,8 @@ class _Converter:
             where = f"{path}.{name}"
             if not isinstance(entry, dict):
                 raise ConfigError(f"{where}: expected an object, got {kind(entry)}")
-            remote = self.remote(entry, where)
-            if remote:
-                self.note(where, "", f"remote servers are not supported yet ({remote}; the gateway runs stdio servers)")
+            transport = self.transport(entry, where)
+            if not transport:
                 continue
             service = name
             if not SERVICE_NAME.fullmatch(name) or name in self.services:
@@ -124,23 +135,75 @@ class _Converter:
                 taken.add(service)
                 why = _NAME_RULE if not SERVICE_NAME.fullmatch(name) else "the name is taken"
                 self.note(where, f"services.{service}", f"renamed from {name!r} ({why})")
-            self.services[service] = self.server(entry, where, f"services.{service}")
+            target = f"services.{service}"
+            if transport == "stdio":
+                self.services[service] = self.server(entry, where, target)
+            else:
+                self.services[service] = self.remote_server(entry, transport, where, target)
 
-    def remote(self, entry: Mapping[str, Any], where: str) -> str:
+    def transport(self, entry: Mapping[str, Any], where: str) -> str:
         """
-        @return: Why C{entry} is a remote server, or C{""} for a stdio one.
+        @return: C{"stdio"}, the gateway C{transport} of a remote server, or
+            C{""} (noted) for a C{type} the gateway does not speak.
+        @raise ConfigError: If the entry names no program and no URL, or two URLs.
         """
-        transport = entry.get("type", "stdio")
-        if not isinstance(transport, str):
-            raise ConfigError(f"{where}.type: expected a string, got {kind(transport)}")
-        if transport != "stdio":
-            return f"type {transport!r}"
-        given = [key for key in _REMOTE if key in entry]
-        if given:
-            return given[0]
-        if "command" not in entry:
-            raise ConfigError(f"{where}.command: missing (the program to run)")
-        return ""
+        given = entry.get("type")
+        if given is not None and not isinstance(given, str):
+            raise ConfigError(f"{where}.type: expected a string, got {kind(given)}")
+        urls = [key for key in _REMOTE if key in entry]
+        if given == "stdio" or (given is None and not urls):
+            if "command" not in entry:
+                raise ConfigError(f"{where}.command: missing (the program to run)")
+            return "stdio"
+        if given is not None and given not in _TRANSPORTS:
+            self.note(where, "", f"type {given!r} is not a transport the gateway speaks (stdio, http, sse)")
+            return ""
+        if not urls:
+            raise ConfigError(f"{where}.url: missing (the server's address)")
+        if len(urls) > 1:
+            raise ConfigError(f"{where}: both {urls[0]!r} and {urls[1]!r}: give one URL")
+        return _TRANSPORTS[given] if given is not None else _REMOTE[urls[0]]
+
+    def remote_server(self, entry: Mapping[str, Any], transport: str, where: str, target: str) -> dict[str, Any]:
+        key = next(key for key in _REMOTE if key in entry)
+        url = _text(entry[key], f"{where}.{key}")
+        self.variables(url, f"{where}.{key}", f"{target}.url")
+        result: dict[str, Any] = {"url": url}
+        if transport != "auto":
+            result["transport"] = transport
+        if "headers" in entry:
+            headers = entry["headers"]
+            if not isinstance(headers, dict):
+                raise ConfigError(f"{where}.headers: expected an object of strings, got {kind(headers)}")
+            result["headers"] = {name: _text(value, f"{where}.headers.{name}") for name, value in headers.items()}
+            for name, value in result["headers"].items():
+                self.variables(value, f"{where}.headers.{name}", f"{target}.headers.{name}")
+        self.common(entry, result, where)
+        if "command" in entry:
+            self.note(f"{where}.command", target, "field 'command' not mapped (a remote server runs no program)")
+        self.unmapped(entry, {key, "type", "headers", "command", "disabled", "description"}, where, target)
+        return result
+
+    def common(self, entry: Mapping[str, Any], result: dict[str, Any], where: str) -> None:
+        """
+        Copy C{description} and C{disabled} (as C{enabled: false}) into C{result}.
+        """
+        if "description" in entry:
+            result["description"] = _text(entry["description"], f"{where}.description")
+        disabled = entry.get("disabled", False)
+        if not isinstance(disabled, bool):
+            raise ConfigError(f"{where}.disabled: expected true or false, got {kind(disabled)}")
+        if disabled:
+            result["enabled"] = False
+
+    def unmapped(self, entry: Mapping[str, Any], mapped: set[str], where: str, target: str) -> None:
+        """
+        Note each field of C{entry} not in C{mapped}.
+        """
+        for key in entry:
+            if key not in mapped:
+                reason = _NOT_MAPPED.get(key, _NO_EQUIVALENT)
+                self.note(f"{where}.{key}", target, f"field {key!r} not mapped ({reason})")
 
     def server(self, entry: Mapping[str, Any], where: str, target: str) -> dict[str, Any]:
         command = [_text(entry["command"], f"{where}.command")]
@@ -154,13 +217,7 @@ class _Converter:
         for index, arg in enumerate(command[1:]):
             self.variables(arg, f"{where}.args[{index}]", f"{target}.command[{index + 1}]")
         result: dict[str, Any] = {"command": command}
-        if "description" in entry:
-            result["description"] = _text(entry["description"], f"{where}.description")
-        disabled = entry.get("disabled", False)
-        if not isinstance(disabled, bool):
-            raise ConfigError(f"{where}.disabled: expected true or false, got {kind(disabled)}")
-        if disabled:
-            result["enabled"] = False
+        self.common(entry, result, where)
         if "env" in entry:
             env = entry["env"]
             if not isinstance(env, dict):
@@ -172,11 +229,7 @@ class _Converter:
             cwd = _text(entry["cwd"], f"{where}.cwd")
             self.variables(cwd, f"{where}.cwd", f"{target}.sandbox.working_dir")
             result["sandbox"] = {"working_dir": cwd}
-        mapped = {"command", "args", "env", "cwd", "disabled", "description", "type"}
-        for key in entry:
-            if key not in mapped:
-                reason = _NOT_MAPPED.get(key, _NO_EQUIVALENT)
-                self.note(f"{where}.{key}", target, f"field {key!r} not mapped ({reason})")
+        self.unmapped(entry, {"command", "args", "env", "cwd", "disabled", "description", "type"}, where, target)
         return result
 
     def variables(self, value: str, source: str, target: str) -> None:

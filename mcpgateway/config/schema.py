@@ -17,6 +17,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from mcpgateway.config.claude import convert_servers
 from mcpgateway.config.cluster import ClusterConfig, cluster_from_config, workers_from_config
@@ -29,6 +30,7 @@ from mcpgateway.config.governance import (
 )
 from mcpgateway.config.issuers import IssuerConfig, issuers_from_config, public_url
 from mcpgateway.config.sandbox import SandboxPolicy, policy_from_config
+from mcpgateway.config.secrets import SecretSources, ServiceCredentials, credentials_from_config, secrets_from_config
 from mcpgateway.config.values import (
     ConfigError,
     Reader,
@@ -110,11 +112,25 @@ DOWNLOAD_STARTUP_TIMEOUT = 120.0
 @dataclass(frozen=True)
 class ServiceConfig:
     """
-    One C{services.<name>} entry: an MCP server started as a child process.
+    One C{services.<name>} entry: an MCP server started as a child process
+    (C{command}), or one reached over HTTP (C{url}, its keys in
+    L{REMOTE_KEYS}).
     """
 
     name: str
-    command: tuple[str, ...]
+    command: tuple[str, ...] = ()
+    #: C{http(s)://...}: a remote MCP server instead of a child (L{mcpgateway.children.remote}).
+    url: str = ""
+    #: C{auto}, C{streamable-http} or C{sse} (url services).
+    transport: str = "auto"
+    #: Headers sent with every request to C{url} (C{${VAR}} read at load).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: A PEM bundle of the CAs trusted for an C{https} C{url}; C{""}: the system's.
+    ca_file: str = ""
+    #: The largest HTTP answer (or SSE event) read from C{url}.
+    max_response_bytes: int = 128 * 1024 * 1024
+    #: Idle keep-alive connections kept open to C{url}.
+    max_connections: int = 8
     description: str = ""
     enabled: bool = True
     env: Mapping[str, str] = field(default_factory=dict)
@@ -132,6 +148,8 @@ class ServiceConfig:
     prewarm: int = 0
     stderr_tail: str = "admins"
     sandbox: SandboxPolicy = field(default_factory=SandboxPolicy)
+    #: Per-principal credentials (L{mcpgateway.config.secrets}), or L{None}.
+    credentials: ServiceCredentials | None = None
 
     def first_start_timeout(self) -> float:
         """
@@ -142,7 +160,7 @@ class ServiceConfig:
         """
         if self.startup_timeout is not None:
             return self.startup_timeout
-        if os.path.basename(self.command[0]) in DOWNLOADERS:
+        if self.command and os.path.basename(self.command[0]) in DOWNLOADERS:
             return max(self.handshake_timeout, DOWNLOAD_STARTUP_TIMEOUT)
         return self.handshake_timeout
 
@@ -158,6 +176,9 @@ class SessionConfig:
     max_total_sessions: int = 1000
     cleanup_interval: float = 60.0
     sandbox_dir: str = "./sandbox"
+    #: On SIGTERM or C{POST /admin/drain}: how long live sessions may go on
+    #: before their children are closed (0: at once).
+    drain_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -255,6 +276,8 @@ class GatewayConfig:
     policy: PolicyConfig | None = None
     budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    #: Where per-principal credentials come from, or L{None}.
+    secrets: SecretSources | None = None
     #: Several processes serving one session space (L{mcpgateway.cluster}).
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
@@ -351,8 +374,74 @@ def _command(value: Any, path: str, environ: Mapping[str, str]) -> tuple[str, ..
     return command
 
 
+def _url(value: Any, path: str, environ: Mapping[str, str]) -> str:
+    url = string(value, path, environ).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{path}: expected an http:// or https:// URL, got {url!r}")
+    if parts.username or parts.password:
+        raise ConfigError(f"{path}: put credentials in headers, not in the URL")
+    if parts.fragment:
+        raise ConfigError(f"{path}: a URL with a #fragment cannot be requested")
+    return url
+
+
+def _transport(value: Any, path: str, environ: Mapping[str, str]) -> str:
+    transport = string(value, path, environ)
+    if transport not in ("auto", "streamable-http", "sse"):
+        raise ConfigError(f"{path}: expected auto, streamable-http or sse, got {transport!r}")
+    return transport
+
+
+def _headers(value: Any, path: str, environ: Mapping[str, str]) -> dict[str, str]:
+    headers = string_map(value, path, environ)
+    for name, text in headers.items():
+        if not _TOKEN.fullmatch(name):
+            raise ConfigError(f"{path}.{name}: not an HTTP header name")
+        if name.lower() in _OWN_HEADERS:
+            raise ConfigError(f"{path}.{name}: the gateway sets this header itself")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text) or not text.isascii():
+            raise ConfigError(f"{path}.{name}: a header value is printable ASCII (no line breaks)")
+    return headers
+
+
+def _ca_file(value: Any, path: str, environ: Mapping[str, str]) -> str:
+    name = string(value, path, environ)
+    if not os.path.isfile(name):
+        raise ConfigError(f"{path}: no such file: {name!r}")
+    return name
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: Headers of the MCP transports, which the gateway writes itself.
+_OWN_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "accept",
+        "host",
+        "connection",
+        "transfer-encoding",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "mcp-method",
+        "mcp-name",
+        "last-event-id",
+    }
+)
+#: Keys only a url service may have.
+REMOTE_KEYS = frozenset({"url", "transport", "headers", "ca_file", "max_response_bytes", "max_connections"})
+#: Keys only a command service may have: a url service runs no process.
+LOCAL_KEYS = frozenset({"command", "env", "sandbox", "startup_timeout", "max_line_bytes", "prewarm"})
+
 _SERVICE: dict[str, Reader] = {
     "command": _command,
+    "url": _url,
+    "transport": _transport,
+    "headers": _headers,
+    "ca_file": _ca_file,
+    "max_response_bytes": positive(integer),
+    "max_connections": positive(integer),
     "description": string,
     "enabled": boolean,
     "env": string_map,
@@ -369,6 +458,7 @@ _SERVICE: dict[str, Reader] = {
     "prewarm": non_negative(integer),
     "stderr_tail": _stderr_tail,
     "sandbox": policy_from_config,
+    "credentials": credentials_from_config,
 }
 
 _SESSION: dict[str, Reader] = {
@@ -377,6 +467,7 @@ _SESSION: dict[str, Reader] = {
     "max_total_sessions": positive(integer),
     "cleanup_interval": positive(number),
     "sandbox_dir": string,
+    "drain_timeout": non_negative(number),
 }
 
 _RATE_LIMITING: dict[str, Reader] = {
@@ -443,9 +534,33 @@ def _service(name: str, raw: Any, environ: Mapping[str, str]) -> ServiceConfig:
     if not SERVICE_NAME.fullmatch(name):
         raise ConfigError(f"{path}: a service name is 1-64 of A-Z a-z 0-9 _ -")
     values = section(raw, path, environ, _SERVICE, aliases={"sandbox_config": "sandbox"})
-    if "command" not in values:
-        raise ConfigError(f"{path}.command: missing (the program and its arguments)")
-    return ServiceConfig(name=name, **values)
+    if "command" in values and "url" in values:
+        raise ConfigError(f"{path}: give command (a child process) or url (a remote server), not both")
+    if "url" in values:
+        for key in sorted(LOCAL_KEYS & set(values)):
+            raise ConfigError(f"{path}.{key}: not for a url service (it runs no process on this host)")
+    elif "command" in values:
+        for key in sorted(REMOTE_KEYS & set(values)):
+            raise ConfigError(f"{path}.{key}: only for a url service")
+    else:
+        raise ConfigError(f"{path}.command: missing (the program and its arguments), or give url")
+    service = ServiceConfig(name=name, **values)
+    if service.credentials is not None:
+        if service.prewarm:
+            raise ConfigError(
+                f"{path}.prewarm: a warm child is started for nobody, so it cannot hold a "
+                "per-principal credential; use 0 with credentials"
+            )
+        for mapping in service.credentials.mappings():
+            if service.url and mapping.env:
+                raise ConfigError(f"{mapping.path}.env: a url service runs no process; give its credential as headers")
+            for variable in mapping.env:
+                if variable in service.env:
+                    raise ConfigError(f"{mapping.path}.env.{variable}: also set in {path}.env")
+            for header in mapping.headers:
+                if header.lower() in {name.lower() for name in service.headers}:
+                    raise ConfigError(f"{mapping.path}.headers.{header}: also set in {path}.headers")
+    return service
 
 
 def _mcp_servers(raw: Any, services: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -487,6 +602,7 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayC
         "policy": tool_policy_from_config,
         "budgets": budgets_from_config,
         "cluster": cluster_from_config,
+        "secrets": secrets_from_config,
     }
     top = section(raw, "", env, sections)
     services_raw = top.pop("services", {})
@@ -495,6 +611,10 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayC
     services_raw = {**services_raw, **_mcp_servers(top.pop("mcpServers", {}), services_raw)}
     services = {name: _service(name, value, env) for name, value in services_raw.items()}
     check_service_names(top.get("policy"), top.get("budgets", BudgetsConfig()), services)
+    if "secrets" not in top:
+        for service in services.values():
+            if service.credentials is not None:
+                raise ConfigError(f"services.{service.name}.credentials: there is no secrets section to take them from")
     config = GatewayConfig(services=services, **top)
     if config.server.workers > 1 and not config.cluster.enabled:
         raise ConfigError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mcpgateway.errors import CallTimedOut, GatewayError
+from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.jsonrpc import RPCError
 from mcpgateway.mcp.spec import INTERNAL_ERROR, INVALID_PARAMS, REQUEST_TIMEOUT
 
@@ -42,7 +43,8 @@ class McpError(Exception):
 
 def gateway_error(error: GatewayError) -> McpError:
     """
-    @return: A gateway failure (limit, start failure, timeout...) as a JSON-RPC error.
+    @return: A gateway failure (limit, start failure, timeout...) as a
+        JSON-RPC error, every loaded secret value in it redacted.
     """
     data: dict[str, Any] = {"reason": error.code, "status": error.status, **error.details}
     if error.retry_after is not None:
@@ -53,16 +55,17 @@ def gateway_error(error: GatewayError) -> McpError:
         code = INVALID_PARAMS
     else:
         code = INTERNAL_ERROR
-    return McpError(code, error.message, data)
+    return McpError(code, SECRET_VALUES.text(error.message), SECRET_VALUES.value(data))
 
 
 def as_mcp_error(error: Exception, what: str) -> McpError:
     """
     @param what: What failed, for an unexpected error's message.
-    @return: C{error} (a L{GatewayError}, an L{RPCError} or anything else) for the client.
+    @return: C{error} (a L{GatewayError}, an L{RPCError} or anything else)
+        for the client, every loaded secret value in it redacted.
     """
     if isinstance(error, GatewayError):
         return gateway_error(error)
     if isinstance(error, RPCError):
-        return McpError(error.code, error.message, error.data)
-    return McpError(INTERNAL_ERROR, f"{what}: {error}")
+        return McpError(error.code, SECRET_VALUES.text(error.message), SECRET_VALUES.value(error.data))
+    return McpError(INTERNAL_ERROR, SECRET_VALUES.text(f"{what}: {error}"))

@@ -26,12 +26,12 @@ from twisted.python.failure import Failure
 
 from mcpgateway.children.child import Child
 from mcpgateway.children.service import Service
-from mcpgateway.errors import BadRequest, CallTimedOut, ChildFailed, GatewayError, SessionClosed
+from mcpgateway.errors import BadRequest, CallTimedOut, ChildFailed, GatewayError, ServiceUnavailable, SessionClosed
 from mcpgateway.front.catalog import MAX_PAGES, prefix_uri
 from mcpgateway.front.client import Context, McpClient
 from mcpgateway.front.errors import McpError, as_mcp_error
 from mcpgateway.gateway import Gateway
-from mcpgateway.mcp.exits import ChildExited
+from mcpgateway.mcp.exits import ChildExited, Unreachable
 from mcpgateway.mcp.jsonrpc import RPCError
 from mcpgateway.mcp.spec import ENVELOPE_KEYS, INTERNAL_ERROR, METHOD_NOT_FOUND, REQUEST_TIMEOUT
 from mcpgateway.observe.logs import logger
@@ -191,7 +191,7 @@ class Relay:
         session = ctx.session
         service = self.gateway.service(name)
         try:
-            child, restarted = await self.gateway.child_for(session, name)
+            child, restarted = await self.gateway.child_for(session, name, ctx.principal)
         except CancelledError:
             self._if_closed(session)
             raise
@@ -210,6 +210,12 @@ class Relay:
         except TimeoutError:
             raise CallTimedOut(
                 f"{name} did not answer {method} within {service.config.call_timeout:g} s; the request was cancelled"
+            ) from None
+        except Unreachable as error:
+            raise ServiceUnavailable(
+                f"the {name} server {error.info.describe()}; {method} was not sent",
+                retry_after=service.config.backoff_initial,
+                service=name,
             ) from None
         except ChildExited as error:
             raise ChildFailed.ended(name, f"during {method}", error.info) from None

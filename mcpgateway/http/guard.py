@@ -16,6 +16,15 @@ so that a right guess gains nothing.  A refused JWT counts against the
 address like a wrong long token, except when the gateway could not get its
 issuer's keys (the client was not guessing).
 
+A browser logged in to the admin dashboard (L{mcpgateway.http.admin})
+sends no C{Authorization} header but the cookie L{COOKIE}: without the
+header, the guard admits the principal of that cookie's live browser
+session (L{BrowserSessions}), so the dashboard's script reads the JSON API
+as its principal.  A request with the cookie that may change something
+(any method but GET and HEAD) must also carry the session's CSRF token in
+C{X-CSRF-Token} and the gateway's own C{Origin}; otherwise it is refused
+with 403 C{csrf_failed} and a C{csrf_refused} security event.
+
 A 401 carries the challenges of L{ProtectedResource.challenges}: with
 issuers, the Bearer one points to the RFC 9728 metadata, and a refused
 bearer token gets C{error="invalid_token"}.
@@ -32,15 +41,35 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
 from mcpgateway.config import ServerConfig
-from mcpgateway.errors import LimitReached, Unauthorized
+from mcpgateway.errors import Forbidden, LimitReached, Unauthorized
 from mcpgateway.http.oauth import ProtectedResource
 from mcpgateway.names import PRINCIPAL_NAME
 from mcpgateway.observe.metrics import GatewayMetrics
 from mcpgateway.observe.security import security_event
 from mcpgateway.policy.auth import Authenticator, Principal
+from mcpgateway.policy.browser import BrowserSession, BrowserSessions
 from mcpgateway.policy.ratelimit import Decision
 
-__all__ = ["Guard", "Limiter", "client_address", "user_key"]
+__all__ = ["COOKIE", "CSRF_HEADER", "Guard", "Limiter", "client_address", "cookie_value", "user_key"]
+
+#: The admin dashboard's session cookie.
+COOKIE = b"mcpgateway_admin"
+#: The header carrying a browser session's CSRF token.
+CSRF_HEADER = b"x-csrf-token"
+#: Methods that change nothing: no CSRF token needed with the cookie.
+_SAFE_METHODS = frozenset({b"GET", b"HEAD"})
+
+
+def cookie_value(request: IRequest, name: bytes = COOKIE) -> str | None:
+    """
+    @return: The value of cookie C{name} in C{request}'s C{Cookie} headers, or L{None}.
+    """
+    for header in request.requestHeaders.getRawHeaders(b"cookie", []):
+        for part in header.split(b";"):
+            key, equals, value = part.strip().partition(b"=")
+            if equals and key == name:
+                return str(value.decode("ascii", "replace"))
+    return None
 
 
 class Limiter(Protocol):
@@ -99,8 +128,14 @@ class Guard:
         limiter: Limiter | None,
         metrics: GatewayMetrics,
         resource: ProtectedResource | None = None,
+        browsers: BrowserSessions | None = None,
     ) -> None:
+        """
+        @param browsers: The admin dashboard's browser sessions, whose
+            cookie is taken as credentials, or L{None}: no cookies.
+        """
         self.authenticator = authenticator
+        self.browsers = browsers
         self.limiter = limiter
         self.metrics = metrics
         self.resource = resource if resource is not None else ProtectedResource(ServerConfig())
@@ -116,21 +151,30 @@ class Guard:
         """
         return self._admitted.get(request)
 
-    async def admit(self, request: IRequest, group: str) -> Principal:
+    async def admit(self, request: IRequest, group: str, header: bytes | None = None) -> Principal:
         """
         Authenticate C{request} and count it against the rate limit of
         C{group} for its principal.
 
+        @param header: The credentials to check instead of the request's
+            C{Authorization} header (the dashboard's login form), or L{None}.
         @return: Who is calling.
         @raise Unauthorized: Without valid credentials (C{WWW-Authenticate} set).
         @raise LimitReached: Over a limit (C{Retry-After} set).
+        @raise Forbidden: C{csrf_failed}, for a browser session's request
+            that may change something without its CSRF token and origin.
         """
-        if self.forwarded is not None:
+        if header is None and self.forwarded is not None:
             admitted = self.forwarded(request)
             if admitted is not None:
                 self._admitted[request] = admitted
                 return admitted
-        header = request.getHeader(b"authorization")
+        if header is None:
+            header = request.getHeader(b"authorization")
+            if header is None and self.browsers is not None:
+                browser = self.browser(request)
+                if browser is not None:
+                    return await self.admit_browser(request, group, browser)
         address = client_address(request)
         # A strong bearer token, or a credential verified from this address
         # before: never refused for failures, whoever else caused them.
@@ -142,6 +186,50 @@ class Guard:
                 principal = await self.verify(request, header, address)
             else:
                 principal = await self.verify_jwt(request, token, address)
+        await self.limit(request, group, f"principal:{principal.name}", principal)
+        self._admitted[request] = principal
+        return principal
+
+    def browser(self, request: IRequest) -> BrowserSession | None:
+        """
+        @return: The live browser session of C{request}'s cookie, or L{None}.
+        """
+        session_id = cookie_value(request)
+        if session_id is None or self.browsers is None:
+            return None
+        return self.browsers.get(session_id)
+
+    def same_origin(self, request: IRequest) -> bool:
+        """
+        @return: Whether C{request} carries an C{Origin} header naming the
+            gateway itself (as the client reached it, or C{server.public_url}).
+        """
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return False
+        return bool(origin.decode("latin-1").strip().rstrip("/").lower() == self.resource.origin(request).lower())
+
+    async def admit_browser(self, request: IRequest, group: str, browser: BrowserSession) -> Principal:
+        """
+        Admit a request of a logged-in browser: a state-changing one only
+        with the session's CSRF token and the gateway's own C{Origin}.
+
+        @raise Forbidden: C{csrf_failed} otherwise.
+        @raise LimitReached: Over the principal's rate limit.
+        """
+        principal = browser.principal
+        if request.method not in _SAFE_METHODS:
+            token = request.getHeader(CSRF_HEADER)
+            if not self.same_origin(request) or not browser.csrf_matches(
+                token.decode("latin-1") if token is not None else None
+            ):
+                origin = (request.getHeader(b"origin") or b"-").decode("latin-1")[:200]
+                self.security("csrf_refused", request, principal, origin=origin, token=token is not None)
+                raise Forbidden(
+                    "refused: a browser session's request that changes something must come from the gateway's"
+                    " own page (same Origin, X-CSRF-Token header)",
+                    "csrf_failed",
+                )
         await self.limit(request, group, f"principal:{principal.name}", principal)
         self._admitted[request] = principal
         return principal
@@ -214,7 +302,10 @@ class Guard:
         self.security("auth_failure", request, None, **{k: v for k, v in fields.items() if v is not None})
         for key in keys:
             await self.limit(request, "auth_failure", key, None)
-        request.responseHeaders.setRawHeaders(b"WWW-Authenticate", self.resource.challenges(request, token_error))
+        if cookie_value(request) is None or request.getHeader(b"authorization") is not None:
+            # (Not to the dashboard's script whose session ended: the browser
+            # would open its own login dialog instead of the page's.)
+            request.responseHeaders.setRawHeaders(b"WWW-Authenticate", self.resource.challenges(request, token_error))
         raise Unauthorized(
             f"the bearer token is refused: {token_error}" if token_error else "missing or invalid credentials"
         )

@@ -26,6 +26,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from mcpgateway.calls import CallObserver, CallPolicy, CallRequest, ToolCalls, rest_session_id
+from mcpgateway.drain import Drain
 from mcpgateway.errors import (
     BadRequest,
     Forbidden,
@@ -36,17 +37,22 @@ from mcpgateway.errors import (
     retry_after_header,
 )
 from mcpgateway.gateway import Gateway
+from mcpgateway.http.admin import AdminPages
 from mcpgateway.http.forward import Fleet
 from mcpgateway.http.guard import Guard, Limiter, client_address
 from mcpgateway.http.oauth import ProtectedResource
 from mcpgateway.lib import jsontext
+from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
 from mcpgateway.observe.access import AccessLog
 from mcpgateway.observe.audit import AuditLog
 from mcpgateway.observe.auditdb import query_from_params
+from mcpgateway.observe.callstats import CallStats
 from mcpgateway.observe.logs import logger
 from mcpgateway.observe.metrics import CONTENT_TYPE, GatewayMetrics
+from mcpgateway.observe.security import RecentSecurityEvents
 from mcpgateway.policy.auth import Authenticator, Principal
+from mcpgateway.policy.browser import BrowserSessions
 from mcpgateway.policy.budgets import BudgetPolicy
 
 __all__ = ["GatewayApp", "McpMount", "MetricsPage"]
@@ -131,6 +137,7 @@ class GatewayApp:
         observers: Sequence[CallObserver] = (),
         audit: AuditLog | None = None,
         fleet: Fleet | None = None,
+        drain: Drain | None = None,
     ) -> None:
         """
         @param gateway: What the routes call.
@@ -145,19 +152,30 @@ class GatewayApp:
             must also be one of C{observers}.
         @param fleet: The other gateway processes, when sessions are shared
             (C{cluster}): a session's calls go to its owner.
+        @param drain: The drain C{POST /admin/drain} starts and C{/health}
+            reports (one with C{session.drain_timeout} if L{None}).
         """
         self.gateway = gateway
         self.metrics = metrics if metrics is not None else GatewayMetrics(gateway)
         self.access = access if access is not None else AccessLog()
         #: The RFC 9728 metadata (C{/.well-known/oauth-protected-resource}).
         self.protected = ProtectedResource(gateway.config.server)
+        #: The admin dashboard's logged-in browsers.
+        self.browsers = BrowserSessions(gateway.clock)
         #: Credentials and rate limits, for this API and the MCP endpoint alike.
-        self.guard = Guard(authenticator, limiter, self.metrics, self.protected)
+        self.guard = Guard(authenticator, limiter, self.metrics, self.protected, self.browsers)
+        #: The dashboard's rolling call numbers: one more call observer.
+        self.call_stats = CallStats(gateway.clock)
+        #: The dashboard's recent security events (listening once L{start}ed).
+        self.security_events = RecentSecurityEvents()
         #: Runs and records tool calls, for this API and the MCP endpoint alike.
-        self.calls = ToolCalls(gateway, self.metrics, self.access, policies, observers)
+        self.calls = ToolCalls(gateway, self.metrics, self.access, policies, (*observers, self.call_stats))
+        #: The admin dashboard (C{/admin}).
+        self.admin = AdminPages(self, self.browsers, self.call_stats, self.security_events)
         #: What serves C{/mcp} (see L{mount_mcp}).
         self.mcp_endpoint: McpMount | None = None
         self.audit = audit
+        self.drain = drain if drain is not None else Drain(gateway, gateway.clock, gateway.config.session.drain_timeout)
         if audit is not None:
             self.metrics.registry.register(audit.collector())
         self.fleet = fleet
@@ -171,6 +189,18 @@ class GatewayApp:
         Record a security event about C{request}.
         """
         self.guard.security(kind, request, principal, **fields)
+
+    def start(self) -> None:
+        """
+        Start collecting the recent security events the dashboard shows.
+        """
+        self.security_events.start()
+
+    def stop(self) -> None:
+        """
+        Stop collecting them.
+        """
+        self.security_events.stop()
 
     def mount_mcp(self, endpoint: McpMount) -> None:
         """
@@ -190,9 +220,13 @@ class GatewayApp:
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
         """
-        Liveness: no credentials, never rate limited.
+        Liveness: no credentials, never rate limited; 503 once the process
+        drains, so a balancer's health check sends new sessions elsewhere.
         """
-        return _render(request, 200, self.gateway.health())
+        body = self.gateway.health()
+        if not self.drain.draining:
+            return _render(request, 200, body)
+        return _render(request, 503, {**body, **self.drain.describe()})
 
     @app.route("/.well-known/oauth-protected-resource", methods=["GET"])
     def resource_metadata(self, request: IRequest) -> bytes:
@@ -332,6 +366,52 @@ class GatewayApp:
             ) from None
         return _render(request, 200, page)
 
+    # -- the admin dashboard (see mcpgateway.http.admin) -------------------------------
+
+    @app.route("/admin", methods=["GET"])
+    async def admin_page(self, request: IRequest) -> bytes:
+        """
+        The dashboard of a logged-in admin, or the login form.
+        """
+        return await self.admin.page(request)
+
+    @app.route("/admin/login", methods=["POST"])
+    async def admin_login(self, request: IRequest) -> bytes:
+        return await self.admin.login(request)
+
+    @app.route("/admin/logout", methods=["POST"])
+    @guarded("default")
+    def admin_logout(self, request: IRequest, principal: Principal) -> bytes:
+        return _render(request, 200, self.admin.logout(request, principal))
+
+    @app.route("/admin/stats", methods=["GET"])
+    @guarded("default")
+    def admin_stats(self, request: IRequest, principal: Principal) -> bytes:
+        return _render(request, 200, self.admin.status(principal))
+
+    @app.route("/admin/services/<string:name>/restart", methods=["POST"])
+    @guarded("default")
+    def admin_restart(self, request: IRequest, principal: Principal, name: str) -> bytes:
+        check_name(name, SERVICE_NAME, "the service name", "invalid_service_name")
+        return _render(request, 200, self.admin.restart(principal, name))
+
+    @app.route("/admin/static/<string:name>", methods=["GET"])
+    def admin_asset(self, request: IRequest, name: str) -> bytes:
+        return self.admin.asset(request, name)
+
+    @app.route("/admin/drain", methods=["POST"])
+    @guarded("default")
+    def admin_drain(self, request: IRequest, principal: Principal) -> bytes:
+        """
+        Admins only: start draining this process (L{Drain.drain}); answered
+        at once (202), the drain goes on.  The process stays up, drained.
+        """
+        if not principal.admin:
+            self.security("forbidden", request, principal)
+            raise Forbidden("POST /admin/drain is for admin principals only", "forbidden")
+        self.drain.drain()
+        return _render(request, 202, {**self.gateway.health(), **self.drain.describe()})
+
     # -- MCP (Streamable HTTP; see mcpgateway.http.streamable) ------------------------
 
     @app.route("/mcp", methods=["GET", "POST", "DELETE"])
@@ -356,7 +436,8 @@ class GatewayApp:
             self.security("invalid_input", request, None, code=error.code)
         if error.retry_after is not None:
             request.setHeader(b"Retry-After", retry_after_header(error.retry_after))
-        body = error.body()
+        # A child's stderr tail or message may echo its credential.
+        body: dict[str, Any] = SECRET_VALUES.value(error.body())
         if "stderr_tail" in body:
             principal = self.guard.principal_of(request)
             if principal is None or not self.gateway.shows_stderr(principal, body.get("service")):

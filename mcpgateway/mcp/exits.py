@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-__all__ = ["ChildExited", "ExitInfo", "StderrTail"]
+__all__ = ["ChildExited", "ExitInfo", "StderrTail", "Unreachable"]
 
 
 class ExitInfo:
@@ -58,6 +58,13 @@ class ChildExited(Exception):
     def __init__(self, info: ExitInfo) -> None:
         super().__init__(f"the MCP server {info.describe()}")
         self.info = info
+
+
+class Unreachable(ChildExited):
+    """
+    A remote server could not be reached (connection refused, DNS): the
+    request never left the gateway, so a retry is safe.
+    """
 
 
 class StderrTail:

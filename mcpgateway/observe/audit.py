@@ -46,6 +46,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 
 from mcpgateway.config import AuditConfig
+from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.observe.auditdb import Query, Storage, describe, open_storage
 from mcpgateway.observe.logs import logger
 
@@ -567,14 +568,17 @@ class AuditLog:
         """
         started, principal, address, front, service, tool, session, arguments, outcome, status, seconds, result = item
         config = self.config
-        redacted = self.redactor.arguments(service, tool, arguments)
+        # By key (the configured globs), then by value (every loaded secret).
+        redacted = SECRET_VALUES.value(self.redactor.arguments(service, tool, arguments))
         arguments_text, _, arguments_cut = _capped(redacted, config.max_argument_bytes)
         result_bytes = result_text = None
         result_cut = False
         if result is not None:
             normal = _mcp_result(front, result)
             if self._results is not None and self._results.match(service):
-                result_text, result_bytes, result_cut = _capped(self.redactor.value(normal), config.max_result_bytes)
+                result_text, result_bytes, result_cut = _capped(
+                    SECRET_VALUES.value(self.redactor.value(normal)), config.max_result_bytes
+                )
                 if not result_cut:  # the redacted text's size: measure the result itself
                     result_bytes = _capped(normal, 1 << 62)[1]
             else:
@@ -582,12 +586,12 @@ class AuditLog:
         return (
             started,
             self.gateway,
-            _text(principal),
+            _text(SECRET_VALUES.text(principal)),
             _text(address),
             _text(front),
             _text(service),
             _text(tool),
-            _text(session),
+            _text(SECRET_VALUES.text(session)),
             arguments_text,
             int(arguments_cut),
             _text(outcome),

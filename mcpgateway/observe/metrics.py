@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mcpgateway.lib.redact import SECRET_VALUES
+
 __all__ = ["CONTENT_TYPE", "GatewayMetrics", "GatewayState", "MetricSource", "ServiceState", "route_of"]
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -71,6 +73,12 @@ class ServiceState(Protocol):
     """
 
     on_handshake: Callable[[float], None] | None
+
+    @property
+    def transport(self) -> str:
+        """
+        C{stdio} (child processes) or C{http} (a C{url} service).
+        """
 
     @property
     def children(self) -> Sized:
@@ -249,9 +257,14 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         """
-        @return: The Prometheus text exposition of every metric.
+        @return: The Prometheus text exposition of every metric, every
+            loaded secret value in it redacted (labels carry names, never
+            values, but a name chosen by a client could echo one).
         """
-        return generate_latest(self.registry)
+        text = generate_latest(self.registry)
+        if not SECRET_VALUES:
+            return text
+        return SECRET_VALUES.text(text.decode("utf-8")).encode("utf-8")
 
 
 class _StateCollector(Collector):
@@ -266,6 +279,11 @@ class _StateCollector(Collector):
         gateway = self.gateway
         yield GaugeMetricFamily("mcpgateway_sessions", "Live sessions.", value=len(gateway.sessions))
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "info": GaugeMetricFamily(
+                "mcpgateway_service_info",
+                "1 per service, labelled with its transport: stdio (child processes) or http (a url service).",
+                labels=["service", "transport"],
+            ),
             "children": GaugeMetricFamily("mcpgateway_children", "Live children, by service.", labels=["service"]),
             "pool": GaugeMetricFamily("mcpgateway_pool_size", "Ready children in the warm pool.", labels=["service"]),
             "failing": GaugeMetricFamily(
@@ -291,6 +309,7 @@ class _StateCollector(Collector):
             ),
         }
         for name, service in gateway.services.items():
+            families["info"].add_metric([name, service.transport], 1)
             families["children"].add_metric([name], len(service.children))
             families["pool"].add_metric([name], service.pool_size)
             families["failing"].add_metric([name], 1 if service.state == "failing" else 0)

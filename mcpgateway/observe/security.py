@@ -7,6 +7,7 @@ log) and, with C{logging.security_file}, one JSON line in that file.
 
 from __future__ import annotations
 
+import collections
 import json
 from typing import IO, Any
 
@@ -15,7 +16,7 @@ from zope.interface import implementer
 
 from mcpgateway.observe.logs import logger, now_iso
 
-__all__ = ["SecurityFile", "security_event"]
+__all__ = ["RecentSecurityEvents", "SecurityFile", "security_event"]
 
 log = logger("mcpgateway.security")
 _MAX_FIELD = 256
@@ -49,6 +50,52 @@ def security_event(kind: str, *, address: str, principal: str | None, route: str
     )
 
 
+def _line(event: LogEvent) -> dict[str, Any]:
+    return {
+        "time": now_iso(event.get("log_time", 0.0)),
+        "event": event["security_event"],
+        "address": event.get("address"),
+        "principal": None if event.get("principal") == "-" else event.get("principal"),
+        "route": event.get("route"),
+        **event.get("details", {}),
+    }
+
+
+@implementer(ILogObserver)
+class RecentSecurityEvents:
+    """
+    The last security events, in memory, for the admin dashboard.
+    """
+
+    def __init__(self, size: int = 50) -> None:
+        """
+        @param size: How many are kept.
+        """
+        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+
+    def __call__(self, event: LogEvent) -> None:
+        if event.get("security_event") is not None:
+            self._events.appendleft(_line(event))
+
+    def recent(self) -> list[dict[str, Any]]:
+        """
+        @return: The events kept, newest first, as C{logging.security_file} writes them.
+        """
+        return list(self._events)
+
+    def start(self) -> None:
+        """
+        Start listening to the log.
+        """
+        globalLogPublisher.addObserver(self)
+
+    def stop(self) -> None:
+        """
+        Stop listening to the log.
+        """
+        globalLogPublisher.removeObserver(self)
+
+
 @implementer(ILogObserver)
 class SecurityFile:
     """
@@ -62,18 +109,9 @@ class SecurityFile:
         self._stream = stream
 
     def __call__(self, event: LogEvent) -> None:
-        kind = event.get("security_event")
-        if kind is None:
+        if event.get("security_event") is None:
             return
-        line = {
-            "time": now_iso(event.get("log_time", 0.0)),
-            "event": kind,
-            "address": event.get("address"),
-            "principal": None if event.get("principal") == "-" else event.get("principal"),
-            "route": event.get("route"),
-            **event.get("details", {}),
-        }
-        self._stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+        self._stream.write(json.dumps(_line(event), separators=(",", ":")) + "\n")
         self._stream.flush()
 
     @classmethod

@@ -1,0 +1,685 @@
+"""
+The JSON-RPC peer that talks to one remote MCP server over HTTP: the
+counterpart of L{mcpgateway.mcp.stdio.ChildProtocol} for a C{url} service,
+with the same hooks (C{request_handler}, C{progress_routes}, C{listeners})
+and the same way of ending (L{ChildExited} for every request waiting).
+
+Transports:
+  - C{streamable-http}: each message is a POST to the URL; the answer is
+    JSON or an event stream (progress notifications and server requests
+    first, the response last).  In the 2026-07-28 era every request carries
+    C{MCP-Protocol-Version}, C{Mcp-Method} and C{Mcp-Name}; in the legacy
+    era the C{Mcp-Session-Id} minted at C{initialize} and the negotiated
+    C{MCP-Protocol-Version} follow every request, and L{HttpPeer.close}
+    ends the session with DELETE.
+  - C{sse} (2024-11-05): a GET opens an event stream whose first
+    C{endpoint} event names where to POST; answers come on the stream.
+  - C{auto}: Streamable HTTP; if the very first POST is answered 404 or 405,
+    the legacy SSE transport, as the specification's backwards-compatibility
+    section says.
+
+Nothing is followed: a redirect is a bad answer (the configured URL is the
+one trusted).  Every body and event is bounded by C{max_response}.  It knows
+nothing of MCP eras beyond the headers; the handshake is
+L{mcpgateway.children.child}'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+
+from mcpgateway.errors import ChildFailed
+from mcpgateway.lib.deferreds import Shared, observe
+from mcpgateway.lib.jsontext import dumps
+from mcpgateway.mcp.exits import ChildExited, ExitInfo, Unreachable
+from mcpgateway.mcp.jsonrpc import RPCError, decode, error_member
+from mcpgateway.mcp.spec import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, MODERN_VERSION, VERSION_KEY
+from mcpgateway.mcp.sse import EventTooLarge, SseParser
+from mcpgateway.mcp.stdio import NotificationHandler, ProgressRoute, RequestHandler
+from mcpgateway.observe.logs import logger
+
+__all__ = ["HttpPeer"]
+
+#: Methods whose name (or uri) a 2026-07-28 request repeats in C{Mcp-Name}.
+_NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_ACCEPT_BOTH = "application/json, text/event-stream"
+
+
+class TooLarge(Exception):
+    """
+    An answer is over C{max_response} bytes.
+    """
+
+
+class _Reader(Protocol):
+    """
+    Reads a response body: whole (bounded), or as server-sent events handed
+    to C{on_event} as they complete.  C{done} fires at its end; cancelling it
+    drops the connection.
+    """
+
+    def __init__(self, limit: int, on_event: Callable[[str, str], None] | None) -> None:
+        self._limit = limit
+        self._on_event = on_event
+        self._parser = SseParser(limit) if on_event is not None else None
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.done: Deferred[bytes] = Deferred(lambda _: self.stop())
+
+    def stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        if self._parser is None:
+            self._size += len(data)
+            if self._size > self._limit:
+                self._fail(TooLarge(f"an answer over max_response_bytes ({self._limit} bytes)"))
+                return
+            self._chunks.append(data)
+            return
+        assert self._on_event is not None
+        try:
+            events = self._parser.feed(data)
+        except EventTooLarge as error:
+            self._fail(TooLarge(f"{error} (max_response_bytes)"))
+            return
+        for event in events:
+            if self.done.called:
+                return
+            self._on_event(event.type, event.data)
+
+    def _fail(self, error: Exception) -> None:
+        self.stop()
+        self.done.errback(error)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._chunks))
+        else:
+            self.done.errback(reason)
+
+
+def _read(response: IResponse, limit: int, on_event: Callable[[str, str], None] | None = None) -> _Reader:
+    reader = _Reader(limit, on_event)
+    if on_event is None and response.length is not UNKNOWN_LENGTH and response.length > limit:
+        reader.done.errback(TooLarge(f"an answer of {response.length} bytes, over max_response_bytes ({limit})"))
+        discard = _Reader(0, None)
+        discard.done.addErrback(lambda _: None)
+        response.deliverBody(discard)
+        return reader
+    response.deliverBody(reader)
+    return reader
+
+
+def _content_type(response: IResponse) -> str:
+    values: list[bytes] = response.headers.getRawHeaders(b"content-type") or [b""]
+    return values[0].split(b";")[0].strip().lower().decode("latin-1")
+
+
+def _header(response: IResponse, name: bytes) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    return values[0].decode("latin-1") if values else None
+
+
+def _name_header(value: str) -> str:
+    """
+    C{Mcp-Name} as the SDK encodes it: printable ASCII as is, else base64 in a sentinel.
+    """
+    if value.isascii() and value.isprintable() and value == value.strip() and not value.startswith("=?base64?"):
+        return value
+    import base64
+
+    return f"=?base64?{base64.b64encode(value.encode()).decode()}?="
+
+
+class HttpPeer:
+    """
+    One MCP session with a remote server.
+
+    @ivar ended: Fired with an L{ExitInfo} once the session is over (closed
+        by the gateway, or the server gone).
+    @ivar session_id: The C{Mcp-Session-Id} the server minted, if any.
+    @ivar transport: C{streamable-http} or C{sse} (once C{auto} has decided).
+    """
+
+    pid = None
+
+    def __init__(
+        self,
+        label: str,
+        url: str,
+        transport: str,
+        client: HTTPClient,
+        clock: IReactorTime,
+        headers: Mapping[str, str],
+        max_response: int,
+        on_notification: NotificationHandler | None = None,
+    ) -> None:
+        """
+        @param label: Names the service in the log.
+        @param url: The server's MCP endpoint (the SSE endpoint for C{sse}).
+        @param transport: C{auto}, C{streamable-http} or C{sse}.
+        @param client: Sends the requests (its pool keeps connections alive).
+        @param clock: Times the DELETE at close.
+        @param headers: Sent with every request (configured and per session).
+        @param max_response: The largest answer or event, in bytes.
+        @param on_notification: Told each notification of the server.
+        """
+        self.log = logger(f"mcpgateway.child.{label}")
+        self.label = label
+        self.url = url
+        self.transport = transport
+        self._client = client
+        self._clock = clock
+        self._headers = {name: [value] for name, value in headers.items()}
+        self._max = max_response
+        self._on_notification = on_notification
+        self.request_handler: RequestHandler | None = None
+        self.progress_routes: dict[str | int, ProgressRoute] = {}
+        self.listeners: list[NotificationHandler] = []
+        self.ended: Shared[ExitInfo] = Shared()
+        self.exit_info: ExitInfo | None = None
+        self.session_id: str | None = None
+        self._version: str | None = None
+        self._next_id = 1
+        self._exchanged = False
+        #: For C{sse}: where to POST, requests waiting for an answer on the stream.
+        self._endpoint: str | None = None
+        self._stream: _Reader | None = None
+        self._opening: Shared[None] | None = None
+        self._pending: dict[int, Deferred[dict[str, Any]]] = {}
+        self._exchanges: set[Deferred[Any]] = set()
+        self._initialized: Shared[None] | None = None
+
+    @property
+    def alive(self) -> bool:
+        """
+        @return: Whether the session may still be sent requests.
+        """
+        return self.exit_info is None
+
+    # -- sending ---------------------------------------------------------------
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> Deferred[dict[str, Any]]:
+        """
+        Send a request; cancelling the returned L{Deferred} drops its exchange
+        (and, in the legacy era, sends C{notifications/cancelled}).
+
+        @return: Fires with the result, or fails with L{RPCError},
+            L{ChildExited} (the server is gone), L{ChildFailed} (a bad
+            answer) or L{ValueError} (params that are not JSON).
+        """
+        if self.exit_info is not None:
+            return fail(ChildExited(self.exit_info))
+        request_id = self._next_id
+        self._next_id += 1
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        try:
+            body = dumps(message).encode()
+        except (ValueError, TypeError, RecursionError) as error:
+            return fail(ValueError(f"the message cannot be sent as JSON: {error}"))
+        work = Deferred.fromCoroutine(self._request(request_id, message, body))
+        self._exchanges.add(work)
+        work.addBoth(self._exchanged_one, work)
+
+        def cancelled(failure: Failure) -> Failure:
+            if failure.check(CancelledError) and self.alive and self._version is not None:
+                self.notify("notifications/cancelled", {"requestId": request_id, "reason": "cancelled by the gateway"})
+            return failure
+
+        return work.addErrback(cancelled)
+
+    def _exchanged_one(self, outcome: Any, work: Deferred[Any]) -> Any:
+        self._exchanges.discard(work)
+        return outcome
+
+    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        """
+        Send a notification (in the background; a failure is logged).
+        """
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = params
+        self._send_background(message)
+
+    def _send_background(self, message: dict[str, Any]) -> None:
+        if self.exit_info is not None:
+            return
+        try:
+            body = dumps(message).encode()
+        except (ValueError, TypeError, RecursionError) as error:
+            self.log.warn("could not send a {what} message: {error}", what=message.get("method", "reply"), error=error)
+            return
+        sending = Deferred.fromCoroutine(self._post_only(message, body)).addErrback(
+            lambda failure: self.log.info(
+                "sending {what} failed: {error}", what=message.get("method", "a reply"), error=failure.value
+            )
+        )
+        if message.get("method") == "notifications/initialized" and not sending.called:
+            # Requests wait for it: the server must see it before them.
+            self._initialized = observe(sending)
+
+    async def _post_only(self, message: dict[str, Any], body: bytes) -> None:
+        await self._opened()
+        response = await self._post(self._endpoint or self.url, message, body)
+        await _read(response, self._max).done
+
+    def _headers_for(self, message: dict[str, Any], accept: str) -> dict[str, list[str]]:
+        headers = dict(self._headers)
+        headers["Accept"] = [accept]
+        headers["Content-Type"] = ["application/json"]
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if isinstance(meta, dict) and meta.get(VERSION_KEY) == MODERN_VERSION:
+            method = str(message.get("method"))
+            headers["MCP-Protocol-Version"] = [MODERN_VERSION]
+            headers["Mcp-Method"] = [method]
+            key = _NAME_BEARING.get(method)
+            name = params.get(key) if key and isinstance(params, dict) else None
+            if isinstance(name, str):
+                headers["Mcp-Name"] = [_name_header(name)]
+        else:
+            if self.session_id is not None:
+                headers["Mcp-Session-Id"] = [self.session_id]
+            if self._version is not None:
+                headers["MCP-Protocol-Version"] = [self._version]
+        return headers
+
+    async def _post(self, url: str, message: dict[str, Any], body: bytes) -> IResponse:
+        try:
+            response: IResponse = (
+                await self._client.request(
+                    "POST",
+                    url,
+                    data=body,
+                    headers=_as_headers(self._headers_for(message, _ACCEPT_BOTH)),
+                    allow_redirects=False,
+                    unbuffered=True,
+                )
+            ).original
+        except Exception as error:  # refused, reset, DNS, TLS verification...
+            if _cancelled(error):
+                raise CancelledError() from None
+            gone = self._gone(f"became unreachable ({_describe(error)})")
+            if isinstance(error, ConnectError | DNSLookupError):
+                raise Unreachable(gone.info) from None  # nothing was sent
+            raise gone from None
+        if 300 <= response.code < 400:
+            _read(response, 0).done.addErrback(lambda _: None)
+            raise ChildFailed(
+                f"the {self.label} server answered HTTP {response.code}, a redirect (the gateway follows none)",
+                service=self.label,
+            )
+        if response.code == 404 and self.session_id is not None and message.get("method") != "initialize":
+            _read(response, 0).done.addErrback(lambda _: None)
+            raise self._gone("ended the MCP session (HTTP 404 for its Mcp-Session-Id)")
+        return response
+
+    async def _request(self, request_id: int, message: dict[str, Any], body: bytes) -> dict[str, Any]:
+        if self._initialized is not None:
+            await self._initialized.wait()
+            self._initialized = None
+        first = not self._exchanged
+        self._exchanged = True
+        if self.transport != "sse":
+            try:
+                return await self._streamable(request_id, message, body, fallback=first and self.transport == "auto")
+            except _UseSse:
+                self.log.info("{url}: no Streamable HTTP (HTTP 404/405); trying HTTP+SSE", url=self.url)
+                self.transport = "sse"
+        if message.get("method") == "server/discover":
+            # HTTP+SSE is a 2024-11-05 transport: its sessions begin with initialize.
+            raise RPCError(METHOD_NOT_FOUND, "server/discover is not sent over HTTP+SSE")
+        await self._opened()
+        return await self._over_sse(request_id, message, body)
+
+    # -- Streamable HTTP ----------------------------------------------------------
+
+    async def _streamable(
+        self, request_id: int, message: dict[str, Any], body: bytes, fallback: bool
+    ) -> dict[str, Any]:
+        response = await self._post(self.url, message, body)
+        if fallback and response.code in (404, 405):
+            _read(response, 0).done.addErrback(lambda _: None)
+            raise _UseSse()
+        if self.transport == "auto" and 200 <= response.code < 300:
+            self.transport = "streamable-http"
+        kind = _content_type(response)
+        answer: Deferred[dict[str, Any]] = Deferred()
+
+        def received(text: str) -> None:
+            self._message(text, request_id, answer)
+
+        if response.code < 300 and kind == "text/event-stream":
+            reader = _read(response, self._max, lambda event, data: received(data) if event == "message" else None)
+            reader.done.addBoth(self._stream_ended, answer, reader)
+            answer.addBoth(self._keep_reading, reader)
+        else:
+            data = await self._body(_read(response, self._max))
+            if kind != "application/json" or not data:
+                raise self._bad_status(response, data)
+            received(data.decode("utf-8", "replace"))
+            if not answer.called:
+                raise self._bad_status(response, data)
+        result = await answer
+        if message.get("method") == "initialize":
+            self.session_id = _header(response, b"mcp-session-id") or self.session_id
+            version = result.get("protocolVersion")
+            self._version = version if isinstance(version, str) else None
+        return result
+
+    async def _body(self, reader: _Reader) -> bytes:
+        """
+        @return: The whole body.
+        @raise ChildFailed: If it is over the limit.
+        @raise ChildExited: If the connection dropped.
+        """
+        try:
+            return await reader.done
+        except TooLarge as error:
+            raise ChildFailed(f"the {self.label} server sent {error}", service=self.label) from None
+        except Exception as error:
+            if _cancelled(error):
+                raise CancelledError() from None
+            raise self._gone(f"dropped the connection during an answer ({_describe(error)})") from None
+
+    def _keep_reading(self, outcome: Any, reader: _Reader) -> Any:
+        # The answer is in: later events of the stream (if any) still go to
+        # the hooks; the stream itself ends when the server ends it.
+        if isinstance(outcome, Failure) and outcome.check(CancelledError):
+            reader.stop()
+        return outcome
+
+    def _stream_ended(self, outcome: Any, answer: Deferred[dict[str, Any]], reader: _Reader) -> None:
+        if answer.called:
+            return
+        if isinstance(outcome, Failure):
+            if outcome.check(TooLarge):
+                answer.errback(ChildFailed(f"the {self.label} server sent {outcome.value}", service=self.label))
+            else:
+                answer.errback(self._gone(f"dropped the connection during an answer ({_describe(outcome.value)})"))
+        else:
+            answer.errback(ChildFailed(f"the {self.label} server ended its event stream without an answer"))
+
+    def _bad_status(self, response: IResponse, data: bytes) -> Exception:
+        text = data[:200].decode("utf-8", "replace").strip()
+        if 400 <= response.code < 500 and response.code not in (401, 403):
+            return RPCError(INVALID_REQUEST, f"HTTP {response.code} from the server: {text}")
+        return ChildFailed(
+            f"the {self.label} server answered HTTP {response.code} ({_content_type(response) or 'no content type'})"
+            + (f": {text}" if text else ""),
+            service=self.label,
+            http_status=response.code,
+        )
+
+    # -- HTTP+SSE (2024-11-05) ------------------------------------------------------
+
+    async def _opened(self) -> None:
+        if self.transport != "sse":
+            return
+        if self._opening is None:
+            self._opening = Shared()
+            Deferred.fromCoroutine(self._open_stream()).addBoth(self._opening.fire)
+        await self._opening.wait()
+
+    async def _open_stream(self) -> None:
+        headers = dict(self._headers)
+        headers["Accept"] = ["text/event-stream"]
+        try:
+            response: IResponse = (
+                await self._client.request(
+                    "GET", self.url, headers=_as_headers(headers), allow_redirects=False, unbuffered=True
+                )
+            ).original
+        except Exception as error:
+            if _cancelled(error):
+                raise CancelledError() from None
+            raise self._gone(f"became unreachable ({_describe(error)})") from None
+        if response.code != 200 or _content_type(response) != "text/event-stream":
+            data = b""
+            if not 300 <= response.code < 400:
+                data = await self._body(_read(response, 4096))
+            raise self._bad_status(response, data)
+        endpoint: Deferred[str] = Deferred()
+
+        def event(kind: str, data: str) -> None:
+            if kind == "endpoint" and not endpoint.called:
+                target = urljoin(self.url, data.strip())
+                if urlsplit(target)[:2] != urlsplit(self.url)[:2]:
+                    endpoint.errback(ChildFailed(f"the {self.label} server named an endpoint on another origin"))
+                else:
+                    endpoint.callback(target)
+            elif kind == "message":
+                self._message(data, None, None)
+
+        self._stream = _read(response, self._max, event)
+        self._stream.done.addBoth(self._sse_ended, endpoint)
+        self._endpoint = await endpoint
+
+    def _sse_ended(self, outcome: Any, endpoint: Deferred[str]) -> None:
+        if self.exit_info is not None:
+            return
+        reason = (
+            f"dropped its event stream ({_describe(outcome.value)})"
+            if isinstance(outcome, Failure)
+            else "closed its event stream"
+        )
+        error = self._gone(reason)
+        if not endpoint.called:
+            endpoint.errback(error)
+
+    async def _over_sse(self, request_id: int, message: dict[str, Any], body: bytes) -> dict[str, Any]:
+        answer: Deferred[dict[str, Any]] = Deferred()
+        self._pending[request_id] = answer
+        try:
+            assert self._endpoint is not None
+            response = await self._post(self._endpoint, message, body)
+            data = await self._body(_read(response, 64 * 1024))
+            if not 200 <= response.code < 300:
+                raise self._bad_status(response, data)
+            result = await answer
+        finally:
+            self._pending.pop(request_id, None)
+        if message.get("method") == "initialize":
+            version = result.get("protocolVersion")
+            self._version = version if isinstance(version, str) else None
+        return result
+
+    # -- receiving --------------------------------------------------------------------
+
+    def _message(self, text: str, request_id: int | None, answer: Deferred[dict[str, Any]] | None) -> None:
+        """
+        One JSON-RPC message from the server: the answer to C{request_id}
+        (or, on the SSE stream, to one of C{_pending}), a notification, or a
+        request of its own.
+        """
+        try:
+            message = decode(text)
+        except (ValueError, RecursionError):
+            self.log.warn("skipped a message that is not JSON: {text!r}", text=text[:200])
+            return
+        if not isinstance(message, dict):
+            self.log.warn("skipped a JSON value that is not an object: {text!r}", text=text[:200])
+            return
+        method = message.get("method")
+        if isinstance(method, str):
+            params = message.get("params")
+            if "id" in message:
+                self._answer(message["id"], method, params if isinstance(params, dict) else {})
+            else:
+                self._notified(method, params if isinstance(params, dict) else {})
+            return
+        got = message.get("id")
+        if request_id is not None:
+            waiting = answer if got == request_id else None
+        else:
+            waiting = self._pending.pop(got, None) if type(got) is int else None
+        if waiting is None or waiting.called:
+            self.log.debug("dropped a response to no pending request: {id!r}", id=got)
+            return
+        error = message.get("error")
+        if "error" in message:
+            if not isinstance(error, dict):
+                error = {"code": INTERNAL_ERROR, "message": repr(error)}
+            code = error.get("code")
+            waiting.errback(
+                RPCError(
+                    code if isinstance(code, int) and not isinstance(code, bool) else INTERNAL_ERROR,
+                    str(error.get("message", "")),
+                    error.get("data"),
+                )
+            )
+        else:
+            result = message.get("result")
+            waiting.callback(result if isinstance(result, dict) else {"value": result})
+
+    def _notified(self, method: str, params: dict[str, Any]) -> None:
+        if method == "notifications/progress":
+            token = params.get("progressToken")
+            route = self.progress_routes.get(token) if isinstance(token, (str, int)) else None
+            if route is not None:
+                route(params)
+                return
+        if self._on_notification is not None:
+            self._on_notification(method, params)
+        for listener in list(self.listeners):
+            listener(method, params)
+
+    def _answer(self, request_id: Any, method: str, params: dict[str, Any]) -> None:
+        if self.request_handler is not None:
+            answer = self.request_handler(method, params)
+            if answer is not None:
+                answer.addCallbacks(
+                    lambda result: self._send_background({"jsonrpc": "2.0", "id": request_id, "result": result}),
+                    lambda failure: self._send_background(
+                        {"jsonrpc": "2.0", "id": request_id, "error": error_member(failure)}
+                    ),
+                )
+                return
+        if method == "ping":
+            self._send_background({"jsonrpc": "2.0", "id": request_id, "result": {}})
+            return
+        self.log.info("answered the server's request {method!r} with -32601", method=method)
+        self._send_background(
+            {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "error": {"code": METHOD_NOT_FOUND, "message": f"{method} is not available through this gateway"},
+            }
+        )
+
+    # -- ending -------------------------------------------------------------------------
+
+    def _gone(self, reason: str) -> ChildExited:
+        """
+        The server cannot go on with this session: end it, fail every request.
+
+        @return: The L{ChildExited} to raise.
+        """
+        if self.exit_info is None:
+            self.log.warn("{url}: {reason}", url=self.url, reason=reason)
+            self._end(ExitInfo(None, None, reason, ""))
+        assert self.exit_info is not None
+        return ChildExited(self.exit_info)
+
+    def _end(self, info: ExitInfo) -> None:
+        self.exit_info = info
+        if self._stream is not None:
+            self._stream.stop()
+        pending, self._pending = self._pending, {}
+        for waiting in pending.values():
+            if not waiting.called:
+                waiting.errback(ChildExited(info))
+        self.ended.fire(info)
+
+    def abort(self, reason: str) -> None:
+        """
+        End the session now without telling the server (the gateway stops).
+        """
+        if self.exit_info is None:
+            self._end(ExitInfo(None, None, reason, ""))
+            for work in list(self._exchanges):
+                work.cancel()
+
+    def close(self, grace: float) -> Deferred[ExitInfo]:
+        """
+        End the session: DELETE it (Streamable HTTP with an C{Mcp-Session-Id}),
+        or drop the event stream (C{sse}).
+
+        @param grace: Seconds the DELETE may take.
+        @return: Fires with the L{ExitInfo} once done.
+        """
+        if self.exit_info is not None:
+            return self.ended.wait()
+        return Deferred.fromCoroutine(self._close(grace))
+
+    async def _close(self, grace: float) -> ExitInfo:
+        session_id = self.session_id
+        if session_id is not None and self.transport != "sse":
+            headers = dict(self._headers)
+            headers["Mcp-Session-Id"] = [session_id]
+            if self._version is not None:
+                headers["MCP-Protocol-Version"] = [self._version]
+                deleting = self._client.request("DELETE", self.url, headers=_as_headers(headers), allow_redirects=False)
+            deleting.addTimeout(grace, self._clock)
+            try:
+                response = await deleting
+                await response.content()
+            except Exception as error:
+                self.log.info("{url}: DELETE of the MCP session failed: {e}", url=self.url, e=_describe(error))
+        if self.exit_info is None:
+            self._end(ExitInfo(0, None, "closed by the gateway", ""))
+        assert self.exit_info is not None
+        return self.exit_info
+
+
+class _UseSse(Exception):
+    """
+    C{auto}: the server has no Streamable HTTP endpoint here.
+    """
+
+
+def _as_headers(headers: dict[str, list[str]]) -> Headers:
+    result = Headers()
+    for name, values in headers.items():
+        result.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1") for value in values])
+    return result
+
+
+def _cancelled(error: BaseException) -> bool:
+    """
+    @return: Whether C{error} is (or wraps) the cancellation of the exchange.
+    """
+    if isinstance(error, CancelledError):
+        return True
+    if isinstance(error, ResponseFailed | ResponseNeverReceived):
+        return any(reason.check(CancelledError) for reason in error.reasons)
+    return False
+
+
+def _describe(error: object) -> str:
+    if isinstance(error, ResponseFailed | ResponseNeverReceived):
+        reasons = [reason.value for reason in error.reasons]
+        return "; ".join(_describe(reason) for reason in reasons) or type(error).__name__
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
