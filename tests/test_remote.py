@@ -576,3 +576,35 @@ def test_sse_parser_bounds_an_event() -> None:
         parser.feed(b"data: 12345\ndata: 67890\n")
     with pytest.raises(EventTooLarge):
         SseParser(10).feed(b"data: " + b"x" * 20)
+
+
+def test_sse_parser_is_linear_in_a_long_line_arriving_in_pieces() -> None:
+    """
+    A 10 MB answer on one C{data:} line comes in thousands of reads; the
+    parser must not copy or rescan what it already holds at each of them
+    (it did: a 40 MB event blocked the reactor for 10 s).  The alarm is a
+    guard against a hang, not a measurement: linear parsing takes well
+    under a second, quadratic parsing of this takes minutes.
+    """
+    line = b"data: " + b"x" * (16 << 20) + b"\n\n"
+
+    def hung(signum: int, frame: Any) -> None:
+        raise AssertionError("feeding one 16 MB event in 256-byte pieces took over 15 s: quadratic parsing")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(15)
+    try:
+        parser = SseParser(32 << 20)
+        events = [event for i in range(0, len(line), 256) for event in parser.feed(line[i : i + 256])]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert [(event.type, len(event.data)) for event in events] == [("message", 16 << 20)]
+
+
+def test_sse_parser_many_lines_in_one_chunk() -> None:
+    stream = b"".join(b"data: %d\n\n" % i for i in range(20000)) + b"data: tail\r"
+    parser = SseParser(100)
+    events = parser.feed(stream)
+    assert [event.data for event in events] == [str(i) for i in range(20000)]
+    assert parser.feed(b"\n\r\n") == [Event("message", "tail", "")]
