@@ -608,3 +608,35 @@ def test_sse_parser_many_lines_in_one_chunk() -> None:
     events = parser.feed(stream)
     assert [event.data for event in events] == [str(i) for i in range(20000)]
     assert parser.feed(b"\n\r\n") == [Event("message", "tail", "")]
+
+
+def test_close_deletes_a_session_whose_server_named_no_protocol_version() -> None:
+    """
+    A server that mints an C{Mcp-Session-Id} but leaves C{protocolVersion}
+    out of its C{initialize} result (the handshake takes it as 2024-11-05)
+    still gets its DELETE at close, and the session ends (the DELETE was
+    only built when a version was known: closing raised UnboundLocalError,
+    sent nothing and never ended the peer).
+    """
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from mcpgateway.mcp.remote import HttpPeer
+
+    sent: list[tuple[str, str, Any]] = []
+
+    class Answered:
+        async def content(self) -> bytes:
+            return b""
+
+    class Client:
+        def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+            sent.append((method, url, kwargs["headers"]))
+            return succeed(Answered())
+
+    peer = HttpPeer("svc", "http://127.0.0.1:1/mcp", "streamable-http", Client(), Clock(), {}, 1000)  # type: ignore[arg-type]
+    peer.session_id = "abc"
+    closed = peer.close(1.0)
+    assert closed.called and not peer.alive
+    assert [(method, headers.getRawHeaders(b"mcp-session-id")) for method, _, headers in sent] == [("DELETE", [b"abc"])]
+    assert closed.result.reason == "closed by the gateway"

@@ -640,7 +640,7 @@ class HttpPeer:
             headers["Mcp-Session-Id"] = [session_id]
             if self._version is not None:
                 headers["MCP-Protocol-Version"] = [self._version]
-                deleting = self._client.request("DELETE", self.url, headers=_as_headers(headers), allow_redirects=False)
+            deleting = self._client.request("DELETE", self.url, headers=_as_headers(headers), allow_redirects=False)
             deleting.addTimeout(grace, self._clock)
             try:
                 response = await deleting
