@@ -516,3 +516,31 @@ async def test_reloads_run_in_order_and_a_bad_one_keeps_the_old_values(tmp_path:
     finally:
         credentials.stop()
     assert not SECRET_VALUES.contains(BOB_SECRET)
+
+
+def test_configured_credential_headers_are_secret_values() -> None:
+    """
+    A url service's configured credential header (by name) is redacted,
+    whole and its token; an ordinary header is not.
+    """
+    from mcpgateway.policy.credentials import configured_header_secrets
+
+    config = parse_config(
+        {
+            "services": {
+                "docs": {
+                    "url": "https://mcp.example.com/mcp",
+                    "headers": {
+                        "Authorization": "Bearer abcdef123456",
+                        "X-Api-Key": "k-0987654321",
+                        "X-Team": "blue-team-42",
+                    },
+                }
+            }
+        }
+    )
+    assert sorted(configured_header_secrets(config.services)) == [
+        ("services.docs.headers.Authorization", "Bearer abcdef123456"),
+        ("services.docs.headers.Authorization", "abcdef123456"),
+        ("services.docs.headers.X-Api-Key", "k-0987654321"),
+    ]

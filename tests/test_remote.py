@@ -413,6 +413,28 @@ async def test_configured_headers(live: Any, upstream: Any, monkeypatch: Any) ->
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_configured_credential_echoed_by_the_upstream_is_redacted(
+    live: Any, upstream: Any, monkeypatch: Any
+) -> None:
+    """
+    A configured C{Authorization: Bearer ${VAR}} is a credential too: an
+    upstream that quotes it in its error text does not hand it to callers.
+    """
+    token = "shared-docs-token-7d1e93b0"
+    monkeypatch.setenv("REMOTE_TOKEN", token)
+    server = await upstream("streamable")
+    gw = live({"r": remote(server, protocol="legacy", headers={"Authorization": "Bearer ${REMOTE_TOKEN}"})})
+    assert json.loads((await gw.call("r", "headers", "s"))[1]["result"])["authorization"] == f"Bearer {token}"
+    response, body = await gw.call("r", "auth_echo", "s")
+    assert response.code == 502, body
+    assert "refused Authorization" in body["error"]
+    assert token not in json.dumps(body)
+    assert "[secret:services.r.headers.Authorization]" in body["error"]
+    await gw.request("DELETE", "/sessions/s")
+    await no_upstream_sessions_left(server)
+
+
+@pytest_twisted.ensureDeferred
 async def test_each_principal_reaches_the_upstream_with_its_own_token(
     live: Any, upstream: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:

@@ -19,8 +19,10 @@ C{big} {mb} (a text of C{mb} MB), C{stall} {seconds}, C{die} (the process
 kills itself mid-call), C{long_task} {steps, delay} (progress after each
 step), C{headers} (the request headers it got, as JSON).
 
-A call of C{html_answer} gets an HTML page, one of C{server_error} a 500
-(neither tool exists: the answer comes before the server sees the call).
+A call of C{html_answer} gets an HTML page, one of C{server_error} a 500,
+one of C{auth_echo} a 401 whose text quotes the request's C{Authorization}
+(as a careless upstream's does) (no such tool exists: the answer comes
+before the server sees the call).
 
 C{GET /_stats} (outside MCP) tells what it saw: C{sessions} (Mcp-Session-Id
 values it minted), C{deleted} (those ended with DELETE), C{methods}
@@ -155,6 +157,10 @@ def _bad_answers(inner: Any) -> Any:
             return
         if b'"server_error"' in body:
             await Response("upstream exploded", status_code=500)(scope, receive, send)
+            return
+        if b'"auth_echo"' in body:
+            given = dict(scope["headers"]).get(b"authorization", b"").decode()
+            await Response(f"refused Authorization: {given}", status_code=401)(scope, receive, send)
             return
         replay = iter(messages)
 
