@@ -480,6 +480,51 @@ async def test_each_principal_reaches_the_upstream_with_its_own_token(
     await no_upstream_sessions_left(server)
 
 
+@pytest.mark.parametrize("protocol", ["legacy", "modern"])
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_checking_each_callers_bearer(
+    live: Any, upstream: Any, tmp_path: Path, protocol: str
+) -> None:
+    """
+    An upstream behind its own auth, in both eras: alice's token is good,
+    bob's is refused (401).  Bob's refused credential is his call's failure
+    (502), not the service's: alice is served before, after, and in between,
+    with no backoff.
+    """
+    path = secrets_file(tmp_path, {"alice-remote": ALICE_SECRET, "bob-remote": BOB_SECRET})
+    server = await upstream("streamable", "--bearer", ALICE_SECRET)
+    service = remote(
+        server,
+        protocol=protocol,
+        backoff_initial=30,
+        backoff_max=30,
+        credentials={
+            "principals": {
+                "alice": {"headers": {"Authorization": "Bearer {alice-remote}"}},
+                "bob": {"headers": {"Authorization": "Bearer {bob-remote}"}},
+            }
+        },
+    )
+    gw = live({"r": service}, server=principals(), secrets={"file": str(path)})
+
+    async def call(who: str, session: str) -> tuple[int, Any]:
+        body = {"tool": "headers", "session_id": session, "arguments": {}}
+        response, answer = await gw.request("POST", "/services/r/call", body, **bearer(who))
+        return response.code, answer
+
+    status, answer = await call("alice", "a1")
+    assert status == 200 and json.loads(answer["result"])["authorization"] == f"Bearer {ALICE_SECRET}", answer
+    for attempt in ("b1", "b2"):
+        status, answer = await call("bob", attempt)
+        assert (status, answer["code"]) == (502, "child_failed"), answer
+        assert "401" in answer["error"] and BOB_SECRET not in json.dumps(answer)
+    status, answer = await call("alice", "a2")
+    assert status == 200, answer
+    for who, session in (("alice", "a1"), ("alice", "a2")):
+        await gw.request("DELETE", f"/sessions/{session}", **bearer(who))
+    await no_upstream_sessions_left(server)
+
+
 # -- the MCP front door -----------------------------------------------------------------------------
 
 

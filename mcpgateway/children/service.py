@@ -30,7 +30,7 @@ from mcpgateway.children.sandbox import Launch, build_launch
 from mcpgateway.children.sandbox.limits import explain_exit
 from mcpgateway.children.tools import ToolCache
 from mcpgateway.config import ServiceConfig
-from mcpgateway.errors import ServiceUnavailable
+from mcpgateway.errors import ChildFailed, ServiceUnavailable
 from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ExitInfo
 from mcpgateway.mcp.peer import Peer
@@ -293,6 +293,14 @@ class Service:
             self._remove_workdir(workdir)
             if self._stopping:
                 raise ServiceUnavailable(f"service {self.name!r} is shutting down", retry_after=1) from None
+            if credential_headers is not None and failure.http_status in (401, 403):
+                # One caller's credential refused is that caller's failure,
+                # not the service's: no backoff for every other principal.
+                raise ChildFailed(
+                    f"the {self.name} server refused the caller's credential: {failure.reason}",
+                    service=self.name,
+                    http_status=failure.http_status,
+                ) from None
             raise self._start_failed(failure) from None
         finally:
             self._starting -= 1
