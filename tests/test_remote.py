@@ -518,6 +518,9 @@ async def test_an_upstream_checking_each_callers_bearer(
         status, answer = await call("bob", attempt)
         assert (status, answer["code"]) == (502, "child_failed"), answer
         assert "401" in answer["error"] and BOB_SECRET not in json.dumps(answer)
+    # The tool listing session is nobody's (no default mapping here): refused too, and no backoff either.
+    response, listing = await gw.request("GET", "/services/r/tools", **bearer("alice"))
+    assert (response.code, listing["code"], listing["http_status"]) == (502, "child_failed", 401), listing
     status, answer = await call("alice", "a2")
     assert status == 200, answer
     for who, session in (("alice", "a1"), ("alice", "a2")):

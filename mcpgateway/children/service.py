@@ -294,10 +294,11 @@ class Service:
             if self._stopping:
                 raise ServiceUnavailable(f"service {self.name!r} is shutting down", retry_after=1) from None
             if credential_headers is not None and failure.http_status in (401, 403):
-                # One caller's credential refused is that caller's failure,
-                # not the service's: no backoff for every other principal.
+                # A credential refused (a caller's, or the tool listing's
+                # default) is not the service failing: no backoff for every
+                # other principal.
                 raise ChildFailed(
-                    f"the {self.name} server refused the caller's credential: {failure.reason}",
+                    f"the {self.name} server refused the credential: {failure.reason}",
                     service=self.name,
                     http_status=failure.http_status,
                 ) from None
