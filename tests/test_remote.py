@@ -21,6 +21,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.python.failure import Failure
 
 from mcpgateway.config import ConfigError, parse_config
 from mcpgateway.devcert import main as devcert
@@ -696,6 +697,17 @@ def test_close_deletes_a_session_whose_server_named_no_protocol_version() -> Non
     sent: list[tuple[str, str, Any]] = []
 
     class Answered:
+        def __init__(self) -> None:
+            self.original = self
+
+        length = 0
+
+        def deliverBody(self, protocol: Any) -> None:
+            from twisted.web.client import ResponseDone
+
+            protocol.makeConnection(None)
+            protocol.connectionLost(Failure(ResponseDone()))
+
         async def content(self) -> bytes:
             return b""
 
@@ -710,3 +722,47 @@ def test_close_deletes_a_session_whose_server_named_no_protocol_version() -> Non
     assert closed.called and not peer.alive
     assert [(method, headers.getRawHeaders(b"mcp-session-id")) for method, _, headers in sent] == [("DELETE", [b"abc"])]
     assert closed.result.reason == "closed by the gateway"
+
+
+def test_close_is_bounded_by_the_grace_when_the_delete_answer_stalls() -> None:
+    """
+    A server that answers the DELETE's headers and then never finishes its
+    body does not hold the close past C{close_grace} (the grace bounded
+    only the headers: the body was awaited forever, so a gateway's stop hung).
+    """
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from mcpgateway.mcp.remote import HttpPeer
+
+    stopped: list[bool] = []
+
+    class Transport:
+        def stopProducing(self) -> None:
+            stopped.append(True)
+
+    class Stalled:
+        length = 10
+        original: Any = None
+
+        def deliverBody(self, protocol: Any) -> None:
+            protocol.makeConnection(Transport())
+            protocol.dataReceived(b"partial")
+
+        def content(self) -> Deferred[bytes]:
+            return Deferred()
+
+    class Client:
+        def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+            answer = Stalled()
+            answer.original = answer
+            return succeed(answer)
+
+    clock = Clock()
+    peer = HttpPeer("svc", "http://127.0.0.1:1/mcp", "streamable-http", Client(), clock, {}, 1000)  # type: ignore[arg-type]
+    peer.session_id = "abc"
+    closed = peer.close(2.0)
+    assert not closed.called
+    clock.advance(2.0)
+    assert closed.called and not peer.alive
+    assert stopped == [True]  # the connection was dropped

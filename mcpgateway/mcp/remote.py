@@ -640,17 +640,27 @@ class HttpPeer:
             headers["Mcp-Session-Id"] = [session_id]
             if self._version is not None:
                 headers["MCP-Protocol-Version"] = [self._version]
-            deleting = self._client.request("DELETE", self.url, headers=_as_headers(headers), allow_redirects=False)
+            # The grace bounds the whole exchange, body included, and the
+            # body is read bounded: a server that stalls or floods its answer
+            # to the DELETE cannot hold the close (and a gateway's stop).
+            deleting = Deferred.fromCoroutine(self._delete(headers))
             deleting.addTimeout(grace, self._clock)
             try:
-                response = await deleting
-                await response.content()
+                await deleting
             except Exception as error:
                 self.log.info("{url}: DELETE of the MCP session failed: {e}", url=self.url, e=_describe(error))
         if self.exit_info is None:
             self._end(ExitInfo(0, None, "closed by the gateway", ""))
         assert self.exit_info is not None
         return self.exit_info
+
+    async def _delete(self, headers: dict[str, list[str]]) -> None:
+        response: IResponse = (
+            await self._client.request(
+                "DELETE", self.url, headers=_as_headers(headers), allow_redirects=False, unbuffered=True
+            )
+        ).original
+        await _read(response, 64 * 1024).done
 
 
 class _UseSse(Exception):
