@@ -544,3 +544,48 @@ def test_configured_credential_headers_are_secret_values() -> None:
         ("services.docs.headers.Authorization", "abcdef123456"),
         ("services.docs.headers.X-Api-Key", "k-0987654321"),
     ]
+
+
+def test_a_cut_leaves_no_piece_of_a_secret() -> None:
+    """
+    Texts shown cut (an upstream's error text, a log line's start, a stderr
+    tail) are redacted before the cut: a secret the cut would split must not
+    leave its first or last characters behind, which redaction by value
+    cannot recognise afterwards.
+    """
+    from twisted.internet.task import Clock
+    from twisted.web.http_headers import Headers
+
+    from mcpgateway.errors import stderr_excerpt
+    from mcpgateway.mcp.exits import StderrTail
+    from mcpgateway.mcp.remote import HttpPeer
+
+    secret = "tok-cut-4be19c07d2aa5f61"
+    values = SecretValues()
+    values.set("test", [("cut", secret)])
+    text = "x" * 190 + secret + " trailing"
+    assert secret[:10] not in values.head(text, 200)
+    assert values.head(text, 200).startswith("x" * 190 + "[secret:")
+    assert values.head("short", 200) == "short"
+
+    SECRET_VALUES.set("test-cut", [("cut", secret)])
+    try:
+
+        class Answer:
+            code = 401
+            headers = Headers({b"content-type": [b"text/plain"]})
+
+        body = ("refused: " + "y" * 163 + " Authorization: Bearer " + secret).encode()
+        error = HttpPeer("svc", "http://127.0.0.1:1/mcp", "auto", None, Clock(), {}, 1000)._bad_status(  # type: ignore[arg-type]
+            Answer(), body
+        )
+        assert secret[:6] not in str(error) and str(error).endswith("Bearer [secr")
+
+        tail = StderrTail(Logger(), Clock(), keep=64)
+        tail.feed(b"starting\n" + b"z" * 30 + b" token=" + secret.encode() + b"\nlast line\n")
+        assert secret[-6:] not in tail.text()
+        assert tail.text().endswith("last line\n")
+    finally:
+        SECRET_VALUES.forget("test-cut")
+    excerpt = stderr_excerpt("a" * 50 + secret + "\nthe end\n", 20)
+    assert excerpt == "the end\n"

@@ -30,7 +30,7 @@ from mcpgateway.children.sandbox import Launch, build_launch
 from mcpgateway.children.sandbox.limits import explain_exit
 from mcpgateway.children.tools import ToolCache
 from mcpgateway.config import ServiceConfig
-from mcpgateway.errors import ChildFailed, ServiceUnavailable
+from mcpgateway.errors import ChildFailed, ServiceUnavailable, stderr_excerpt
 from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ExitInfo
 from mcpgateway.mcp.peer import Peer
@@ -414,7 +414,7 @@ class Service:
         delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** min(self.failures - 1, 32))
         delay = delay / 2 + self._random() * delay / 2
         self._retry_at = self._clock.seconds() + delay
-        details: dict[str, Any] = {"service": self.name, "stderr_tail": failure.stderr_tail[-2048:]}
+        details: dict[str, Any] = {"service": self.name, "stderr_tail": stderr_excerpt(failure.stderr_tail)}
         code = None
         if failure.exit_info is not None:
             details["exit_status"] = failure.exit_info.exit_code

@@ -44,6 +44,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from mcpgateway.errors import ChildFailed
 from mcpgateway.lib.deferreds import Shared, observe
 from mcpgateway.lib.jsontext import dumps
+from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ChildExited, ExitInfo, Unreachable
 from mcpgateway.mcp.jsonrpc import RPCError, decode, error_member
 from mcpgateway.mcp.spec import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, MODERN_VERSION, VERSION_KEY
@@ -422,7 +423,9 @@ class HttpPeer:
             answer.errback(ChildFailed(f"the {self.label} server ended its event stream without an answer"))
 
     def _bad_status(self, response: IResponse, data: bytes) -> Exception:
-        text = data[:200].decode("utf-8", "replace").strip()
+        # Redacted before the cut: an upstream quoting a credential must not
+        # leave the piece of it the cut would keep (1 MiB holds any secret).
+        text = SECRET_VALUES.head(data[: 1 << 20].decode("utf-8", "replace"), 200).strip()
         if 400 <= response.code < 500 and response.code not in (401, 403):
             return RPCError(INVALID_REQUEST, f"HTTP {response.code} from the server: {text}")
         return ChildFailed(
@@ -516,10 +519,10 @@ class HttpPeer:
         try:
             message = decode(text)
         except (ValueError, RecursionError):
-            self.log.warn("skipped a message that is not JSON: {text!r}", text=text[:200])
+            self.log.warn("skipped a message that is not JSON: {text!r}", text=SECRET_VALUES.head(text, 200))
             return
         if not isinstance(message, dict):
-            self.log.warn("skipped a JSON value that is not an object: {text!r}", text=text[:200])
+            self.log.warn("skipped a JSON value that is not an object: {text!r}", text=SECRET_VALUES.head(text, 200))
             return
         method = message.get("method")
         if isinstance(method, str):
