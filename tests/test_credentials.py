@@ -179,6 +179,14 @@ def test_loading_errors_name_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "services.gh.credentials.default.headers.Authorization: secret 'short' is shorter than 8" in (
         config_error({"secrets": {"file": str(path)}, "services": {"gh": service}})
     )
+    # A header cannot carry a non-ASCII or control character: said at load, not as a 503 at the first call.
+    odd = {"euro": "tok-\u20ac-0123456789", "tab": "tok\t0123456789"}
+    path = secrets_file(tmp_path, {"alice-github": ALICE_SECRET, **odd})
+    for name in ("euro", "tab"):
+        service = {**SERVICE, "credentials": {"default": {"headers": {"Authorization": f"Bearer {{{name}}}"}}}}
+        assert f"services.gh.credentials.default.headers.Authorization: secret '{name}' is not printable ASCII" in (
+            config_error({"secrets": {"file": str(path)}, "services": {"gh": service}})
+        )
     monkeypatch.setenv("ALICE_GH", ALICE_SECRET)
     raw = {"secrets": {"file": str(path), "env": {"alice-github": "ALICE_GH"}}}
     with pytest.raises(ConfigError, match=r"secrets.env.alice-github: secret 'alice-github' is also given by"):

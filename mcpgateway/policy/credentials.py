@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 
 from mcpgateway.config import GatewayConfig, ServiceConfig
 from mcpgateway.config.schema import DEFAULT_REDACT_KEYS
-from mcpgateway.config.secrets import SECRET_NAME, CredentialMapping, SecretSources, ServiceCredentials
+from mcpgateway.config.secrets import SECRET_NAME, CredentialMapping, SecretSources, ServiceCredentials, template_names
 from mcpgateway.config.values import ConfigError
 from mcpgateway.errors import Forbidden
 from mcpgateway.lib.redact import MIN_SECRET_LENGTH, SECRET_VALUES
@@ -263,6 +263,14 @@ class Credentials:
                         )
                     if any(c in values[name] for c in "\0\r\n"):
                         raise ConfigError(f"{path}: secret {name!r} holds a line break or NUL")
+                for header, template in mapping.headers.items():
+                    for name in template_names(template):
+                        value = values[name]
+                        if not value.isascii() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+                            raise ConfigError(
+                                f"{mapping.path}.headers.{header}: secret {name!r} is not printable ASCII "
+                                "(an HTTP header value cannot carry it)"
+                            )
 
     def _install(self, values: dict[str, str]) -> None:
         self.values = values
