@@ -766,3 +766,46 @@ def test_close_is_bounded_by_the_grace_when_the_delete_answer_stalls() -> None:
     clock.advance(2.0)
     assert closed.called and not peer.alive
     assert stopped == [True]  # the connection was dropped
+
+
+def test_an_answer_stream_left_open_is_dropped_when_the_session_ends() -> None:
+    """
+    A server that answers a request with an event stream and keeps it open
+    after the response (the specification says it SHOULD close it) does
+    not keep the connection once the session is over.
+    """
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+    from twisted.web.http_headers import Headers
+    from twisted.web.iweb import UNKNOWN_LENGTH
+
+    from mcpgateway.mcp.remote import HttpPeer
+
+    dropped: list[bool] = []
+
+    class Transport:
+        def stopProducing(self) -> None:
+            dropped.append(True)
+
+    class Streaming:
+        code = 200
+        length = UNKNOWN_LENGTH
+        headers = Headers({b"content-type": [b"text/event-stream"]})
+
+        def __init__(self) -> None:
+            self.original = self
+
+        def deliverBody(self, protocol: Any) -> None:
+            protocol.makeConnection(Transport())
+            protocol.dataReceived(b'event: message\ndata: {"jsonrpc": "2.0", "id": 1, "result": {"ok": true}}\n\n')
+
+    class Client:
+        def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+            return succeed(Streaming())
+
+    peer = HttpPeer("svc", "http://127.0.0.1:1/mcp", "streamable-http", Client(), Clock(), {}, 1000)  # type: ignore[arg-type]
+    answer = peer.request("tools/list", {})
+    assert answer.called and answer.result == {"ok": True}
+    assert dropped == []  # later events would still reach the hooks
+    peer.abort("the gateway stops")
+    assert dropped == [True]

@@ -209,6 +209,8 @@ class HttpPeer:
         self._pending: dict[int, Deferred[dict[str, Any]]] = {}
         self._exchanges: set[Deferred[Any]] = set()
         self._initialized: Shared[None] | None = None
+        #: Streamable HTTP answers still streaming (events after the response go to the hooks).
+        self._streams: set[_Reader] = set()
 
     @property
     def alive(self) -> bool:
@@ -373,6 +375,9 @@ class HttpPeer:
 
         if response.code < 300 and kind == "text/event-stream":
             reader = _read(response, self._max, lambda event, data: received(data) if event == "message" else None)
+            # Dropped when the session ends, should the server keep it open.
+            self._streams.add(reader)
+            reader.done.addBoth(self._stream_done, reader)
             reader.done.addBoth(self._stream_ended, answer, reader)
             answer.addBoth(self._keep_reading, reader)
         else:
@@ -403,6 +408,10 @@ class HttpPeer:
             if _cancelled(error):
                 raise CancelledError() from None
             raise self._gone(f"dropped the connection during an answer ({_describe(error)})") from None
+
+    def _stream_done(self, outcome: Any, reader: _Reader) -> Any:
+        self._streams.discard(reader)
+        return outcome
 
     def _keep_reading(self, outcome: Any, reader: _Reader) -> Any:
         # The answer is in: later events of the stream (if any) still go to
@@ -609,6 +618,8 @@ class HttpPeer:
         self.exit_info = info
         if self._stream is not None:
             self._stream.stop()
+        for stream in list(self._streams):
+            stream.stop()
         pending, self._pending = self._pending, {}
         for waiting in pending.values():
             if not waiting.called:
