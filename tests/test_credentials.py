@@ -597,3 +597,28 @@ def test_a_cut_leaves_no_piece_of_a_secret() -> None:
         SECRET_VALUES.forget("test-cut")
     excerpt = stderr_excerpt("a" * 50 + secret + "\nthe end\n", 20)
     assert excerpt == "the end\n"
+
+
+def test_the_access_log_file_is_redacted(tmp_path: Path) -> None:
+    """
+    The access log's JSON-lines file is written past the loggers (and
+    their redaction): a caller that uses a secret as its session id does
+    not get it written there.
+    """
+    from twisted.internet.task import Clock
+
+    from mcpgateway.observe.access import AccessLog
+
+    path = tmp_path / "access.jsonl"
+    access = AccessLog(str(path), Clock())
+    access.start()
+    SECRET_VALUES.set("test-access", [("alice-github", ALICE_SECRET)])
+    try:
+        access.call(
+            principal="alice", service="gh", tool="t", session=ALICE_SECRET, status=200, outcome="ok", seconds=0
+        )
+        access.stop()
+    finally:
+        SECRET_VALUES.forget("test-access")
+    record = json.loads(path.read_text())
+    assert record["session"] == "[secret:alice-github]"
