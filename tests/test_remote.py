@@ -809,3 +809,32 @@ def test_an_answer_stream_left_open_is_dropped_when_the_session_ends() -> None:
     assert dropped == []  # later events would still reach the hooks
     peer.abort("the gateway stops")
     assert dropped == [True]
+
+
+def test_an_sse_stream_answered_after_the_session_ended_is_not_kept() -> None:
+    """
+    HTTP+SSE: the GET that opens the event stream is cancelled when the
+    session ends before it is answered (a handshake timed out), so a late
+    answer does not hold an event stream (and an upstream session) open.
+    """
+    from twisted.internet.task import Clock
+
+    from mcpgateway.mcp.remote import HttpPeer
+
+    asked: list[Deferred[Any]] = []
+
+    class Client:
+        def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+            assert method == "GET"
+            asked.append(Deferred())
+            return asked[-1]
+
+    peer = HttpPeer("svc", "http://127.0.0.1:1/sse", "sse", Client(), Clock(), {}, 1000)  # type: ignore[arg-type]
+    handshake = peer.request("initialize", {})
+    handshake.addErrback(lambda _: None)
+    assert len(asked) == 1 and not asked[0].called
+    handshake.cancel()  # the handshake timed out
+    closed = peer.close(1.0)
+    assert closed.called and not peer.alive
+    assert asked[0].called  # cancelled, not left waiting for the server
+    asked[0].addErrback(lambda _: None)

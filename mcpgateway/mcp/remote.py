@@ -130,6 +130,15 @@ def _read(response: IResponse, limit: int, on_event: Callable[[str, str], None] 
     return reader
 
 
+def _drop(response: IResponse) -> None:
+    """
+    Close a response's connection without reading its body.
+    """
+    reader = _read(response, 0)
+    reader.done.addErrback(lambda _: None)
+    reader.stop()
+
+
 def _content_type(response: IResponse) -> str:
     values: list[bytes] = response.headers.getRawHeaders(b"content-type") or [b""]
     return values[0].split(b";")[0].strip().lower().decode("latin-1")
@@ -211,6 +220,8 @@ class HttpPeer:
         self._initialized: Shared[None] | None = None
         #: Streamable HTTP answers still streaming (events after the response go to the hooks).
         self._streams: set[_Reader] = set()
+        #: C{sse}: the GET opening the event stream, until it is answered.
+        self._getting: Deferred[Any] | None = None
 
     @property
     def alive(self) -> bool:
@@ -457,16 +468,20 @@ class HttpPeer:
     async def _open_stream(self) -> None:
         headers = dict(self._headers)
         headers["Accept"] = ["text/event-stream"]
+        # Cancelled if the session ends first (a handshake timed out): a
+        # late answer would otherwise hold an event stream open for ever.
+        self._getting = self._client.request(
+            "GET", self.url, headers=_as_headers(headers), allow_redirects=False, unbuffered=True
+        )
         try:
-            response: IResponse = (
-                await self._client.request(
-                    "GET", self.url, headers=_as_headers(headers), allow_redirects=False, unbuffered=True
-                )
-            ).original
+            response: IResponse = (await self._getting).original
         except Exception as error:
             if _cancelled(error):
                 raise CancelledError() from None
             raise self._gone(f"became unreachable ({_describe(error)})") from None
+        if self.exit_info is not None:
+            _drop(response)
+            raise ChildExited(self.exit_info)
         if response.code != 200 or _content_type(response) != "text/event-stream":
             data = b""
             if not 300 <= response.code < 400:
@@ -620,6 +635,8 @@ class HttpPeer:
             self._stream.stop()
         for stream in list(self._streams):
             stream.stop()
+        if self._getting is not None and not self._getting.called:
+            self._getting.cancel()
         pending, self._pending = self._pending, {}
         for waiting in pending.values():
             if not waiting.called:
