@@ -838,3 +838,44 @@ def test_an_sse_stream_answered_after_the_session_ended_is_not_kept() -> None:
     assert closed.called and not peer.alive
     assert asked[0].called  # cancelled, not left waiting for the server
     asked[0].addErrback(lambda _: None)
+
+
+def test_notifications_to_a_stalled_server_do_not_hang_for_ever() -> None:
+    """
+    A server that accepts a POST and never answers: a notification (e.g.
+    the C{notifications/cancelled} of each timed-out call) is given up
+    after C{send_timeout}, and any still waiting is dropped when the
+    session ends; neither holds a connection for ever.
+    """
+    from twisted.internet.task import Clock
+
+    from mcpgateway.mcp.remote import HttpPeer
+
+    posts: list[Deferred[Any]] = []
+
+    class Client:
+        def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+            posts.append(Deferred())
+            return posts[-1]
+
+    clock = Clock()
+    peer = HttpPeer(
+        "svc",
+        "http://127.0.0.1:1/mcp",
+        "streamable-http",
+        Client(),
+        clock,
+        {},
+        1000,
+        send_timeout=5.0,  # type: ignore[arg-type]
+    )
+    peer.notify("notifications/cancelled", {"requestId": 1})
+    assert len(posts) == 1 and not posts[0].called
+    clock.advance(5.0)
+    assert posts[0].called  # given up: the request was cancelled
+    peer.notify("notifications/cancelled", {"requestId": 2})
+    assert not posts[1].called
+    peer.abort("the gateway stops")
+    assert posts[1].called
+    for post in posts:
+        post.addErrback(lambda _: None)

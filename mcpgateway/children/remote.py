@@ -110,6 +110,7 @@ async def open_remote(
         headers,
         config.max_response_bytes,
         on_notification,
+        send_timeout=config.call_timeout,
     )
     if on_peer is not None:
         on_peer(peer)

@@ -182,6 +182,7 @@ class HttpPeer:
         headers: Mapping[str, str],
         max_response: int,
         on_notification: NotificationHandler | None = None,
+        send_timeout: float = 30.0,
     ) -> None:
         """
         @param label: Names the service in the log.
@@ -192,6 +193,8 @@ class HttpPeer:
         @param headers: Sent with every request (configured and per session).
         @param max_response: The largest answer or event, in bytes.
         @param on_notification: Told each notification of the server.
+        @param send_timeout: Seconds a notification or a reply to the
+            server may take to be sent (the service's C{call_timeout}).
         """
         self.log = logger(f"mcpgateway.child.{label}")
         self.label = label
@@ -222,6 +225,9 @@ class HttpPeer:
         self._streams: set[_Reader] = set()
         #: C{sse}: the GET opening the event stream, until it is answered.
         self._getting: Deferred[Any] | None = None
+        #: Notifications and replies being sent, and how long each may take.
+        self._background: set[Deferred[None]] = set()
+        self._send_timeout = send_timeout
 
     @property
     def alive(self) -> bool:
@@ -284,14 +290,24 @@ class HttpPeer:
         except (ValueError, TypeError, RecursionError) as error:
             self.log.warn("could not send a {what} message: {error}", what=message.get("method", "reply"), error=error)
             return
-        sending = Deferred.fromCoroutine(self._post_only(message, body)).addErrback(
+        sending = Deferred.fromCoroutine(self._post_only(message, body))
+        # Bounded, and dropped when the session ends: a stalled server must
+        # not collect a hanging connection per notification (one per timed-out call).
+        sending.addTimeout(self._send_timeout, self._clock)
+        self._background.add(sending)
+        sending.addBoth(self._sent, sending)
+        sending.addErrback(
             lambda failure: self.log.info(
-                "sending {what} failed: {error}", what=message.get("method", "a reply"), error=failure.value
+                "sending {what} failed: {error}", what=message.get("method", "a reply"), error=_describe(failure.value)
             )
         )
         if message.get("method") == "notifications/initialized" and not sending.called:
             # Requests wait for it: the server must see it before them.
             self._initialized = observe(sending)
+
+    def _sent(self, outcome: Any, sending: Deferred[None]) -> Any:
+        self._background.discard(sending)
+        return outcome
 
     async def _post_only(self, message: dict[str, Any], body: bytes) -> None:
         await self._opened()
@@ -637,6 +653,8 @@ class HttpPeer:
             stream.stop()
         if self._getting is not None and not self._getting.called:
             self._getting.cancel()
+        for sending in list(self._background):
+            sending.cancel()
         pending, self._pending = self._pending, {}
         for waiting in pending.values():
             if not waiting.called:
