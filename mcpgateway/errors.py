@@ -29,6 +29,7 @@ __all__ = [
     "Unauthorized",
     "UnsupportedMediaType",
     "retry_after_header",
+    "stderr_excerpt",
 ]
 
 
@@ -192,7 +193,7 @@ class ChildFailed(GatewayError):
             service=service,
             exit_status=info.exit_code,
             exit_signal=info.signal,
-            stderr_tail=info.stderr_tail[-2048:],
+            stderr_tail=stderr_excerpt(info.stderr_tail),
             **limit,
         )
 
@@ -240,3 +241,17 @@ class UnsupportedMediaType(GatewayError):
 
     status = 415
     code = "unsupported_media_type"
+
+
+def stderr_excerpt(tail: str, size: int = 2048) -> str:
+    """
+    @return: The last C{size} characters of a stderr tail, from the start
+        of a line when it is cut: the cut line could hold a piece of a
+        secret that redaction by value would not recognise (a secret holds
+        no line break).
+    """
+    if len(tail) <= size:
+        return tail
+    kept = tail[-size:]
+    cut = kept.find("\n")
+    return kept[cut + 1 :] if cut != -1 else kept

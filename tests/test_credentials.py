@@ -179,6 +179,14 @@ def test_loading_errors_name_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "services.gh.credentials.default.headers.Authorization: secret 'short' is shorter than 8" in (
         config_error({"secrets": {"file": str(path)}, "services": {"gh": service}})
     )
+    # A header cannot carry a non-ASCII or control character: said at load, not as a 503 at the first call.
+    odd = {"euro": "tok-\u20ac-0123456789", "tab": "tok\t0123456789"}
+    path = secrets_file(tmp_path, {"alice-github": ALICE_SECRET, **odd})
+    for name in ("euro", "tab"):
+        service = {**SERVICE, "credentials": {"default": {"headers": {"Authorization": f"Bearer {{{name}}}"}}}}
+        assert f"services.gh.credentials.default.headers.Authorization: secret '{name}' is not printable ASCII" in (
+            config_error({"secrets": {"file": str(path)}, "services": {"gh": service}})
+        )
     monkeypatch.setenv("ALICE_GH", ALICE_SECRET)
     raw = {"secrets": {"file": str(path), "env": {"alice-github": "ALICE_GH"}}}
     with pytest.raises(ConfigError, match=r"secrets.env.alice-github: secret 'alice-github' is also given by"):
@@ -516,3 +524,101 @@ async def test_reloads_run_in_order_and_a_bad_one_keeps_the_old_values(tmp_path:
     finally:
         credentials.stop()
     assert not SECRET_VALUES.contains(BOB_SECRET)
+
+
+def test_configured_credential_headers_are_secret_values() -> None:
+    """
+    A url service's configured credential header (by name) is redacted,
+    whole and its token; an ordinary header is not.
+    """
+    from mcpgateway.policy.credentials import configured_header_secrets
+
+    config = parse_config(
+        {
+            "services": {
+                "docs": {
+                    "url": "https://mcp.example.com/mcp",
+                    "headers": {
+                        "Authorization": "Bearer abcdef123456",
+                        "X-Api-Key": "k-0987654321",
+                        "X-Team": "blue-team-42",
+                    },
+                }
+            }
+        }
+    )
+    assert sorted(configured_header_secrets(config.services)) == [
+        ("services.docs.headers.Authorization", "Bearer abcdef123456"),
+        ("services.docs.headers.Authorization", "abcdef123456"),
+        ("services.docs.headers.X-Api-Key", "k-0987654321"),
+    ]
+
+
+def test_a_cut_leaves_no_piece_of_a_secret() -> None:
+    """
+    Texts shown cut (an upstream's error text, a log line's start, a stderr
+    tail) are redacted before the cut: a secret the cut would split must not
+    leave its first or last characters behind, which redaction by value
+    cannot recognise afterwards.
+    """
+    from twisted.internet.task import Clock
+    from twisted.web.http_headers import Headers
+
+    from mcpgateway.errors import stderr_excerpt
+    from mcpgateway.mcp.exits import StderrTail
+    from mcpgateway.mcp.remote import HttpPeer
+
+    secret = "tok-cut-4be19c07d2aa5f61"
+    values = SecretValues()
+    values.set("test", [("cut", secret)])
+    text = "x" * 190 + secret + " trailing"
+    assert secret[:10] not in values.head(text, 200)
+    assert values.head(text, 200).startswith("x" * 190 + "[secret:")
+    assert values.head("short", 200) == "short"
+
+    SECRET_VALUES.set("test-cut", [("cut", secret)])
+    try:
+
+        class Answer:
+            code = 401
+            headers = Headers({b"content-type": [b"text/plain"]})
+
+        body = ("refused: " + "y" * 163 + " Authorization: Bearer " + secret).encode()
+        error = HttpPeer("svc", "http://127.0.0.1:1/mcp", "auto", None, Clock(), {}, 1000)._bad_status(  # type: ignore[arg-type]
+            Answer(), body
+        )
+        assert secret[:6] not in str(error) and str(error).endswith("Bearer [secr")
+
+        tail = StderrTail(Logger(), Clock(), keep=64)
+        tail.feed(b"starting\n" + b"z" * 30 + b" token=" + secret.encode() + b"\nlast line\n")
+        assert secret[-6:] not in tail.text()
+        assert tail.text().endswith("last line\n")
+    finally:
+        SECRET_VALUES.forget("test-cut")
+    excerpt = stderr_excerpt("a" * 50 + secret + "\nthe end\n", 20)
+    assert excerpt == "the end\n"
+
+
+def test_the_access_log_file_is_redacted(tmp_path: Path) -> None:
+    """
+    The access log's JSON-lines file is written past the loggers (and
+    their redaction): a caller that uses a secret as its session id does
+    not get it written there.
+    """
+    from twisted.internet.task import Clock
+
+    from mcpgateway.observe.access import AccessLog
+
+    path = tmp_path / "access.jsonl"
+    access = AccessLog(str(path), Clock())
+    access.start()
+    SECRET_VALUES.set("test-access", [("alice-github", ALICE_SECRET)])
+    try:
+        access.call(
+            principal="alice", service="gh", tool="t", session=ALICE_SECRET, status=200, outcome="ok", seconds=0
+        )
+        access.stop()
+    finally:
+        SECRET_VALUES.forget("test-access")
+    record = json.loads(path.read_text())
+    assert record["session"] == "[secret:alice-github]"

@@ -21,6 +21,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.python.failure import Failure
 
 from mcpgateway.config import ConfigError, parse_config
 from mcpgateway.devcert import main as devcert
@@ -413,6 +414,28 @@ async def test_configured_headers(live: Any, upstream: Any, monkeypatch: Any) ->
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_configured_credential_echoed_by_the_upstream_is_redacted(
+    live: Any, upstream: Any, monkeypatch: Any
+) -> None:
+    """
+    A configured C{Authorization: Bearer ${VAR}} is a credential too: an
+    upstream that quotes it in its error text does not hand it to callers.
+    """
+    token = "shared-docs-token-7d1e93b0"
+    monkeypatch.setenv("REMOTE_TOKEN", token)
+    server = await upstream("streamable")
+    gw = live({"r": remote(server, protocol="legacy", headers={"Authorization": "Bearer ${REMOTE_TOKEN}"})})
+    assert json.loads((await gw.call("r", "headers", "s"))[1]["result"])["authorization"] == f"Bearer {token}"
+    response, body = await gw.call("r", "auth_echo", "s")
+    assert response.code == 502, body
+    assert "refused Authorization" in body["error"]
+    assert token not in json.dumps(body)
+    assert "[secret:services.r.headers.Authorization]" in body["error"]
+    await gw.request("DELETE", "/sessions/s")
+    await no_upstream_sessions_left(server)
+
+
+@pytest_twisted.ensureDeferred
 async def test_each_principal_reaches_the_upstream_with_its_own_token(
     live: Any, upstream: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -455,6 +478,54 @@ async def test_each_principal_reaches_the_upstream_with_its_own_token(
     assert len((await server.stats())["sessions"]) == 2  # nothing opened for carol
     for who in ("alice", "bob"):
         await gw.request("DELETE", f"/sessions/s-{who}", **bearer(who))
+    await no_upstream_sessions_left(server)
+
+
+@pytest.mark.parametrize("protocol", ["legacy", "modern"])
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_checking_each_callers_bearer(
+    live: Any, upstream: Any, tmp_path: Path, protocol: str
+) -> None:
+    """
+    An upstream behind its own auth, in both eras: alice's token is good,
+    bob's is refused (401).  Bob's refused credential is his call's failure
+    (502), not the service's: alice is served before, after, and in between,
+    with no backoff.
+    """
+    path = secrets_file(tmp_path, {"alice-remote": ALICE_SECRET, "bob-remote": BOB_SECRET})
+    server = await upstream("streamable", "--bearer", ALICE_SECRET)
+    service = remote(
+        server,
+        protocol=protocol,
+        backoff_initial=30,
+        backoff_max=30,
+        credentials={
+            "principals": {
+                "alice": {"headers": {"Authorization": "Bearer {alice-remote}"}},
+                "bob": {"headers": {"Authorization": "Bearer {bob-remote}"}},
+            }
+        },
+    )
+    gw = live({"r": service}, server=principals(), secrets={"file": str(path)})
+
+    async def call(who: str, session: str) -> tuple[int, Any]:
+        body = {"tool": "headers", "session_id": session, "arguments": {}}
+        response, answer = await gw.request("POST", "/services/r/call", body, **bearer(who))
+        return response.code, answer
+
+    status, answer = await call("alice", "a1")
+    assert status == 200 and json.loads(answer["result"])["authorization"] == f"Bearer {ALICE_SECRET}", answer
+    for attempt in ("b1", "b2"):
+        status, answer = await call("bob", attempt)
+        assert (status, answer["code"]) == (502, "child_failed"), answer
+        assert "401" in answer["error"] and BOB_SECRET not in json.dumps(answer)
+    # The tool listing session is nobody's (no default mapping here): refused too, and no backoff either.
+    response, listing = await gw.request("GET", "/services/r/tools", **bearer("alice"))
+    assert (response.code, listing["code"], listing["http_status"]) == (502, "child_failed", 401), listing
+    status, answer = await call("alice", "a2")
+    assert status == 200, answer
+    for who, session in (("alice", "a1"), ("alice", "a2")):
+        await gw.request("DELETE", f"/sessions/{session}", **bearer(who))
     await no_upstream_sessions_left(server)
 
 
@@ -576,3 +647,235 @@ def test_sse_parser_bounds_an_event() -> None:
         parser.feed(b"data: 12345\ndata: 67890\n")
     with pytest.raises(EventTooLarge):
         SseParser(10).feed(b"data: " + b"x" * 20)
+
+
+def test_sse_parser_is_linear_in_a_long_line_arriving_in_pieces() -> None:
+    """
+    A 10 MB answer on one C{data:} line comes in thousands of reads; the
+    parser must not copy or rescan what it already holds at each of them
+    (it did: a 40 MB event blocked the reactor for 10 s).  The alarm is a
+    guard against a hang, not a measurement: linear parsing takes well
+    under a second, quadratic parsing of this takes minutes.
+    """
+    line = b"data: " + b"x" * (16 << 20) + b"\n\n"
+
+    def hung(signum: int, frame: Any) -> None:
+        raise AssertionError("feeding one 16 MB event in 256-byte pieces took over 15 s: quadratic parsing")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(15)
+    try:
+        parser = SseParser(32 << 20)
+        events = [event for i in range(0, len(line), 256) for event in parser.feed(line[i : i + 256])]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert [(event.type, len(event.data)) for event in events] == [("message", 16 << 20)]
+
+
+def test_sse_parser_many_lines_in_one_chunk() -> None:
+    stream = b"".join(b"data: %d\n\n" % i for i in range(20000)) + b"data: tail\r"
+    parser = SseParser(100)
+    events = parser.feed(stream)
+    assert [event.data for event in events] == [str(i) for i in range(20000)]
+    assert parser.feed(b"\n\r\n") == [Event("message", "tail", "")]
+
+
+def test_close_deletes_a_session_whose_server_named_no_protocol_version() -> None:
+    """
+    A server that mints an C{Mcp-Session-Id} but leaves C{protocolVersion}
+    out of its C{initialize} result (the handshake takes it as 2024-11-05)
+    still gets its DELETE at close, and the session ends (the DELETE was
+    only built when a version was known: closing raised UnboundLocalError,
+    sent nothing and never ended the peer).
+    """
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from mcpgateway.mcp.remote import HttpPeer
+
+    sent: list[tuple[str, str, Any]] = []
+
+    class Answered:
+        def __init__(self) -> None:
+            self.original = self
+
+        length = 0
+
+        def deliverBody(self, protocol: Any) -> None:
+            from twisted.web.client import ResponseDone
+
+            protocol.makeConnection(None)
+            protocol.connectionLost(Failure(ResponseDone()))
+
+        async def content(self) -> bytes:
+            return b""
+
+    class Client:
+        def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+            sent.append((method, url, kwargs["headers"]))
+            return succeed(Answered())
+
+    peer = HttpPeer("svc", "http://127.0.0.1:1/mcp", "streamable-http", Client(), Clock(), {}, 1000)  # type: ignore[arg-type]
+    peer.session_id = "abc"
+    closed = peer.close(1.0)
+    assert closed.called and not peer.alive
+    assert [(method, headers.getRawHeaders(b"mcp-session-id")) for method, _, headers in sent] == [("DELETE", [b"abc"])]
+    assert closed.result.reason == "closed by the gateway"
+
+
+def test_close_is_bounded_by_the_grace_when_the_delete_answer_stalls() -> None:
+    """
+    A server that answers the DELETE's headers and then never finishes its
+    body does not hold the close past C{close_grace} (the grace bounded
+    only the headers: the body was awaited forever, so a gateway's stop hung).
+    """
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from mcpgateway.mcp.remote import HttpPeer
+
+    stopped: list[bool] = []
+
+    class Transport:
+        def stopProducing(self) -> None:
+            stopped.append(True)
+
+    class Stalled:
+        length = 10
+        original: Any = None
+
+        def deliverBody(self, protocol: Any) -> None:
+            protocol.makeConnection(Transport())
+            protocol.dataReceived(b"partial")
+
+        def content(self) -> Deferred[bytes]:
+            return Deferred()
+
+    class Client:
+        def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+            answer = Stalled()
+            answer.original = answer
+            return succeed(answer)
+
+    clock = Clock()
+    peer = HttpPeer("svc", "http://127.0.0.1:1/mcp", "streamable-http", Client(), clock, {}, 1000)  # type: ignore[arg-type]
+    peer.session_id = "abc"
+    closed = peer.close(2.0)
+    assert not closed.called
+    clock.advance(2.0)
+    assert closed.called and not peer.alive
+    assert stopped == [True]  # the connection was dropped
+
+
+def test_an_answer_stream_left_open_is_dropped_when_the_session_ends() -> None:
+    """
+    A server that answers a request with an event stream and keeps it open
+    after the response (the specification says it SHOULD close it) does
+    not keep the connection once the session is over.
+    """
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+    from twisted.web.http_headers import Headers
+    from twisted.web.iweb import UNKNOWN_LENGTH
+
+    from mcpgateway.mcp.remote import HttpPeer
+
+    dropped: list[bool] = []
+
+    class Transport:
+        def stopProducing(self) -> None:
+            dropped.append(True)
+
+    class Streaming:
+        code = 200
+        length = UNKNOWN_LENGTH
+        headers = Headers({b"content-type": [b"text/event-stream"]})
+
+        def __init__(self) -> None:
+            self.original = self
+
+        def deliverBody(self, protocol: Any) -> None:
+            protocol.makeConnection(Transport())
+            protocol.dataReceived(b'event: message\ndata: {"jsonrpc": "2.0", "id": 1, "result": {"ok": true}}\n\n')
+
+    class Client:
+        def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+            return succeed(Streaming())
+
+    peer = HttpPeer("svc", "http://127.0.0.1:1/mcp", "streamable-http", Client(), Clock(), {}, 1000)  # type: ignore[arg-type]
+    answer = peer.request("tools/list", {})
+    assert answer.called and answer.result == {"ok": True}
+    assert dropped == []  # later events would still reach the hooks
+    peer.abort("the gateway stops")
+    assert dropped == [True]
+
+
+def test_an_sse_stream_answered_after_the_session_ended_is_not_kept() -> None:
+    """
+    HTTP+SSE: the GET that opens the event stream is cancelled when the
+    session ends before it is answered (a handshake timed out), so a late
+    answer does not hold an event stream (and an upstream session) open.
+    """
+    from twisted.internet.task import Clock
+
+    from mcpgateway.mcp.remote import HttpPeer
+
+    asked: list[Deferred[Any]] = []
+
+    class Client:
+        def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+            assert method == "GET"
+            asked.append(Deferred())
+            return asked[-1]
+
+    peer = HttpPeer("svc", "http://127.0.0.1:1/sse", "sse", Client(), Clock(), {}, 1000)  # type: ignore[arg-type]
+    handshake = peer.request("initialize", {})
+    handshake.addErrback(lambda _: None)
+    assert len(asked) == 1 and not asked[0].called
+    handshake.cancel()  # the handshake timed out
+    closed = peer.close(1.0)
+    assert closed.called and not peer.alive
+    assert asked[0].called  # cancelled, not left waiting for the server
+    asked[0].addErrback(lambda _: None)
+
+
+def test_notifications_to_a_stalled_server_do_not_hang_for_ever() -> None:
+    """
+    A server that accepts a POST and never answers: a notification (e.g.
+    the C{notifications/cancelled} of each timed-out call) is given up
+    after C{send_timeout}, and any still waiting is dropped when the
+    session ends; neither holds a connection for ever.
+    """
+    from twisted.internet.task import Clock
+
+    from mcpgateway.mcp.remote import HttpPeer
+
+    posts: list[Deferred[Any]] = []
+
+    class Client:
+        def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+            posts.append(Deferred())
+            return posts[-1]
+
+    clock = Clock()
+    peer = HttpPeer(
+        "svc",
+        "http://127.0.0.1:1/mcp",
+        "streamable-http",
+        Client(),
+        clock,
+        {},
+        1000,
+        send_timeout=5.0,  # type: ignore[arg-type]
+    )
+    peer.notify("notifications/cancelled", {"requestId": 1})
+    assert len(posts) == 1 and not posts[0].called
+    clock.advance(5.0)
+    assert posts[0].called  # given up: the request was cancelled
+    peer.notify("notifications/cancelled", {"requestId": 2})
+    assert not posts[1].called
+    peer.abort("the gateway stops")
+    assert posts[1].called
+    for post in posts:
+        post.addErrback(lambda _: None)

@@ -64,13 +64,18 @@ class StartFailed(Exception):
 
     @ivar reason: One human line.
     @ivar exit_info: How the process ended, if it did.
+    @ivar http_status: For a remote server, the HTTP status that refused
+        the handshake, if one did.
     """
 
-    def __init__(self, reason: str, exit_info: ExitInfo | None, stderr_tail: str) -> None:
+    def __init__(
+        self, reason: str, exit_info: ExitInfo | None, stderr_tail: str, http_status: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.exit_info = exit_info
         self.stderr_tail = stderr_tail
+        self.http_status = http_status
 
 
 class Child:

@@ -99,7 +99,7 @@ async def open_remote(
     @param on_peer: Told the peer at once (so that a stopping gateway can abort it).
     @return: The ready session, as a L{Child} (no process: C{pid} is L{None}).
     @raise StartFailed: If the server cannot be reached, times out or
-        refuses the handshake.
+        refuses the handshake (with the HTTP status of a refusal).
     """
     peer = HttpPeer(
         config.name,
@@ -110,6 +110,7 @@ async def open_remote(
         headers,
         config.max_response_bytes,
         on_notification,
+        send_timeout=config.call_timeout,
     )
     if on_peer is not None:
         on_peer(peer)
@@ -132,5 +133,6 @@ async def open_remote(
             reason = f"the handshake failed: {error}"
         if peer.alive:
             peer.close(config.close_grace)
-        raise StartFailed(reason, None, "") from None
+        status = error.details.get("http_status") if isinstance(error, GatewayError) else None
+        raise StartFailed(reason, None, "", status if isinstance(status, int) else None) from None
     return Child(peer, clock, era, info, started_at, None, stop=peer.close)

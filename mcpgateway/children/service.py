@@ -30,7 +30,7 @@ from mcpgateway.children.sandbox import Launch, build_launch
 from mcpgateway.children.sandbox.limits import explain_exit
 from mcpgateway.children.tools import ToolCache
 from mcpgateway.config import ServiceConfig
-from mcpgateway.errors import ServiceUnavailable
+from mcpgateway.errors import ChildFailed, ServiceUnavailable, stderr_excerpt
 from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ExitInfo
 from mcpgateway.mcp.peer import Peer
@@ -293,6 +293,15 @@ class Service:
             self._remove_workdir(workdir)
             if self._stopping:
                 raise ServiceUnavailable(f"service {self.name!r} is shutting down", retry_after=1) from None
+            if credential_headers is not None and failure.http_status in (401, 403):
+                # A credential refused (a caller's, or the tool listing's
+                # default) is not the service failing: no backoff for every
+                # other principal.
+                raise ChildFailed(
+                    f"the {self.name} server refused the credential: {failure.reason}",
+                    service=self.name,
+                    http_status=failure.http_status,
+                ) from None
             raise self._start_failed(failure) from None
         finally:
             self._starting -= 1
@@ -405,7 +414,7 @@ class Service:
         delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** min(self.failures - 1, 32))
         delay = delay / 2 + self._random() * delay / 2
         self._retry_at = self._clock.seconds() + delay
-        details: dict[str, Any] = {"service": self.name, "stderr_tail": failure.stderr_tail[-2048:]}
+        details: dict[str, Any] = {"service": self.name, "stderr_tail": stderr_excerpt(failure.stderr_tail)}
         code = None
         if failure.exit_info is not None:
             details["exit_status"] = failure.exit_info.exit_code

@@ -34,6 +34,7 @@ class SecretValues:
         self._owned: dict[object, dict[str, str]] = {}
         self._names: dict[str, str] = {}
         self._pattern: re.Pattern[str] | None = None
+        self._longest = 0
 
     def __bool__(self) -> bool:
         return self._pattern is not None
@@ -70,6 +71,7 @@ class SecretValues:
         # writer) sees the old set or the new one.
         self._names = names
         self._pattern = pattern
+        self._longest = len(ordered[0]) if ordered else 0
 
     def text(self, text: str) -> str:
         """
@@ -79,6 +81,15 @@ class SecretValues:
         if pattern is None:
             return text
         return pattern.sub(lambda match: f"[secret:{names.get(match.group(0), '?')}]", text)
+
+    def head(self, text: str, length: int) -> str:
+        """
+        @return: The first C{length} characters of C{text}, redacted before
+            the cut: a secret the cut would split leaves no piece behind.
+        """
+        if self._pattern is None:
+            return text[:length]
+        return self.text(text[: length + self._longest])[:length]
 
     def contains(self, text: str) -> bool:
         """

@@ -129,6 +129,14 @@ class StderrTail:
 
     def text(self) -> str:
         """
-        @return: The kept tail, decoded.
+        @return: The kept tail, decoded.  Once older output was dropped, the
+            tail starts mid-line: that first partial line is left out, so no
+            piece of a secret the cut split is shown (a secret holds no line
+            break).
         """
-        return bytes(self._tail[-self._keep :]).decode("utf-8", "replace")
+        kept = bytes(self._tail[-self._keep :])
+        if self.total_bytes > len(kept):
+            cut = kept.find(b"\n")
+            if cut != -1:
+                kept = kept[cut + 1 :]
+        return kept.decode("utf-8", "replace")

@@ -44,6 +44,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from mcpgateway.errors import ChildFailed
 from mcpgateway.lib.deferreds import Shared, observe
 from mcpgateway.lib.jsontext import dumps
+from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ChildExited, ExitInfo, Unreachable
 from mcpgateway.mcp.jsonrpc import RPCError, decode, error_member
 from mcpgateway.mcp.spec import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, MODERN_VERSION, VERSION_KEY
@@ -129,6 +130,15 @@ def _read(response: IResponse, limit: int, on_event: Callable[[str, str], None] 
     return reader
 
 
+def _drop(response: IResponse) -> None:
+    """
+    Close a response's connection without reading its body.
+    """
+    reader = _read(response, 0)
+    reader.done.addErrback(lambda _: None)
+    reader.stop()
+
+
 def _content_type(response: IResponse) -> str:
     values: list[bytes] = response.headers.getRawHeaders(b"content-type") or [b""]
     return values[0].split(b";")[0].strip().lower().decode("latin-1")
@@ -172,6 +182,7 @@ class HttpPeer:
         headers: Mapping[str, str],
         max_response: int,
         on_notification: NotificationHandler | None = None,
+        send_timeout: float = 30.0,
     ) -> None:
         """
         @param label: Names the service in the log.
@@ -182,6 +193,8 @@ class HttpPeer:
         @param headers: Sent with every request (configured and per session).
         @param max_response: The largest answer or event, in bytes.
         @param on_notification: Told each notification of the server.
+        @param send_timeout: Seconds a notification or a reply to the
+            server may take to be sent (the service's C{call_timeout}).
         """
         self.log = logger(f"mcpgateway.child.{label}")
         self.label = label
@@ -208,6 +221,13 @@ class HttpPeer:
         self._pending: dict[int, Deferred[dict[str, Any]]] = {}
         self._exchanges: set[Deferred[Any]] = set()
         self._initialized: Shared[None] | None = None
+        #: Streamable HTTP answers still streaming (events after the response go to the hooks).
+        self._streams: set[_Reader] = set()
+        #: C{sse}: the GET opening the event stream, until it is answered.
+        self._getting: Deferred[Any] | None = None
+        #: Notifications and replies being sent, and how long each may take.
+        self._background: set[Deferred[None]] = set()
+        self._send_timeout = send_timeout
 
     @property
     def alive(self) -> bool:
@@ -270,14 +290,24 @@ class HttpPeer:
         except (ValueError, TypeError, RecursionError) as error:
             self.log.warn("could not send a {what} message: {error}", what=message.get("method", "reply"), error=error)
             return
-        sending = Deferred.fromCoroutine(self._post_only(message, body)).addErrback(
+        sending = Deferred.fromCoroutine(self._post_only(message, body))
+        # Bounded, and dropped when the session ends: a stalled server must
+        # not collect a hanging connection per notification (one per timed-out call).
+        sending.addTimeout(self._send_timeout, self._clock)
+        self._background.add(sending)
+        sending.addBoth(self._sent, sending)
+        sending.addErrback(
             lambda failure: self.log.info(
-                "sending {what} failed: {error}", what=message.get("method", "a reply"), error=failure.value
+                "sending {what} failed: {error}", what=message.get("method", "a reply"), error=_describe(failure.value)
             )
         )
         if message.get("method") == "notifications/initialized" and not sending.called:
             # Requests wait for it: the server must see it before them.
             self._initialized = observe(sending)
+
+    def _sent(self, outcome: Any, sending: Deferred[None]) -> Any:
+        self._background.discard(sending)
+        return outcome
 
     async def _post_only(self, message: dict[str, Any], body: bytes) -> None:
         await self._opened()
@@ -372,6 +402,9 @@ class HttpPeer:
 
         if response.code < 300 and kind == "text/event-stream":
             reader = _read(response, self._max, lambda event, data: received(data) if event == "message" else None)
+            # Dropped when the session ends, should the server keep it open.
+            self._streams.add(reader)
+            reader.done.addBoth(self._stream_done, reader)
             reader.done.addBoth(self._stream_ended, answer, reader)
             answer.addBoth(self._keep_reading, reader)
         else:
@@ -403,6 +436,10 @@ class HttpPeer:
                 raise CancelledError() from None
             raise self._gone(f"dropped the connection during an answer ({_describe(error)})") from None
 
+    def _stream_done(self, outcome: Any, reader: _Reader) -> Any:
+        self._streams.discard(reader)
+        return outcome
+
     def _keep_reading(self, outcome: Any, reader: _Reader) -> Any:
         # The answer is in: later events of the stream (if any) still go to
         # the hooks; the stream itself ends when the server ends it.
@@ -422,7 +459,9 @@ class HttpPeer:
             answer.errback(ChildFailed(f"the {self.label} server ended its event stream without an answer"))
 
     def _bad_status(self, response: IResponse, data: bytes) -> Exception:
-        text = data[:200].decode("utf-8", "replace").strip()
+        # Redacted before the cut: an upstream quoting a credential must not
+        # leave the piece of it the cut would keep (1 MiB holds any secret).
+        text = SECRET_VALUES.head(data[: 1 << 20].decode("utf-8", "replace"), 200).strip()
         if 400 <= response.code < 500 and response.code not in (401, 403):
             return RPCError(INVALID_REQUEST, f"HTTP {response.code} from the server: {text}")
         return ChildFailed(
@@ -445,16 +484,20 @@ class HttpPeer:
     async def _open_stream(self) -> None:
         headers = dict(self._headers)
         headers["Accept"] = ["text/event-stream"]
+        # Cancelled if the session ends first (a handshake timed out): a
+        # late answer would otherwise hold an event stream open for ever.
+        self._getting = self._client.request(
+            "GET", self.url, headers=_as_headers(headers), allow_redirects=False, unbuffered=True
+        )
         try:
-            response: IResponse = (
-                await self._client.request(
-                    "GET", self.url, headers=_as_headers(headers), allow_redirects=False, unbuffered=True
-                )
-            ).original
+            response: IResponse = (await self._getting).original
         except Exception as error:
             if _cancelled(error):
                 raise CancelledError() from None
             raise self._gone(f"became unreachable ({_describe(error)})") from None
+        if self.exit_info is not None:
+            _drop(response)
+            raise ChildExited(self.exit_info)
         if response.code != 200 or _content_type(response) != "text/event-stream":
             data = b""
             if not 300 <= response.code < 400:
@@ -516,10 +559,10 @@ class HttpPeer:
         try:
             message = decode(text)
         except (ValueError, RecursionError):
-            self.log.warn("skipped a message that is not JSON: {text!r}", text=text[:200])
+            self.log.warn("skipped a message that is not JSON: {text!r}", text=SECRET_VALUES.head(text, 200))
             return
         if not isinstance(message, dict):
-            self.log.warn("skipped a JSON value that is not an object: {text!r}", text=text[:200])
+            self.log.warn("skipped a JSON value that is not an object: {text!r}", text=SECRET_VALUES.head(text, 200))
             return
         method = message.get("method")
         if isinstance(method, str):
@@ -606,6 +649,12 @@ class HttpPeer:
         self.exit_info = info
         if self._stream is not None:
             self._stream.stop()
+        for stream in list(self._streams):
+            stream.stop()
+        if self._getting is not None and not self._getting.called:
+            self._getting.cancel()
+        for sending in list(self._background):
+            sending.cancel()
         pending, self._pending = self._pending, {}
         for waiting in pending.values():
             if not waiting.called:
@@ -640,17 +689,27 @@ class HttpPeer:
             headers["Mcp-Session-Id"] = [session_id]
             if self._version is not None:
                 headers["MCP-Protocol-Version"] = [self._version]
-                deleting = self._client.request("DELETE", self.url, headers=_as_headers(headers), allow_redirects=False)
+            # The grace bounds the whole exchange, body included, and the
+            # body is read bounded: a server that stalls or floods its answer
+            # to the DELETE cannot hold the close (and a gateway's stop).
+            deleting = Deferred.fromCoroutine(self._delete(headers))
             deleting.addTimeout(grace, self._clock)
             try:
-                response = await deleting
-                await response.content()
+                await deleting
             except Exception as error:
                 self.log.info("{url}: DELETE of the MCP session failed: {e}", url=self.url, e=_describe(error))
         if self.exit_info is None:
             self._end(ExitInfo(0, None, "closed by the gateway", ""))
         assert self.exit_info is not None
         return self.exit_info
+
+    async def _delete(self, headers: dict[str, list[str]]) -> None:
+        response: IResponse = (
+            await self._client.request(
+                "DELETE", self.url, headers=_as_headers(headers), allow_redirects=False, unbuffered=True
+            )
+        ).original
+        await _read(response, 64 * 1024).done
 
 
 class _UseSse(Exception):

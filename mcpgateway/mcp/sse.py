@@ -43,7 +43,9 @@ class SseParser:
         @param limit: The longest event (all its data) or line, in bytes.
         """
         self._limit = limit
-        self._buffer = b""
+        #: Bytes not yet cut into lines; C{_scanned} of them hold no line end.
+        self._buffer = bytearray()
+        self._scanned = 0
         self._type = ""
         self._data: list[str] = []
         self._size = 0
@@ -56,17 +58,24 @@ class SseParser:
         @return: The events completed by it.
         @raise EventTooLarge: Past the limit.
         """
+        # Appending to a bytearray, searching only the new bytes and cutting
+        # the consumed lines off once keep a long line arriving in many
+        # chunks (or many lines in one chunk) linear, not quadratic.
         self._buffer += chunk
         events: list[Event] = []
+        start = 0
         while True:
-            cut = _line_end(self._buffer)
+            cut = _line_end(self._buffer, max(start, self._scanned))
             if cut is None:
+                del self._buffer[:start]
                 if len(self._buffer) > self._limit:
                     raise EventTooLarge(f"an event-stream line is over {self._limit} bytes")
+                # A CR at the very end is looked at again with the next chunk.
+                self._scanned = max(0, len(self._buffer) - 1)
                 return events
             end, after = cut
-            line = self._buffer[:end]
-            self._buffer = self._buffer[after:]
+            line = bytes(self._buffer[start:end])
+            start = after
             if not self._started:
                 self._started = True
                 line = line.removeprefix(b"\xef\xbb\xbf")
@@ -99,13 +108,14 @@ class SseParser:
         return None
 
 
-def _line_end(buffer: bytes) -> tuple[int, int] | None:
+def _line_end(buffer: bytearray, start: int = 0) -> tuple[int, int] | None:
     """
+    @param start: How many bytes at the start are known to hold no line end.
     @return: Where the first line ends and the next begins, or L{None}.
         A CR at the very end waits for the next chunk (it may start a CRLF).
     """
-    lf = buffer.find(b"\n")
-    cr = buffer.find(b"\r")
+    lf = buffer.find(b"\n", start)
+    cr = buffer.find(b"\r", start)
     if cr == -1 or (lf != -1 and lf < cr):
         return None if lf == -1 else (lf, lf + 1)
     if cr + 1 == len(buffer):

@@ -25,6 +25,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from mcpgateway.lib.deferreds import Shared
+from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ChildExited, ExitInfo, StderrTail
 from mcpgateway.mcp.framing import LineBuffer, LineTooLong
 from mcpgateway.mcp.jsonrpc import RPCError, decode, encode_line, error_member
@@ -181,18 +182,18 @@ class ChildProtocol(ProcessProtocol):
             # json.loads(line, parse_constant=..., parse_float=...) without a decoder per line
             message = decode(line.decode(json.detect_encoding(line), "surrogatepass"))
         except ValueError:
-            self.log.warn("stdout: skipped a line that is not JSON: {line!r}", line=line[:200])
+            self.log.warn("stdout: skipped a line that is not JSON: {line!r}", line=_head(line))
             return
         except RecursionError:
             self.violate("sent a message nested too deeply to read")
             return
         if not isinstance(message, dict):
-            self.log.warn("stdout: skipped a JSON value that is not an object: {line!r}", line=line[:200])
+            self.log.warn("stdout: skipped a JSON value that is not an object: {line!r}", line=_head(line))
             return
         method = message.get("method")
         if method is not None:
             if not isinstance(method, str):
-                self.log.warn("stdout: skipped a message whose method is not a string: {line!r}", line=line[:200])
+                self.log.warn("stdout: skipped a message whose method is not a string: {line!r}", line=_head(line))
             elif "id" in message:
                 self._answer(message["id"], method, message.get("params"))
             else:
@@ -339,3 +340,13 @@ class ChildProtocol(ProcessProtocol):
         pending, self._pending = self._pending, {}
         for waiting in pending.values():
             waiting.errback(ChildExited(info))
+
+
+def _head(line: bytes) -> bytes:
+    """
+    @return: The start of a line for the log, redacted before it is cut
+        (a secret the cut would split leaves no piece behind).
+    """
+    if not SECRET_VALUES:
+        return line[:200]
+    return SECRET_VALUES.head(line[: 1 << 20].decode("utf-8", "replace"), 200).encode()

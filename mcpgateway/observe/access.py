@@ -19,6 +19,7 @@ from typing import IO
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
+from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.observe.logs import logger
 
 __all__ = ["AccessLog"]
@@ -108,4 +109,6 @@ class AccessLog:
             "outcome": outcome,
             "ms": round(seconds * 1000, 3),
         }
-        self._lines.append(_encode(record) + "\n")
+        # The file bypasses the loggers' redaction: a caller may have used a
+        # secret as its session id (the audit log redacts it too).
+        self._lines.append(_encode(SECRET_VALUES.value(record)) + "\n")

@@ -17,11 +17,16 @@ and swaps the values in on the reactor.  A reload that fails keeps the old
 values and logs why.  New values apply to children started afterwards.
 
 Every value loaded goes to L{mcpgateway.lib.redact.SECRET_VALUES}, so the
-logs, the audit log, error bodies and C{/metrics} never show it.
+logs, the audit log, error bodies and C{/metrics} never show it; so does a
+credential a C{url} service's configured C{headers} carry (a header named
+like a credential, e.g. C{Authorization: Bearer ${DOCS_MCP_TOKEN}}: the
+whole value and the token after its scheme), which an upstream's error
+text could otherwise echo to every caller.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -34,7 +39,8 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from mcpgateway.config import GatewayConfig, ServiceConfig
-from mcpgateway.config.secrets import SECRET_NAME, CredentialMapping, SecretSources, ServiceCredentials
+from mcpgateway.config.schema import DEFAULT_REDACT_KEYS
+from mcpgateway.config.secrets import SECRET_NAME, CredentialMapping, SecretSources, ServiceCredentials, template_names
 from mcpgateway.config.values import ConfigError
 from mcpgateway.errors import Forbidden
 from mcpgateway.lib.redact import MIN_SECRET_LENGTH, SECRET_VALUES
@@ -49,6 +55,27 @@ _REFERENCE = re.compile(r"\{([^{}]*)\}")
 #: The largest secrets file, and the largest secret in a directory.
 MAX_FILE_BYTES = 1024 * 1024
 MAX_SECRET_BYTES = 64 * 1024
+#: A configured header whose name matches one of these carries a credential.
+_CREDENTIAL_HEADER = re.compile("|".join(fnmatch.translate(glob) for glob in DEFAULT_REDACT_KEYS), re.IGNORECASE)
+
+
+def configured_header_secrets(services: Mapping[str, ServiceConfig]) -> list[tuple[str, str]]:
+    """
+    @return: C{(name, value)} for each credential in the C{url} services'
+        configured C{headers}: the value of a header named like a credential
+        (L{DEFAULT_REDACT_KEYS}), and the token after its scheme
+        (C{Bearer}, C{Basic}...), each when long enough to redact.
+    """
+    found: list[tuple[str, str]] = []
+    for service_name, service in services.items():
+        for header, value in service.headers.items():
+            if not _CREDENTIAL_HEADER.fullmatch(header):
+                continue
+            name = f"services.{service_name}.headers.{header}"
+            scheme, space, token = value.strip().partition(" ")
+            candidates = {value, value.strip(), token.strip() if space and scheme.isalpha() else ""}
+            found.extend((name, candidate) for candidate in sorted(candidates) if len(candidate) >= MIN_SECRET_LENGTH)
+    return found
 
 
 @dataclass(frozen=True)
@@ -195,6 +222,7 @@ class Credentials:
         self._services: dict[str, ServiceCredentials] = {
             name: service.credentials for name, service in services.items() if service.credentials is not None
         }
+        self._configured = configured_header_secrets(services)
         self._sources = sources
         self._environ = environ
         self._uid = uid
@@ -235,12 +263,20 @@ class Credentials:
                         )
                     if any(c in values[name] for c in "\0\r\n"):
                         raise ConfigError(f"{path}: secret {name!r} holds a line break or NUL")
+                for header, template in mapping.headers.items():
+                    for name in template_names(template):
+                        value = values[name]
+                        if not value.isascii() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+                            raise ConfigError(
+                                f"{mapping.path}.headers.{header}: secret {name!r} is not printable ASCII "
+                                "(an HTTP header value cannot carry it)"
+                            )
 
     def _install(self, values: dict[str, str]) -> None:
         self.values = values
         # Values a reload replaced stay redacted: older children still hold them.
         self._loaded.update({value: name for name, value in values.items()})
-        SECRET_VALUES.set(self, [(name, value) for value, name in self._loaded.items()])
+        SECRET_VALUES.set(self, [*self._configured, *((name, value) for value, name in self._loaded.items())])
 
     def load(self) -> None:
         """

@@ -2,7 +2,7 @@
 A remote MCP server for the gateway's C{url} services: the official SDK's
 FastMCP (C{MCPServer}) served by uvicorn on loopback.
 
-  python remote_server.py PORT [streamable|sse|legacy-only|redirect] [--json] [--tls PEM]
+  python remote_server.py PORT [streamable|sse|legacy-only|redirect] [--json] [--tls PEM] [--bearer T1,T2]
 
   - C{streamable}: Streamable HTTP at C{/mcp} (both eras: 2026-07-28 per
     request, and C{initialize} + C{Mcp-Session-Id}); answers as event
@@ -13,14 +13,19 @@ FastMCP (C{MCPServer}) served by uvicorn on loopback.
     C{server/discover} (no session yet) is answered 400.
   - C{redirect}: every request answered 307 to C{/elsewhere}.
   - C{--tls PEM}: HTTPS with the certificate and key in C{PEM}.
+  - C{--bearer T1,T2}: every MCP request must carry C{Authorization: Bearer}
+    one of these tokens, else it is answered 401 (as a server behind its
+    own auth answers).
 
 Tools: C{count} (calls so far in this MCP session: state per session),
 C{big} {mb} (a text of C{mb} MB), C{stall} {seconds}, C{die} (the process
 kills itself mid-call), C{long_task} {steps, delay} (progress after each
 step), C{headers} (the request headers it got, as JSON).
 
-A call of C{html_answer} gets an HTML page, one of C{server_error} a 500
-(neither tool exists: the answer comes before the server sees the call).
+A call of C{html_answer} gets an HTML page, one of C{server_error} a 500,
+one of C{auth_echo} a 401 whose text quotes the request's C{Authorization}
+(as a careless upstream's does) (no such tool exists: the answer comes
+before the server sees the call).
 
 C{GET /_stats} (outside MCP) tells what it saw: C{sessions} (Mcp-Session-Id
 values it minted), C{deleted} (those ended with DELETE), C{methods}
@@ -156,6 +161,10 @@ def _bad_answers(inner: Any) -> Any:
         if b'"server_error"' in body:
             await Response("upstream exploded", status_code=500)(scope, receive, send)
             return
+        if b'"auth_echo"' in body:
+            given = dict(scope["headers"]).get(b"authorization", b"").decode()
+            await Response(f"refused Authorization: {given}", status_code=401)(scope, receive, send)
+            return
         replay = iter(messages)
 
         async def again() -> dict[str, Any]:
@@ -184,6 +193,17 @@ def _legacy_only(inner: Any) -> Any:
     return asgi
 
 
+def _bearer(inner: Any, tokens: set[str]) -> Any:
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        given = dict(scope.get("headers", [])).get(b"authorization", b"").decode()
+        if scope["type"] == "http" and given.removeprefix("Bearer ") not in tokens:
+            await JSONResponse({"error": "invalid_token"}, status_code=401)(scope, receive, send)
+            return
+        await inner(scope, receive, send)
+
+    return asgi
+
+
 def _redirect() -> Any:
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -204,6 +224,8 @@ def main() -> None:
     else:
         web = app.streamable_http_app(json_response="--json" in sys.argv)
     tls = sys.argv[sys.argv.index("--tls") + 1] if "--tls" in sys.argv else None
+    if "--bearer" in sys.argv:
+        web = _bearer(web, set(sys.argv[sys.argv.index("--bearer") + 1].split(",")))
     uvicorn.run(
         _observed(_bad_answers(web)),
         host="127.0.0.1",
