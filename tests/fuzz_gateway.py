@@ -480,6 +480,12 @@ ROUTES: list[tuple[re.Pattern[str], frozenset[str], str]] = [
     (re.compile(r"/sessions/([^/]+)"), frozenset({"DELETE"}), "session"),
     (re.compile(r"/mcp"), frozenset({"GET", "HEAD", "POST", "DELETE"}), "mcp"),
     (re.compile(r"/services/([^/]+)/mcp"), frozenset({"GET", "HEAD", "POST", "DELETE"}), "mcp"),
+    # The admin dashboard (an HTML page and its actions; never generated as unknown routes).
+    (re.compile(r"/admin"), frozenset({"GET", "HEAD"}), "admin"),
+    (re.compile(r"/admin/(login|logout|drain)"), frozenset({"POST"}), "admin"),
+    (re.compile(r"/admin/stats"), frozenset({"GET", "HEAD"}), "admin"),
+    (re.compile(r"/admin/services/([^/]+)/restart"), frozenset({"POST"}), "admin"),
+    (re.compile(r"/admin/static/([^/]+)"), frozenset({"GET", "HEAD"}), "admin"),
 ]
 
 
