@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mcpgateway.config import parse_config
+from mcpgateway.config import ConfigError, parse_config
 
 from .conftest import require_binary
 from .test_twistd import (
@@ -388,6 +388,28 @@ def test_compose_file() -> None:
         json.loads((REPO / "config" / "config.json").read_text()), {"MCP_RATE_LIMIT_STORAGE": "redis://redis:6379/0"}
     )
     assert config.rate_limiting.storage_uri == "redis://redis:6379/0"
+    # One session space: each gateway is a cluster member, reached by the
+    # other at its service name on a fixed internal port.
+    shipped = json.loads((REPO / "config" / "config.json").read_text())
+    assert not parse_config(shipped, {}).cluster.enabled, "the quick start runs on its own"
+    internal = set()
+    for name in ("gateway1", "gateway2"):
+        gateway = services[name]
+        environ = gateway["environment"]
+        assert environ["MCP_CLUSTER_REDIS"] == environ["MCP_RATE_LIMIT_STORAGE"]
+        assert environ["MCP_CLUSTER_SECRET"].startswith("${MCP_CLUSTER_SECRET:?"), "required, from .env"
+        assert environ["MCP_CLUSTER_ADVERTISE"] == name
+        assert str(environ["MCP_CLUSTER_PORT"]) in gateway["expose"]
+        values = {key: str(value) for key, value in environ.items() if not str(value).startswith("${")}
+        cluster = parse_config(shipped, {**values, "MCP_CLUSTER_SECRET": "s" * 32}).cluster
+        assert cluster.enabled
+        assert cluster.redis == "redis://redis:6379/0"
+        assert (cluster.internal_host, cluster.advertise_host) == ("0.0.0.0", name)
+        assert cluster.secret == "s" * 32
+        internal.add(cluster.internal_port)
+    assert len(internal) == 1 and internal != {0}, "a fixed internal port"
+    with pytest.raises(ConfigError, match=r"cluster\.secret"):
+        parse_config(shipped, {"MCP_CLUSTER_REDIS": "redis://redis:6379/0"})
 
 
 def test_ctl_script(tmp_path: Path) -> None:
