@@ -50,10 +50,13 @@ def gateway_config(
     *,
     workers: int = 1,
     services: dict[str, Any] | None = None,
+    drain_timeout: float = 1,
     **cluster: Any,
 ) -> Path:
     """
     Write a gateway's configuration into C{directory}: the C{todo} service and C{services}.
+
+    @param drain_timeout: C{session.drain_timeout}: how long a stop waits for live sessions.
 
     @return: Its path.
     """
@@ -71,7 +74,7 @@ def gateway_config(
         },
         "services": entries,
         # A stop drains live sessions for drain_timeout first (mcpgateway.drain).
-        "session": {"sandbox_dir": str(directory / "sandbox"), "cleanup_interval": 1, "drain_timeout": 1},
+        "session": {"sandbox_dir": str(directory / "sandbox"), "cleanup_interval": 1, "drain_timeout": drain_timeout},
         "rate_limiting": {"enabled": False},
         "audit": {"enabled": False},
         "cluster": {"redis": redis_uri, "secret": SECRET, "entry_ttl": 5, **cluster},

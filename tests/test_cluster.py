@@ -100,6 +100,19 @@ def test_cluster_configuration_read(tmp_path: Path) -> None:
     assert parse_config(raw(), {}).server.workers == 1
 
 
+@pytest.mark.parametrize("redis", ["", " ", "${MCP_CLUSTER_REDIS|}", "${MCP_CLUSTER_REDIS}"])
+def test_an_empty_redis_means_no_cluster(redis: str) -> None:
+    """
+    C{cluster.redis} empty (an unset variable, as in the shipped configuration
+    without C{MCP_CLUSTER_REDIS}): the process is on its own, and needs no secret.
+    """
+    config = parse_config(raw(cluster={"redis": redis, "secret": "${MCP_CLUSTER_SECRET|}", "internal_port": "0"}), {})
+    assert not config.cluster.enabled
+    assert config.cluster.secret == ""
+    with pytest.raises(ConfigError, match=r"server\.workers: 2 workers share their sessions through Redis"):
+        parse_config(raw(server={"workers": 2}, cluster={"redis": redis}), {})
+
+
 @pytest.mark.parametrize(
     ("server", "extra", "message"),
     [

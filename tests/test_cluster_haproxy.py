@@ -7,21 +7,30 @@ Round robin spreads every call anywhere; each session's calls still reach
 its one child (the todo server keeps what the earlier calls added).  A
 SIGKILLed gateway fails only its own sessions, with 503 C{session_lost},
 and their directory entries are removed; the other gateways keep serving.
+A rolling restart (SIGTERM, drain, start again, one gateway after the
+other) loses no call while clients keep calling.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
+import signal
 import subprocess
+import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .cluster_fixture import Gateway, gateway_config, ports, start_gateway
+from .cluster_fixture import AUTH, Gateway, gateway_config, ports, start_gateway
 from .conftest import kill_tagged, require_binary, tagged_processes
 from .redis_fixture import RedisServer, redis_server_at
 from .test_twistd import environment, http
@@ -29,6 +38,11 @@ from .test_twistd import environment, http
 HAPROXY_CONFIG = Path(__file__).resolve().parent.parent / "config" / "haproxy.cfg"
 SESSIONS = 12
 CALLS = 3
+#: The rolling restart: clients calling at once, calls before a session ends
+#: by itself (so new sessions keep starting), each gateway's drain_timeout.
+CLIENTS = 8
+CALLS_PER_SESSION = 20
+DRAIN_TIMEOUT = 8.0
 
 
 @contextlib.contextmanager
@@ -156,6 +170,230 @@ def test_haproxy_three_gateways_and_one_killed(tmp_path: Path) -> None:
     deadline = time.monotonic() + 5
     while tagged_processes(tag) and time.monotonic() < deadline:
         time.sleep(0.05)
+    leaked = tagged_processes(tag)
+    kill_tagged(tag)
+    assert leaked == []
+
+
+def post(url: str, body: dict[str, Any], method: str = "POST") -> tuple[int, Any, str | None]:
+    """
+    One request with the fleet's credentials.
+
+    @return: C{(status, decoded JSON body, Retry-After header)}.
+    """
+    assert url.startswith("http://127.0.0.1:"), url
+    request = urllib.request.Request(  # noqa: S310 (checked above)
+        url,
+        data=json.dumps(body).encode() if body else None,
+        headers={"Content-Type": "application/json"},
+        method=method,
+    )
+    request.add_header("Authorization", "Basic " + base64.b64encode(":".join(AUTH).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310
+            return response.status, json.loads(response.read()), response.headers.get("Retry-After")
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read()), error.headers.get("Retry-After")
+
+
+class Client(threading.Thread):
+    """
+    A client like the SignalWire skill: one session after the other, each
+    adding todos through HAProxy until it has made L{CALLS_PER_SESSION} calls
+    (unless told to hold it) or is told to end, then listing them (every call reached its child) and
+    closing it.  A 5xx is re-sent after its C{Retry-After}; the only one
+    expected is 503 C{draining} on a new session's first call.
+
+    @ivar calls: C{(session, monotonic time, status)} of every call.
+    @ivar failures: What went wrong (empty when all is well).
+    @ivar retried: How many new sessions were refused C{draining} and re-sent.
+    @ivar ended: The sessions closed.
+    """
+
+    def __init__(self, url: str, name: str, stop: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self.url = url
+        self.stop = stop
+        self.holding: set[str] = set()
+        self.ending: set[str] = set()
+        self.ended: set[str] = set()
+        self.calls: list[tuple[str, float, int]] = []
+        self.failures: list[Any] = []
+        self.retried = 0
+
+    def run(self) -> None:
+        serial = 0
+        while not self.stop.is_set() and not self.failures:
+            session = f"{self.name}-{serial}"
+            serial += 1
+            self.session(session)
+
+    def session(self, session: str) -> None:
+        texts: list[str] = []
+        while (
+            (len(texts) < CALLS_PER_SESSION or session in self.holding)
+            and session not in self.ending
+            and not self.stop.is_set()
+        ):
+            text = f"{session} #{len(texts)}"
+            body = {"tool": "add_todo", "session_id": session, "arguments": {"text": text}}
+            status, answer, retry_after = post(self.url + "/services/todo/call", body)
+            self.calls.append((session, time.monotonic(), status))
+            if status == 200:
+                texts.append(text)
+            elif not texts and status == 503 and answer.get("code") == "draining":
+                if retry_after != "1":
+                    self.failures.append((session, "Retry-After", retry_after))
+                    return
+                self.retried += 1
+                time.sleep(float(retry_after))
+                continue
+            else:
+                self.failures.append((session, len(texts), status, answer))
+                return
+            time.sleep(0.05)
+        if not texts:
+            return
+        status, answer, _ = post(self.url + "/services/todo/call", {"tool": "list_todos", "session_id": session})
+        if status != 200 or [todo["text"] for todo in answer["structured_content"]["todos"]] != texts:
+            self.failures.append((session, "state", status, answer, texts))
+            return
+        status, answer, _ = post(f"{self.url}/sessions/{session}", {}, method="DELETE")
+        if status != 200:
+            self.failures.append((session, "close", status, answer))
+            return
+        self.ended.add(session)
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> float:
+    """
+    Poll C{condition} until it is true.
+
+    @return: The monotonic time it became true.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+    return time.monotonic()
+
+
+def wait_for_answer(ask: Any, status: int, timeout: float = 5) -> tuple[int, Any, str | None]:
+    """
+    Ask until the answer has C{status}.
+
+    @return: That answer.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        answer: tuple[int, Any, str | None] = ask()
+        if answer[0] == status or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.02)
+
+
+def test_rolling_restart_loses_no_call(tmp_path: Path) -> None:
+    """
+    SIGTERM, drain, restart each of three gateways in turn while eight clients
+    keep calling through HAProxy: no call of a session fails (new sessions
+    refused C{draining} are re-sent), every session keeps its state, calls of
+    a draining gateway's sessions are forwarded to it once HAProxy takes it
+    out, and nothing leaks.
+    """
+    tag = uuid.uuid4().hex
+    gateway_ports = ports(3)
+    (front,) = [p for p in ports(4) if p not in gateway_ports][:1]
+    balancer_log = tmp_path / "haproxy.log"
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(redis_server_at(tmp_path))
+        configs = [
+            gateway_config(tmp_path / f"gw{i}", port, redis.uri, tag, drain_timeout=DRAIN_TIMEOUT)
+            for i, port in enumerate(gateway_ports)
+        ]
+        gateways = [stack.enter_context(start_gateway(c, p, tag)) for c, p in zip(configs, gateway_ports, strict=True)]
+        url = stack.enter_context(haproxy(front, gateway_ports, tmp_path))
+        stop = threading.Event()
+        clients = [Client(url, f"client{n}", stop) for n in range(CLIENTS)]
+        for client in clients:
+            client.start()
+        try:
+            started = time.monotonic()
+            wait_for(lambda: len(set(owners(redis).values())) == 3, 20, "sessions on all three gateways")
+            for index, port in enumerate(gateway_ports):
+                server = f"Server gateways/gw{index + 1} is"
+                downs, ups = (balancer_log.read_text().count(f"{server} {state}") for state in ("DOWN", "UP"))
+                victim = gateways[index]
+                address = internal_address(victim)
+                signalled = time.monotonic()
+                victim.process.send_signal(signal.SIGTERM)
+                # It refuses new sessions at once (through HAProxy too, until its check fails).
+                probe = {"tool": "add_todo", "session_id": f"probe-{index}", "arguments": {"text": "x"}}
+                draining = wait_for_answer(lambda url=victim.url: post(url + "/health", {}, method="GET"), 503)
+                assert draining[1]["status"] == "draining", draining
+                refused = post(victim.url + "/services/todo/call", probe)
+                assert refused[1]["code"] == "draining" and refused[2] == "1", refused
+                # Its live sessions go on until HAProxy took it out (then they end).
+                held = {session for session, owner in owners(redis).items() if owner == address}
+                assert held, "the draining gateway has live sessions"
+                for client in clients:
+                    client.holding |= held
+                out = wait_for(
+                    lambda server=server, downs=downs: balancer_log.read_text().count(f"{server} DOWN") > downs,
+                    10,
+                    f"HAProxy takes gw{index + 1} out",
+                )
+                time.sleep(0.5)  # calls of its sessions now land elsewhere and are forwarded to it
+                doomed = held | {session for session, owner in owners(redis).items() if owner == address}
+                for client in clients:
+                    client.ending |= doomed
+                wait_for(
+                    lambda doomed=doomed: all(
+                        c.ended >= {s for s in doomed if s.startswith(c.name + "-")} or c.failures for c in clients
+                    ),
+                    DRAIN_TIMEOUT - (time.monotonic() - signalled) - 1,
+                    "the draining gateway's sessions end before its drain deadline",
+                )
+                # Served while draining, also when HAProxy sent them to another gateway.
+                forwarded = [
+                    status for c in clients for session, at, status in c.calls if session in doomed and at > out
+                ]
+                assert forwarded and set(forwarded) == {200}, forwarded
+                wait_for(
+                    lambda doomed=doomed: not doomed & set(owners(redis)), 5, "closed sessions leave the directory"
+                )
+                # No session left: it exits at once, before its deadline.
+                assert victim.process.wait(timeout=DRAIN_TIMEOUT) == -signal.SIGTERM
+                assert time.monotonic() - signalled < DRAIN_TIMEOUT
+                assert address not in set(owners(redis).values())
+                gateways[index] = stack.enter_context(start_gateway(configs[index], port, tag))
+                wait_for(
+                    lambda server=server, ups=ups: balancer_log.read_text().count(f"{server} UP") > ups,
+                    15,
+                    f"HAProxy takes gw{index + 1} back",
+                )
+                fresh = internal_address(gateways[index])
+                wait_for(
+                    lambda fresh=fresh: fresh in set(owners(redis).values()),
+                    10,
+                    f"new sessions on the new gw{index + 1}",
+                )
+            elapsed = time.monotonic() - started
+        finally:
+            stop.set()
+            for client in clients:
+                client.join(timeout=30)
+        failures = [failure for client in clients for failure in client.failures]
+        assert failures == []
+        calls = sum(len(client.calls) for client in clients)
+        retried = sum(client.retried for client in clients)
+        # Every session ended: the directory is empty, no child is left.
+        wait_for(lambda: owners(redis) == {}, 5, "closed sessions leave the directory")
+        wait_for(lambda: not tagged_processes(tag), 5, "the children of closed sessions exit")
+        for gateway in gateways:
+            assert gateway.stop() == -signal.SIGTERM
+        print(f"rolling restart: {elapsed:.1f} s, {calls} calls, {retried} new sessions re-sent after draining")
     leaked = tagged_processes(tag)
     kill_tagged(tag)
     assert leaked == []

@@ -11,6 +11,7 @@ HAProxy configuration in front of two real gateways, one of them draining.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -20,6 +21,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mcpgateway.config import parse_config
+from mcpgateway.config import ConfigError, parse_config
 
 from .conftest import require_binary
 from .test_twistd import (
@@ -388,6 +391,28 @@ def test_compose_file() -> None:
         json.loads((REPO / "config" / "config.json").read_text()), {"MCP_RATE_LIMIT_STORAGE": "redis://redis:6379/0"}
     )
     assert config.rate_limiting.storage_uri == "redis://redis:6379/0"
+    # One session space: each gateway is a cluster member, reached by the
+    # other at its service name on a fixed internal port.
+    shipped = json.loads((REPO / "config" / "config.json").read_text())
+    assert not parse_config(shipped, {}).cluster.enabled, "the quick start runs on its own"
+    internal = set()
+    for name in ("gateway1", "gateway2"):
+        gateway = services[name]
+        environ = gateway["environment"]
+        assert environ["MCP_CLUSTER_REDIS"] == environ["MCP_RATE_LIMIT_STORAGE"]
+        assert environ["MCP_CLUSTER_SECRET"].startswith("${MCP_CLUSTER_SECRET:?"), "required, from .env"
+        assert environ["MCP_CLUSTER_ADVERTISE"] == name
+        assert str(environ["MCP_CLUSTER_PORT"]) in gateway["expose"]
+        values = {key: str(value) for key, value in environ.items() if not str(value).startswith("${")}
+        cluster = parse_config(shipped, {**values, "MCP_CLUSTER_SECRET": "s" * 32}).cluster
+        assert cluster.enabled
+        assert cluster.redis == "redis://redis:6379/0"
+        assert (cluster.internal_host, cluster.advertise_host) == ("0.0.0.0", name)
+        assert cluster.secret == "s" * 32
+        internal.add(cluster.internal_port)
+    assert len(internal) == 1 and internal != {0}, "a fixed internal port"
+    with pytest.raises(ConfigError, match=r"cluster\.secret"):
+        parse_config(shipped, {"MCP_CLUSTER_REDIS": "redis://redis:6379/0"})
 
 
 def test_ctl_script(tmp_path: Path) -> None:
@@ -489,6 +514,40 @@ def _sessions(gateway: Any, auth: tuple[str, str]) -> set[str]:
     return set(body)
 
 
+def test_both_haproxy_files_have_one_retry_policy() -> None:
+    """
+    C{deploy/haproxy.cfg} (compose) and C{config/haproxy.cfg} (hosts) retry
+    only a failed connection: never a 503, which may be C{session_lost}.
+    """
+    for path in (HAPROXY_CFG, REPO / "config" / "haproxy.cfg"):
+        lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+        assert "retries 2" in lines and "option redispatch 1" in lines, path
+        assert not [line for line in lines if line.startswith(("retry-on", "option http-buffer-request"))], path
+
+
+def _call(url: str, session: str, auth: tuple[str, str]) -> tuple[int, Any, str | None]:
+    """
+    One C{add_todo} call of C{session}.
+
+    @return: C{(status, decoded JSON body, Retry-After)}.
+    """
+    assert url.startswith("http://127.0.0.1:"), url
+    request = urllib.request.Request(  # noqa: S310 (checked above)
+        url + "/services/todo/call",
+        data=json.dumps({"tool": "add_todo", "session_id": session, "arguments": {"text": session}}).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(":".join(auth).encode()).decode(),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310
+            return response.status, json.loads(response.read()), response.headers.get("Retry-After")
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read()), error.headers.get("Retry-After")
+
+
 def test_haproxy_takes_a_draining_gateway_out_of_rotation(tmp_path: Path) -> None:
     haproxy = require_binary("haproxy")
     ports = [free_port(), free_port()]
@@ -544,10 +603,21 @@ def test_haproxy_takes_a_draining_gateway_out_of_rotation(tmp_path: Path) -> Non
 
             status, body = http("POST", first.url + "/admin/drain", auth=auth)
             assert status == 202, body
-            # Before the health check notices, HAProxy retries the 503 draining on the other gateway.
+            # Before the health check notices, a new session that lands on the
+            # draining gateway gets its 503 draining (HAProxy does not retry a
+            # 503: it may be session_lost); the client re-sends it after
+            # Retry-After, as the SignalWire skill re-sends a 5xx (up to 3 times).
+            refused = 0
             for n in range(4):
-                status, body = through(f"during-{n}")
+                for _ in range(4):
+                    status, body, retry_after = _call(url, f"during-{n}", auth)
+                    if status != 503:
+                        break
+                    assert (body["code"], retry_after) == ("draining", "1"), (body, retry_after)
+                    refused += 1
+                    time.sleep(float(retry_after))
                 assert status == 200, (body, (tmp_path / "haproxy.log").read_text()[-3000:])
+            assert refused, "round robin sent a new session to the draining gateway before its check failed"
             # Within inter x fall (2 s x 2) HAProxy's check sees the 503 and stops trying it.
             time.sleep(5.5)
             for n in range(8):
