@@ -28,6 +28,9 @@ from mcpgateway.policy.auth import hash_password
 from .conftest import require_binary
 from .test_twistd import REPO, _children_of, environment, free_port, http, running, twistd
 
+#: Third-party programs end to end: run once, in tox's e2e env (not per Python).
+pytestmark = pytest.mark.e2e
+
 #: The arguments the issue prescribes for Debian's Chromium in a container.
 CHROMIUM_ARGS = [
     "--headless",

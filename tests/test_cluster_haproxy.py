@@ -35,6 +35,9 @@ from .conftest import kill_tagged, require_binary, tagged_processes
 from .redis_fixture import RedisServer, redis_server_at
 from .test_twistd import environment, http
 
+#: Third-party programs end to end: run once, in tox's e2e env (not per Python).
+pytestmark = pytest.mark.e2e
+
 HAPROXY_CONFIG = Path(__file__).resolve().parent.parent / "config" / "haproxy.cfg"
 SESSIONS = 12
 CALLS = 3

@@ -46,6 +46,9 @@ from .test_twistd import (
     write_config,
 )
 
+#: Third-party programs end to end: run once, in tox's e2e env (not per Python).
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 UNIT = REPO / "deploy" / "mcpgateway.service"

@@ -32,6 +32,9 @@ from mcpgateway.policy.auth import hash_token
 from .conftest import PASSWORD, SERVERS, require_binary, wait_until
 from .test_mcp_front import LEGACY, MODERN, MODES, connect, in_thread
 
+#: Third-party programs end to end: run once, in tox's e2e env (not per Python).
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).parent.parent
 
 #: The README's service blocks.  C{${FILES_DIR}} and C{${FASTMCP_SERVER}}
