@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mcpgateway.lib.jsontext import dumps
 from mcpgateway.mcp.spec import INTERNAL_ERROR
 
-__all__ = ["RPCError", "decode", "encode_line", "error_member"]
+__all__ = ["RPCError", "decode", "deliver", "encode_line", "error_member", "settle"]
 
 
 class RPCError(Exception):
@@ -86,3 +88,48 @@ def error_member(failure: Failure) -> dict[str, Any]:
             body["data"] = error.data
         return body
     return {"code": INTERNAL_ERROR, "message": f"the gateway could not answer: {error}"}
+
+
+def settle(waiting: Deferred[dict[str, Any]], message: dict[str, Any]) -> None:
+    """
+    Fire a request's L{Deferred} with the response C{message}: its C{result}
+    (an object; anything else as C{{"value": ...}}), or an L{RPCError} from
+    its C{error} (a malformed one as L{INTERNAL_ERROR}).
+    """
+    if "error" in message:
+        error = message["error"]
+        if not isinstance(error, dict):
+            error = {"code": INTERNAL_ERROR, "message": repr(error)}
+        code = error.get("code")
+        waiting.errback(
+            RPCError(
+                code if isinstance(code, int) and not isinstance(code, bool) else INTERNAL_ERROR,
+                str(error.get("message", "")),
+                error.get("data"),
+            )
+        )
+    else:
+        result = message.get("result")
+        waiting.callback(result if isinstance(result, dict) else {"value": result})
+
+
+def deliver(
+    method: str,
+    params: dict[str, Any],
+    progress_routes: Mapping[str | int, Callable[[dict[str, Any]], None]],
+    handlers: Iterable[Callable[[str, dict[str, Any]], None] | None],
+) -> None:
+    """
+    Hand a notification of the server to whoever waits for it: a
+    C{notifications/progress} whose token the gateway minted to its route
+    only; anything else to each of C{handlers} (L{None}s skipped).
+    """
+    if method == "notifications/progress":
+        token = params.get("progressToken")
+        route = progress_routes.get(token) if isinstance(token, (str, int)) else None
+        if route is not None:
+            route(params)
+            return
+    for handler in handlers:
+        if handler is not None:
+            handler(method, params)

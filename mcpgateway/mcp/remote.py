@@ -46,8 +46,8 @@ from mcpgateway.lib.deferreds import Shared, observe
 from mcpgateway.lib.jsontext import dumps
 from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ChildExited, ExitInfo, Unreachable
-from mcpgateway.mcp.jsonrpc import RPCError, decode, error_member
-from mcpgateway.mcp.spec import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, MODERN_VERSION, VERSION_KEY
+from mcpgateway.mcp.jsonrpc import RPCError, decode, deliver, error_member, settle
+from mcpgateway.mcp.spec import INVALID_REQUEST, METHOD_NOT_FOUND, MODERN_VERSION, VERSION_KEY
 from mcpgateway.mcp.sse import EventTooLarge, SseParser
 from mcpgateway.mcp.stdio import NotificationHandler, ProgressRoute, RequestHandler
 from mcpgateway.observe.logs import logger
@@ -580,33 +580,10 @@ class HttpPeer:
         if waiting is None or waiting.called:
             self.log.debug("dropped a response to no pending request: {id!r}", id=got)
             return
-        error = message.get("error")
-        if "error" in message:
-            if not isinstance(error, dict):
-                error = {"code": INTERNAL_ERROR, "message": repr(error)}
-            code = error.get("code")
-            waiting.errback(
-                RPCError(
-                    code if isinstance(code, int) and not isinstance(code, bool) else INTERNAL_ERROR,
-                    str(error.get("message", "")),
-                    error.get("data"),
-                )
-            )
-        else:
-            result = message.get("result")
-            waiting.callback(result if isinstance(result, dict) else {"value": result})
+        settle(waiting, message)
 
     def _notified(self, method: str, params: dict[str, Any]) -> None:
-        if method == "notifications/progress":
-            token = params.get("progressToken")
-            route = self.progress_routes.get(token) if isinstance(token, (str, int)) else None
-            if route is not None:
-                route(params)
-                return
-        if self._on_notification is not None:
-            self._on_notification(method, params)
-        for listener in list(self.listeners):
-            listener(method, params)
+        deliver(method, params, self.progress_routes, [self._on_notification, *self.listeners])
 
     def _answer(self, request_id: Any, method: str, params: dict[str, Any]) -> None:
         if self.request_handler is not None:

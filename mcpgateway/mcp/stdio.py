@@ -28,7 +28,7 @@ from mcpgateway.lib.deferreds import Shared
 from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ChildExited, ExitInfo, StderrTail
 from mcpgateway.mcp.framing import LineBuffer, LineTooLong
-from mcpgateway.mcp.jsonrpc import RPCError, decode, encode_line, error_member
+from mcpgateway.mcp.jsonrpc import decode, deliver, encode_line, error_member, settle
 from mcpgateway.mcp.spec import METHOD_NOT_FOUND
 from mcpgateway.observe.logs import logger
 
@@ -205,33 +205,10 @@ class ChildProtocol(ProcessProtocol):
         if waiting is None:
             self.log.debug("stdout: dropped a response to no pending request: {id!r}", id=request_id)
             return
-        if "error" in message:
-            error = message["error"]
-            if not isinstance(error, dict):
-                error = {"code": -32603, "message": repr(error)}
-            code = error.get("code")
-            waiting.errback(
-                RPCError(
-                    code if isinstance(code, int) and not isinstance(code, bool) else -32603,
-                    str(error.get("message", "")),
-                    error.get("data"),
-                )
-            )
-        else:
-            result = message.get("result")
-            waiting.callback(result if isinstance(result, dict) else {"value": result})
+        settle(waiting, message)
 
     def _notified(self, method: str, params: dict[str, Any]) -> None:
-        if method == "notifications/progress":
-            token = params.get("progressToken")
-            route = self.progress_routes.get(token) if isinstance(token, (str, int)) else None
-            if route is not None:
-                route(params)
-                return
-        if self._on_notification is not None:
-            self._on_notification(method, params)
-        for listener in list(self.listeners):
-            listener(method, params)
+        deliver(method, params, self.progress_routes, [self._on_notification, *self.listeners])
 
     def _answer(self, request_id: Any, method: str, params: Any = None) -> None:
         if self.request_handler is not None:
