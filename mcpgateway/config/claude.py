@@ -172,12 +172,7 @@ class _Converter:
         if transport != "auto":
             result["transport"] = transport
         if "headers" in entry:
-            headers = entry["headers"]
-            if not isinstance(headers, dict):
-                raise ConfigError(f"{where}.headers: expected an object of strings, got {kind(headers)}")
-            result["headers"] = {name: _text(value, f"{where}.headers.{name}") for name, value in headers.items()}
-            for name, value in result["headers"].items():
-                self.variables(value, f"{where}.headers.{name}", f"{target}.headers.{name}")
+            result["headers"] = self.strings(entry["headers"], f"{where}.headers", f"{target}.headers")
         self.common(entry, result, where)
         if "command" in entry:
             self.note(f"{where}.command", target, "field 'command' not mapped (a remote server runs no program)")
@@ -219,18 +214,26 @@ class _Converter:
         result: dict[str, Any] = {"command": command}
         self.common(entry, result, where)
         if "env" in entry:
-            env = entry["env"]
-            if not isinstance(env, dict):
-                raise ConfigError(f"{where}.env: expected an object of strings, got {kind(env)}")
-            result["env"] = {key: _text(value, f"{where}.env.{key}") for key, value in env.items()}
-            for key, value in result["env"].items():
-                self.variables(value, f"{where}.env.{key}", f"{target}.env.{key}")
+            result["env"] = self.strings(entry["env"], f"{where}.env", f"{target}.env")
         if "cwd" in entry:
             cwd = _text(entry["cwd"], f"{where}.cwd")
             self.variables(cwd, f"{where}.cwd", f"{target}.sandbox.working_dir")
             result["sandbox"] = {"working_dir": cwd}
         self.unmapped(entry, {"command", "args", "env", "cwd", "disabled", "description", "type"}, where, target)
         return result
+
+    def strings(self, value: Any, source: str, target: str) -> dict[str, str]:
+        """
+        @return: C{value}, an object of strings (C{env}, C{headers}), its
+            client variables noted.
+        @raise ConfigError: If it is not one.
+        """
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: expected an object of strings, got {kind(value)}")
+        strings = {key: _text(text, f"{source}.{key}") for key, text in value.items()}
+        for key, text in strings.items():
+            self.variables(text, f"{source}.{key}", f"{target}.{key}")
+        return strings
 
     def variables(self, value: str, source: str, target: str) -> None:
         """
