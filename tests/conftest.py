@@ -100,6 +100,19 @@ def sleep(seconds: float) -> Deferred[None]:
 # -- logged failures -------------------------------------------------------------
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """
+    Move everything the imports and the collection made out of the
+    collector's reach (C{gc.freeze}): the full collection after each test
+    (L{fail_on_logged_failures}) then walks only what tests made, in
+    milliseconds rather than a quarter of a second per test.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def fail_on_logged_failures() -> Iterator[list[dict[str, Any]]]:
     """
