@@ -54,9 +54,15 @@ def principals() -> dict[str, Any]:
 
 
 def secrets_file(directory: Path, values: dict[str, str], mode: int = 0o600) -> Path:
+    """
+    Write C{secrets.json} as an operator would replace it: whole, by a rename
+    (a reload under way in its thread reads the old file or the new, never half).
+    """
     path = directory / "secrets.json"
-    path.write_text(json.dumps(values))
-    path.chmod(mode)
+    partial = directory / "secrets.json.new"
+    partial.write_text(json.dumps(values))
+    partial.chmod(mode)
+    os.replace(partial, path)
     return path
 
 
