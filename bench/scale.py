@@ -54,7 +54,6 @@ from harness import (
     PASSWORD,
     SERVICE,
     TAG_VARIABLE,
-    TOOL,
     USER,
     BenchError,
     GatewayProcess,
@@ -65,7 +64,7 @@ from harness import (
 from loadgen import Connection, Response
 from procfs import children_of, cpu_seconds
 from stats import Tally
-from throughput import closed_loop, parse_wrk
+from throughput import closed_loop, parse_wrk, wrk_command
 
 LEVELS = (8, 64)
 REDIS_SECRET = "bench-fleet-secret-0123456789"
@@ -214,24 +213,7 @@ def wrk_row(gateway: Any, level: int, duration: float, wrk: str, tally: Tally) -
             connection.close()
         if not gateway.ok(response):
             raise BenchError(f"{gateway.label}: first call failed: {response.status} {response.body[:300]!r}")
-    command = [
-        wrk,
-        f"-t{level}",
-        f"-c{level}",
-        f"-d{duration:g}s",
-        "--timeout",
-        "10s",
-        "--latency",
-        "-s",
-        str(HERE / "call.lua"),
-        "-H",
-        f"Authorization: {gateway.authorization}",
-        f"http://{gateway.host_header}/",
-        "--",
-        prefix,
-        SERVICE,
-        TOOL,
-    ]
+    command = wrk_command(wrk, level, duration, str(HERE / "call.lua"), gateway, prefix)
     serving = gateway.serving()
     forwarded = gateway.forwarded() if isinstance(gateway, Workers) else 0
     cpu = cpu_seconds(serving)

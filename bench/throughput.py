@@ -144,6 +144,31 @@ _WRK_PERCENTILE = re.compile(r"^\s*(50|90|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$"
 _WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
+def wrk_command(wrk: str, level: int, duration: float, script: str, gateway: Any, prefix: str) -> list[str]:
+    """
+    @return: C{wrk -t level -c level} calling C{SERVICE}'s C{TOOL} through
+        C{script} in the sessions named C{prefix0}, C{prefix1}...
+    """
+    return [
+        wrk,
+        f"-t{level}",
+        f"-c{level}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        script,
+        "-H",
+        f"Authorization: {gateway.authorization}",
+        f"http://{gateway.host_header}/",
+        "--",
+        prefix,
+        SERVICE,
+        TOOL,
+    ]
+
+
 def parse_wrk(output: str) -> dict[str, Any]:
     """
     @param output: What C{wrk --latency} printed.
@@ -183,24 +208,7 @@ def measure_wrk(
                 transport.prepare(gateway, connection, session, tally)
             children = gateway.children()
             cpu, children_cpu = cpu_seconds([gateway.pid]), cpu_seconds(children)
-            command = [
-                wrk,
-                f"-t{level}",
-                f"-c{level}",
-                f"-d{profile.duration:g}s",
-                "--timeout",
-                "10s",
-                "--latency",
-                "-s",
-                str(transport.wrk_script),
-                "-H",
-                f"Authorization: {gateway.authorization}",
-                f"http://{gateway.host_header}/",
-                "--",
-                prefix,
-                SERVICE,
-                TOOL,
-            ]
+            command = wrk_command(wrk, level, profile.duration, str(transport.wrk_script), gateway, prefix)
             done = subprocess.run(command, capture_output=True, text=True, timeout=profile.duration + 60, check=False)
             cpu, children_cpu = cpu_seconds([gateway.pid]) - cpu, cpu_seconds(children) - children_cpu
             if done.returncode != 0:
