@@ -51,12 +51,14 @@ def gateway_config(
     workers: int = 1,
     services: dict[str, Any] | None = None,
     drain_timeout: float = 1,
+    session: dict[str, Any] | None = None,
     **cluster: Any,
 ) -> Path:
     """
     Write a gateway's configuration into C{directory}: the C{todo} service and C{services}.
 
     @param drain_timeout: C{session.drain_timeout}: how long a stop waits for live sessions.
+    @param session: More keys of the C{session} section.
 
     @return: Its path.
     """
@@ -74,7 +76,12 @@ def gateway_config(
         },
         "services": entries,
         # A stop drains live sessions for drain_timeout first (mcpgateway.drain).
-        "session": {"sandbox_dir": str(directory / "sandbox"), "cleanup_interval": 1, "drain_timeout": drain_timeout},
+        "session": {
+            "sandbox_dir": str(directory / "sandbox"),
+            "cleanup_interval": 1,
+            "drain_timeout": drain_timeout,
+            **(session or {}),
+        },
         "rate_limiting": {"enabled": False},
         "audit": {"enabled": False},
         "cluster": {"redis": redis_uri, "secret": SECRET, "entry_ttl": 5, **cluster},

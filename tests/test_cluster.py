@@ -272,6 +272,33 @@ def test_first_calls_racing_on_two_gateways_start_one_child(tmp_path: Path, redi
         assert len(keys(redis_server)) == len(sessions)
 
 
+def test_a_session_refused_after_its_claim_leaves_the_directory(tmp_path: Path, redis_server: RedisServer) -> None:
+    """
+    A first call claims its session before the process opens it.  When the
+    process then refuses it (here: full, 429; likewise a drain that began
+    in between, 503), the claim goes with the refusal, so the retry on another
+    process opens the session there, instead of being forwarded back to be
+    refused again (or answered C{session_lost} once that process is gone).
+    """
+    tag = uuid.uuid4().hex
+    first, second = ports(2)
+    a_config = gateway_config(tmp_path / "a", first, redis_server.uri, tag, session={"max_total_sessions": 1})
+    b_config = gateway_config(tmp_path / "b", second, redis_server.uri, tag)
+    with start_gateway(a_config, first, tag) as a, start_gateway(b_config, second, tag) as b:
+        assert a.call("held", "add_todo", text="a's one session")[0] == 200
+        status, body = a.call("refused", "add_todo", text="x")
+        assert (status, body["code"]) == (429, "session_limit"), body
+        assert "mcpgateway:session:refused" not in keys(redis_server)
+        status, body = b.call("refused", "add_todo", text="y")
+        assert status == 200, body
+        assert [todo["text"] for todo in b.call("refused", "list_todos")[1]["structured_content"]["todos"]] == ["y"]
+        held = {g.url: json.loads(request("GET", g.url + "/sessions")[2]) for g in (a, b)}
+        assert (sorted(held[a.url]), sorted(held[b.url])) == (["held"], ["refused"]), held
+        for gateway in (a, b):
+            assert gateway.stop() == -signal.SIGTERM
+    assert tagged_processes(tag) == []
+
+
 def test_an_mcp_session_is_served_by_its_owner(tmp_path: Path, redis_server: RedisServer) -> None:
     tag = uuid.uuid4().hex
     first, second = ports(2)

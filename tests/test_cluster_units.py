@@ -213,13 +213,15 @@ class Owner(Resource):
 
     isLeaf = True
 
-    def __init__(self, behaviour: str, moved_to: str = "") -> None:
+    def __init__(self, behaviour: str, moved_to: str = "", health: int = 200) -> None:
         super().__init__()
         self.behaviour = behaviour
         self.moved_to = moved_to
+        self.health = health
         self.seen: list[tuple[bytes | None, bytes | None, bytes]] = []
 
     def render_GET(self, request: Any) -> bytes:
+        request.setResponseCode(self.health)
         return b"{}"
 
     def render_POST(self, request: Any) -> Any:
@@ -326,6 +328,14 @@ async def test_forwarding_answers_unchanged_and_tells_lost_from_dropped(
         assert code == 503
         assert json.loads(body)["code"] == "service_unavailable"
         assert entry.get("mcpgateway:session:s") == dropping.encode()
+
+        # So does a draining owner (its /health is 503 so that balancers send new sessions elsewhere).
+        fleet.placement.forget("s")
+        draining = listen(Owner("drop", health=503), servers)
+        entry.set("mcpgateway:session:s", draining)
+        code, _, body = await post()
+        assert (code, json.loads(body)["code"]) == (503, "service_unavailable")
+        assert entry.get("mcpgateway:session:s") == draining.encode()
 
         # An owner that cannot be reached: session_lost, its entry removed.
         fleet.placement.forget("s")

@@ -10,7 +10,9 @@ live there).  L{Placement.owner_for} answers, for a session id, L{None}
     owners; a first call claims the session (C{SET NX}), so two first calls
     on two processes agree on one owner;
   - a draining process (L{mcpgateway.drain}) claims nothing: it refuses
-    a new session itself, and a balancer or the client tries another;
+    a new session itself, and a balancer or the client tries another; a
+    claim whose session was then not opened (the drain began in between,
+    or the process is full) is released (L{Placement.abandon});
   - a I{forwarded} request is never forwarded again (the loop guard): if the
     directory names another owner (the sender's cache was stale),
     L{Misdirected} says which, and the sender asks again once.
@@ -152,6 +154,23 @@ class Placement:
             raise ServiceUnavailable(
                 "the session directory (Redis) cannot be reached; retry", "cluster_unavailable", retry_after=1
             ) from None
+
+    async def abandon(self, session_id: str) -> None:
+        """
+        A call that was to open C{session_id} here failed before it did (the
+        process began to drain or is full after the call claimed it): release
+        that claim, so that a retry on another process opens the session
+        there rather than being forwarded here to be refused again (and
+        called lost once this process is gone).  Nothing if the session
+        lives here.
+        """
+        if self.gateway.sessions.get(session_id) is not None:
+            return
+        self.forget(session_id)
+        try:
+            await self._track(self.directory.release(session_id, self.address))
+        except DirectoryUnavailable as error:
+            log.warn("the session directory cannot be reached: {error}", error=str(error))
 
     def refresh(self) -> None:
         """

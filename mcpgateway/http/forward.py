@@ -346,7 +346,9 @@ class Fleet:
 
     async def _alive(self, owner: str) -> bool:
         """
-        @return: Whether C{owner} answers C{GET /health} within the connect timeout.
+        @return: Whether C{owner} answers C{GET /health} within the connect
+            timeout, with 200 or with the 503 of a process that drains (its
+            live sessions are still served).
         """
         try:
             response = await self.http.get(owner + "/health", timeout=self._connect_timeout)
@@ -355,7 +357,7 @@ class Fleet:
             raise
         except Exception:
             return False
-        return bool(response.code == 200)
+        return bool(response.code in (200, 503))
 
     def close(self) -> Any:
         """

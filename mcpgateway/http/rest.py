@@ -301,7 +301,12 @@ class GatewayApp:
             address = self.fleet.client_of(request, address)
         # Span, metric and access-log line: recorded there, as for /mcp calls.
         call = CallRequest(principal, name, tool, arguments, session_id, "rest", address)
-        answer = await self.calls.call(call, float(timeout), metadata)
+        try:
+            answer = await self.calls.call(call, float(timeout), metadata)
+        except Exception:
+            if self.fleet is not None:
+                await self.fleet.placement.abandon(session_id)
+            raise
         return _render(request, 200, answer)
 
     @app.route("/metrics", methods=["GET"])
