@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -39,6 +41,54 @@ SDK_SERVER = str(SERVERS / "sdk_server.py")
 PYTHON = sys.executable
 USER, PASSWORD = "tester", "0123456789"  # a digit-only password must stay a string
 AUTH = (USER, PASSWORD)
+
+
+# -- ports -----------------------------------------------------------------------
+
+#: Where L{free_port} looks: below the kernel's ephemeral ports (32768-60999
+#: by default), which it hands to every C{bind} to port 0 and to every
+#: outgoing connection, of this run and of the tox envs running beside it.
+#: A port chosen there could be taken between the probe and the server's own
+#: bind (a gateway spends a second importing first); a random one here can
+#: only meet another test's random choice.
+_PORTS = range(20000, 32768)
+_chooser = random.Random()
+_handed_out: set[int] = set()
+
+
+def _ephemeral() -> range:
+    try:
+        low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    return range(low, high + 1)
+
+
+def free_port() -> int:
+    """
+    @return: A loopback TCP port nothing listens on now, picked at random
+        outside the kernel's ephemeral range (if it leaves room), and not
+        handed out before in this process.
+    """
+    ephemeral = _ephemeral()
+    candidates = [_PORTS] if _PORTS.stop <= ephemeral.start or _PORTS.start >= ephemeral.stop else []
+    for _ in range(200):
+        if candidates:
+            port = _chooser.choice(candidates[0])
+            if port in _handed_out:
+                continue
+        else:
+            port = 0
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(probe.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free loopback port found")
 
 
 # -- processes -------------------------------------------------------------------

@@ -10,7 +10,6 @@ disk (C{--save '' --appendonly no}) and is killed when the test ends.
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,19 +17,9 @@ from pathlib import Path
 
 import redis
 
-from .conftest import require_binary
+from .conftest import free_port, require_binary
 
 __all__ = ["RedisServer", "free_port", "redis_server_at"]
-
-
-def free_port() -> int:
-    """
-    @return: A TCP port on 127.0.0.1 that nothing listened on a moment ago.
-    """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class RedisServer:

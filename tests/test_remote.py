@@ -27,7 +27,7 @@ from mcpgateway.config import ConfigError, parse_config
 from mcpgateway.devcert import main as devcert
 from mcpgateway.mcp.sse import Event, EventTooLarge, SseParser
 
-from .conftest import PYTHON, SERVERS, fixture_service, sleep, wait_until
+from .conftest import PYTHON, SERVERS, fixture_service, free_port, sleep, wait_until
 from .test_credentials import ALICE_SECRET, BOB_SECRET, bearer, principals, secrets_file
 from .test_mcp_front import connect, in_thread
 from .test_metrics_pool import _sample
@@ -37,13 +37,6 @@ REMOTE_SERVER = str(SERVERS / "remote_server.py")
 
 
 # -- the upstream ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Upstream:

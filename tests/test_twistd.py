@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import FIXTURE_SERVER, kill_tagged, tagged_processes
+from .conftest import FIXTURE_SERVER, free_port, kill_tagged, tagged_processes
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -70,12 +70,6 @@ def environment(tag: str | None = None, **extra: str) -> dict[str, str]:
         env["MCPGATEWAY_TEST_TAG"] = tag
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def http(
