@@ -30,7 +30,10 @@ wrk
 
 The ratios printed are of the same run; the targets (2 workers >= 1.7x one,
 >= 5x the reference) are report lines, not assertions.  On a 2-core machine
-the load generator and the children share the cores with the workers.
+the load generator and the children share the cores with the workers: each
+row also prints the CPU per call of the gateways, the MCP children and the
+load generator with 2 workers, and the most calls/s the cores allow at that
+cost (see bench/README.rst, "Workers and the reference gateway").
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -99,6 +103,29 @@ class Workers(GatewayProcess):
         self.label = f"mcpgateway, {workers} worker{'s' if workers > 1 else ''}"
         self.ok = _ok
         self.workers = workers
+
+    def start(self, timeout: float = 30.0) -> None:
+        """
+        Start it and wait until every worker answers at its internal port
+        (the public port answers as soon as the first one listens: a row
+        started then would give every connection to that one).
+        """
+        super().start(timeout)
+        deadline = time.perf_counter() + timeout
+        waiting = list(self.internal_ports)
+        while waiting:
+            try:
+                connection = Connection(HOST, waiting[0], timeout=2)
+            except OSError:
+                if time.perf_counter() > deadline:
+                    raise BenchError(f"worker at port {waiting[0]} did not listen:\n{self.log_tail()}") from None
+                time.sleep(0.05)
+                continue
+            try:
+                if connection.request(self.request("GET", "/health")).status == 200:
+                    waiting.pop(0)
+            finally:
+                connection.close()
 
     def forwarded(self) -> int:
         """
@@ -183,7 +210,14 @@ def keep_alive_row(gateway: Any, level: int, duration: float, tally: Tally) -> d
         serving = gateway.serving()
         forwarded = gateway.forwarded() if isinstance(gateway, Workers) else 0
         row = closed_loop(
-            connections, requests, duration, gateway.ok, f"{gateway.label} keep-alive", tally, server=serving
+            connections,
+            requests,
+            duration,
+            gateway.ok,
+            f"{gateway.label} keep-alive",
+            tally,
+            server=serving,
+            children=mcp_children(serving),
         )
     finally:
         for connection in connections:
@@ -194,6 +228,8 @@ def keep_alive_row(gateway: Any, level: int, duration: float, tally: Tally) -> d
         "calls_per_s": row["calls_per_s"],
         "p50_ms": row["latency"].p50,
         "gateway_cpu_us": row["gateway_cpu_us"],
+        "children_cpu_us": row["children_cpu_us"],
+        "client_cpu_us": row["client_cpu_us"],
         "forwarded_share": forwarded / max(row["calls"], 1),
         "unexpected": row["unexpected"],
     }
@@ -215,10 +251,15 @@ def wrk_row(gateway: Any, level: int, duration: float, wrk: str, tally: Tally) -
             raise BenchError(f"{gateway.label}: first call failed: {response.status} {response.body[:300]!r}")
     command = wrk_command(wrk, level, duration, str(HERE / "call.lua"), gateway, prefix)
     serving = gateway.serving()
+    children = mcp_children(serving)
     forwarded = gateway.forwarded() if isinstance(gateway, Workers) else 0
-    cpu = cpu_seconds(serving)
+    cpu, children_cpu = cpu_seconds(serving), cpu_seconds(children)
+    client = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
     cpu = cpu_seconds(serving) - cpu
+    children_cpu = cpu_seconds(children) - children_cpu
+    waited = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, reaped by subprocess.run
+    client_cpu = waited.ru_utime + waited.ru_stime - client.ru_utime - client.ru_stime
     forwarded = (gateway.forwarded() - forwarded) if isinstance(gateway, Workers) else 0
     if done.returncode != 0:
         raise BenchError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
@@ -228,9 +269,19 @@ def wrk_row(gateway: Any, level: int, duration: float, wrk: str, tally: Tally) -
         "calls_per_s": row["calls_per_s"],
         "p50_ms": row.get("p50"),
         "gateway_cpu_us": cpu / max(row["calls"] or 1, 1) * 1e6,
+        "children_cpu_us": children_cpu / max(row["calls"] or 1, 1) * 1e6,
+        "client_cpu_us": client_cpu / max(row["calls"] or 1, 1) * 1e6,
         "forwarded_share": forwarded / max(row["calls"] or 1, 1),
         "unexpected": row["non_2xx"] + row["socket_errors"],
     }
+
+
+def mcp_children(serving: list[int]) -> list[int]:
+    """
+    @param serving: The processes serving HTTP.
+    @return: Their MCP children (the todo servers of the open sessions).
+    """
+    return [child for pid in serving for child in children_of(pid) if child not in serving]
 
 
 def close_sessions(gateway: Any, sessions: list[str]) -> None:
@@ -358,8 +409,29 @@ def report(results: dict[str, Any]) -> str:
                 f"{'':<16} 2 workers forwarded {targets[two][row]['forwarded_share']:.0%} of calls; CPU per call "
                 f"{cpu_two / cpu_one:4.2f}x one worker's, so 2 idle cores would give {2 * cpu_one / cpu_two:4.2f}x"
             )
+            lines.append(_ceiling(row, targets[two][row], results["nproc"], a))
     lines.append(f"processes left behind: {len(results['leftover'])}")
     return "\n".join(lines)
+
+
+def _ceiling(row: str, cell: dict[str, Any], cores: int, one: float) -> str:
+    """
+    @param cell: The 2-worker row.
+    @param one: The 1-worker calls/s of the same row.
+    @return: What the machine allows 2 workers: every call costs the
+        gateways', the MCP children's and the load generator's CPU, and the
+        cores can give no more than C{cores} seconds of it per second.
+    """
+    parts = [cell["gateway_cpu_us"], cell.get("children_cpu_us"), cell.get("client_cpu_us")]
+    if not all(parts):
+        return f"{'':<16} (no CPU budget: children or load generator not measured)"
+    total = sum(parts)
+    most = cores / total * 1e6
+    return (
+        f"{'':<16} CPU per call with 2 workers: gateways {parts[0]:.0f} + MCP children {parts[1]:.0f} + "
+        f"load generator {parts[2]:.0f} = {total:.0f} us; {cores} cores serve at most {most:.0f} calls/s, "
+        f"{most / one:4.2f}x one worker's"
+    )
 
 
 if __name__ == "__main__":
