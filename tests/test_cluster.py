@@ -504,6 +504,37 @@ def test_owner_gone_is_session_lost_and_a_retry_starts_afresh(tmp_path: Path, re
     kill_tagged(tag)
 
 
+def test_a_gateway_restarted_at_its_address_does_not_pass_off_new_sessions_as_old(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """
+    SIGKILL a gateway with a fixed internal port and start it again at once
+    (systemd's Restart=, or the worker supervisor): its predecessor's
+    entries still name that address, but their children are gone, so their
+    sessions are C{session_lost}, through the other gateway and at its own
+    port, not answered by new, empty sessions.
+    """
+    tag = uuid.uuid4().hex
+    first, second, internal = ports(3)
+    a_config = gateway_config(tmp_path / "a", first, redis_server.uri, tag, internal_port=internal)
+    b_config = gateway_config(tmp_path / "b", second, redis_server.uri, tag)
+    with start_gateway(b_config, second, tag) as b:
+        with start_gateway(a_config, first, tag) as a:
+            for session in ("via-b", "at-a"):
+                assert a.call(session, "add_todo", text="x")[0] == 200
+            assert b.call("via-b", "list_todos")[1]["result"] == "#1 [ ] x"
+            a.kill()
+        with start_gateway(a_config, first, tag) as a:
+            for gateway, session in ((b, "via-b"), (a, "at-a")):
+                status, body = gateway.call(session, "list_todos")
+                assert (status, body["code"]) == (503, "session_lost"), body
+                assert f"mcpgateway:session:{session}" not in keys(redis_server)
+                status, body = gateway.call(session, "list_todos")  # re-sent: a new, empty session
+                assert status == 200, body
+                assert body["structured_content"]["todos"] == []
+    kill_tagged(tag)
+
+
 def test_an_event_stream_answer_is_streamed_through_a_forwarding_gateway(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

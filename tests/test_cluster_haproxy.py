@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from mcpgateway.cluster.directory import address_of
+
 from .cluster_fixture import AUTH, Gateway, gateway_config, ports, start_gateway
 from .conftest import kill_tagged, require_binary, tagged_processes
 from .redis_fixture import RedisServer, redis_server_at
@@ -88,12 +90,13 @@ def haproxy(port: int, gateways: list[int], directory: Path) -> Iterator[str]:
 
 def owners(server: RedisServer) -> dict[str, str]:
     """
-    @return: session id -> owner address, from the directory.
+    @return: session id -> owner address (without its incarnation), from the directory.
     """
     client = server.client()
     prefix = "mcpgateway:session:"
     return {
-        key.decode()[len(prefix) :]: (client.get(key) or b"").decode() for key in client.scan_iter(match=prefix + "*")
+        key.decode()[len(prefix) :]: address_of((client.get(key) or b"").decode())
+        for key in client.scan_iter(match=prefix + "*")
     }
 
 

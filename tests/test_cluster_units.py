@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 
-from mcpgateway.cluster.directory import Directory, DirectoryUnavailable
+from mcpgateway.cluster.directory import Directory, DirectoryUnavailable, address_of
 from mcpgateway.cluster.placement import Misdirected, Placement
 from mcpgateway.cluster.workers import RESTART_DELAY, WorkerPool
 from mcpgateway.config import ClusterConfig, parse_config
@@ -64,13 +64,15 @@ def result(d: Deferred[Any]) -> Any:
 
 def test_claim_is_first_come_and_release_only_by_the_owner(redis_server: RedisServer) -> None:
     mine, theirs = directory(redis_server), directory(redis_server, OTHER)
-    assert result(mine.claim("s1")) == ME
-    assert result(theirs.claim("s1")) == ME  # already owned: the owner is returned
-    assert result(theirs.owner("s1")) == ME
+    assert mine.me.startswith(ME + "#") and mine.me != directory(redis_server).me  # each life its own
+    assert result(mine.claim("s1")) == mine.me
+    assert result(theirs.claim("s1")) == mine.me  # already owned: the owner is returned
+    assert result(theirs.owner("s1")) == mine.me
+    assert address_of(mine.me) == ME
     assert 0 < redis_server.client().pttl("mcpgateway:session:s1") <= 30000
     assert result(theirs.release("s1")) is False  # never another owner's
-    assert result(mine.owner("s1")) == ME
-    assert result(theirs.release("s1", ME)) is True  # naming the owner: a dead owner's entry
+    assert result(mine.owner("s1")) == mine.me
+    assert result(theirs.release("s1", mine.me)) is True  # naming the owner: a dead owner's entry
     assert result(mine.owner("s1")) is None
 
 
@@ -83,8 +85,8 @@ def test_refresh_keeps_own_rewrites_lost_and_counts(redis_server: RedisServer) -
     assert result(mine.refresh(["a", "b", "c"])) == (3, 1)
     client = redis_server.client()
     assert client.pttl("mcpgateway:session:a") > 1000
-    assert client.get("mcpgateway:session:b") == OTHER.encode()
-    assert client.get("mcpgateway:session:c") == ME.encode()
+    assert client.get("mcpgateway:session:b") == theirs.me.encode()
+    assert client.get("mcpgateway:session:c") == mine.me.encode()
     result(theirs.refresh(["b"]))
     assert result(mine.refresh(["a", "c"])) == (3, 2)
     result(mine.leave())
@@ -120,10 +122,11 @@ def test_placement_claims_forwards_caches_and_guards_loops(redis_server: RedisSe
     here, _ = placement(redis_server)
     there, their_gateway = placement(redis_server, OTHER)
     assert result(Deferred.fromCoroutine(here.owner_for("s", create=True))) is None  # claimed here
-    assert result(Deferred.fromCoroutine(there.owner_for("s", create=True))) == ME  # forwarded there
+    me = here.directory.me
+    assert result(Deferred.fromCoroutine(there.owner_for("s", create=True))) == me  # forwarded there
     # Remembered: the directory is not asked again for it.
     redis_server.client().set("mcpgateway:session:s", "http://moved:1")
-    assert result(Deferred.fromCoroutine(there.owner_for("s", create=True))) == ME
+    assert result(Deferred.fromCoroutine(there.owner_for("s", create=True))) == me
     there.forget("s")
     assert result(Deferred.fromCoroutine(there.owner_for("s", create=True))) == "http://moved:1"
     # A forwarded request is never forwarded again: it names the owner instead.
@@ -145,6 +148,29 @@ def test_placement_claims_forwards_caches_and_guards_loops(redis_server: RedisSe
     result(Deferred.fromCoroutine(there.claim("t")))
     their_gateway.close_session("t", admin)
     assert redis_server.client().get("mcpgateway:session:t") is None
+
+
+def test_an_earlier_process_at_this_address_took_its_sessions_with_it(redis_server: RedisServer) -> None:
+    """
+    A process that starts again at its predecessor's address (a restarted
+    worker keeps its internal port) finds that one's entries: their
+    children died with it, so they are C{session_lost} (and removed), not
+    served here as new, empty sessions the caller would take for its own.
+    """
+    before, _ = placement(redis_server)
+    assert result(Deferred.fromCoroutine(before.owner_for("s", create=True))) is None
+    assert result(Deferred.fromCoroutine(before.owner_for("t", create=True))) is None
+    after, _ = placement(redis_server)  # the same address, another life
+    entry = redis_server.client()
+    for forwarded in (False, True):  # also when another gateway forwarded it here
+        session = "st"[forwarded]
+        with pytest.raises(ServiceUnavailable) as caught:
+            result(Deferred.fromCoroutine(after.owner_for(session, create=True, forwarded=forwarded)))
+        assert caught.value.code == "session_lost"
+        assert entry.get(f"mcpgateway:session:{session}") is None
+    # The retry starts the session afresh, here.
+    assert result(Deferred.fromCoroutine(after.owner_for("s", create=True))) is None
+    assert entry.get("mcpgateway:session:s") == after.directory.me.encode()
 
 
 # -- the supervisor -----------------------------------------------------------------

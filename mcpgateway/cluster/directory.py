@@ -2,7 +2,11 @@
 The session directory: which gateway process owns which session, in Redis.
 
 One key per session, C{<prefix>session:<id>}, holding the owner's internal
-address (C{http://host:port}) with a TTL.  The owner writes it when the
+address and incarnation (C{http://host:port#<random>}, L{Directory.me})
+with a TTL: a process that starts again at the same address (a worker its
+supervisor restarted, a gateway systemd restarted after a crash) is
+another incarnation, and can tell its predecessor's entries, whose
+sessions died with it, from its own.  The owner writes it when the
 session's first call arrives (a Lua script that is C{SET NX} returning the
 winner, so two first calls on two processes agree on one owner), refreshes
 it on every sweep of the session reaper, and deletes it when the session
@@ -17,6 +21,7 @@ timeouts; its connection pool is thread-safe.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -26,7 +31,7 @@ from twisted.internet.threads import deferToThread
 
 from mcpgateway.config import ClusterConfig
 
-__all__ = ["Directory", "DirectoryUnavailable"]
+__all__ = ["Directory", "DirectoryUnavailable", "address_of"]
 
 T = TypeVar("T")
 
@@ -61,6 +66,14 @@ _REFRESH_BATCH = 500
 SOCKET_TIMEOUT = 2.0
 
 
+def address_of(owner: str) -> str:
+    """
+    @param owner: An entry's value.
+    @return: The owner's internal address (C{http://host:port}), where its forwarded requests go.
+    """
+    return owner.partition("#")[0]
+
+
 class DirectoryUnavailable(Exception):
     """
     Redis could not be asked (down, unreachable, too slow).
@@ -71,7 +84,8 @@ class Directory:
     """
     The directory, as seen by one process.
 
-    @ivar address: This process's internal address, the value of its entries.
+    @ivar address: This process's internal address.
+    @ivar incarnation: A random token of this process's life.
     """
 
     def __init__(
@@ -88,6 +102,7 @@ class Directory:
         @param run: Runs a blocking function off the reactor (tests pass a synchronous one).
         """
         self.address = address
+        self.incarnation = secrets.token_hex(6)
         self._ttl_ms = int(config.entry_ttl * 1000)
         self._prefix = config.key_prefix
         self._redis = client or redis.Redis.from_url(
@@ -97,6 +112,13 @@ class Directory:
         self._release = self._redis.register_script(_RELEASE)
         self._refresh = self._redis.register_script(_REFRESH)
         self._run = run
+
+    @property
+    def me(self) -> str:
+        """
+        The value of this process's entries: its address and incarnation.
+        """
+        return f"{self.address}#{self.incarnation}"
 
     def key(self, session_id: str) -> str:
         """
@@ -117,14 +139,14 @@ class Directory:
         """
         Become C{session_id}'s owner unless it has one.
 
-        @return: A L{Deferred} firing with the owner's address (C{address}
-            if this process won), or failing with L{DirectoryUnavailable}.
+        @return: A L{Deferred} firing with the owner's entry (L{me} if this
+            process won), or failing with L{DirectoryUnavailable}.
         """
-        return self._call(lambda: str(self._claim(keys=[self.key(session_id)], args=[self.address, self._ttl_ms])))
+        return self._call(lambda: str(self._claim(keys=[self.key(session_id)], args=[self.me, self._ttl_ms])))
 
     def owner(self, session_id: str) -> Deferred[str | None]:
         """
-        @return: A L{Deferred} firing with the owner's address, or L{None} if
+        @return: A L{Deferred} firing with the owner's entry, or L{None} if
             the session has none.
         """
 
@@ -136,12 +158,12 @@ class Directory:
 
     def release(self, session_id: str, owner: str | None = None) -> Deferred[bool]:
         """
-        Delete C{session_id}'s entry if it still names C{owner} (this process
-        if L{None}): never another owner's.
+        Delete C{session_id}'s entry if it still names C{owner} (an entry's
+        value; this process if L{None}): never another owner's.
 
         @return: A L{Deferred} firing with whether it was deleted.
         """
-        who = self.address if owner is None else owner
+        who = self.me if owner is None else owner
         return self._call(lambda: bool(self._release(keys=[self.key(session_id)], args=[who])))
 
     def refresh(self, session_ids: Iterable[str]) -> Deferred[tuple[int, int]]:
@@ -156,7 +178,7 @@ class Directory:
 
         def work() -> tuple[int, int]:
             for start in range(0, len(keys), _REFRESH_BATCH):
-                self._refresh(keys=keys[start : start + _REFRESH_BATCH], args=[self.address, self._ttl_ms])
+                self._refresh(keys=keys[start : start + _REFRESH_BATCH], args=[self.me, self._ttl_ms])
             self._redis.set(f"{self._prefix}instance:{self.address}", "1", px=self._ttl_ms)
             return self._count("session:*"), self._count("instance:*")
 

@@ -3,7 +3,8 @@ Where a session is served: here, or at its owner.
 
 A session's calls are served by the one process that owns it (its children
 live there).  L{Placement.owner_for} answers, for a session id, L{None}
-("serve it here") or the owner's internal address ("forward it there"):
+("serve it here") or the owner's directory entry, its internal address
+and incarnation ("forward it there"):
 
   - a session this process holds is served here, without asking Redis;
   - otherwise the directory is asked, through a small cache of other
@@ -13,6 +14,10 @@ live there).  L{Placement.owner_for} answers, for a session id, L{None}
     a new session itself, and a balancer or the client tries another; a
     claim whose session was then not opened (the drain began in between,
     or the process is full) is released (L{Placement.abandon});
+  - an entry of an earlier process at this process's own address (it died
+    and this one started in its place before the entry expired) names a
+    session whose children died with it: 503 C{session_lost}, the entry
+    removed, as when another gateway finds an owner gone;
   - a I{forwarded} request is never forwarded again (the loop guard): if the
     directory names another owner (the sender's cache was stale),
     L{Misdirected} says which, and the sender asks again once.
@@ -32,13 +37,13 @@ from prometheus_client.registry import Collector
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
 
-from mcpgateway.cluster.directory import Directory, DirectoryUnavailable
+from mcpgateway.cluster.directory import Directory, DirectoryUnavailable, address_of
 from mcpgateway.errors import ServiceUnavailable
 from mcpgateway.gateway import Gateway
 from mcpgateway.observe.logs import logger
 from mcpgateway.sessions import Session
 
-__all__ = ["FORWARD_OUTCOMES", "Misdirected", "Placement"]
+__all__ = ["FORWARD_OUTCOMES", "Misdirected", "Placement", "session_lost"]
 
 log = logger("mcpgateway.cluster")
 
@@ -46,6 +51,17 @@ log = logger("mcpgateway.cluster")
 FORWARD_OUTCOMES = ("answered", "lost", "misdirected")
 #: Owners remembered per process before the cache is emptied.
 _CACHE_SIZE = 10000
+
+
+def session_lost(session_id: str) -> ServiceUnavailable:
+    """
+    @return: The 503 for a session whose owner process is gone.
+    """
+    return ServiceUnavailable(
+        f"session {session_id!r} lived in a gateway process that cannot be reached any more; "
+        "its state is lost (a new call starts a new session)",
+        "session_lost",
+    )
 
 
 class Misdirected(Exception):
@@ -95,9 +111,11 @@ class Placement:
         @param create: Whether the request may create the session (a tool
             call) or only use one (C{DELETE}, an MCP request after C{initialize}).
         @param forwarded: Whether another gateway forwarded the request.
-        @return: L{None} to serve it here, else the owner's address.
+        @return: L{None} to serve it here, else the owner's entry (its
+            address is L{address_of} it).
         @raise Misdirected: If a forwarded request belongs to another owner.
-        @raise ServiceUnavailable: C{cluster_unavailable} if Redis cannot be asked.
+        @raise ServiceUnavailable: C{cluster_unavailable} if Redis cannot be
+            asked, C{session_lost} if an earlier process at this address owned it.
         """
         if self.gateway.sessions.get(session_id) is not None:
             return None
@@ -117,8 +135,11 @@ class Placement:
             raise ServiceUnavailable(
                 "the session directory (Redis) cannot be reached; retry", "cluster_unavailable", retry_after=1
             ) from None
-        if owner is None or owner == self.address:
+        if owner is None or owner == self.directory.me:
             return None
+        if address_of(owner) == self.address:
+            await self.lost(session_id, owner, "was an earlier process at this address")
+            raise session_lost(session_id)
         if forwarded:
             raise Misdirected(owner)
         if len(self._owners) >= _CACHE_SIZE:
@@ -132,14 +153,16 @@ class Placement:
         """
         self._owners.pop(session_id, None)
 
-    async def lost(self, session_id: str, owner: str) -> None:
+    async def lost(self, session_id: str, owner: str, why: str = "cannot be reached") -> None:
         """
-        C{owner} cannot be reached: delete C{session_id}'s entry if it still names it.
+        C{owner} is gone: delete C{session_id}'s entry if it still names it.
+
+        @param why: How it is gone, for the log.
         """
         self.forget(session_id)
         try:
             if await self._track(self.directory.release(session_id, owner)):
-                log.warn("session {id}: its owner {owner} cannot be reached; entry removed", id=session_id, owner=owner)
+                log.warn("session {id}: its owner {owner} {why}; entry removed", id=session_id, owner=owner, why=why)
         except DirectoryUnavailable as error:
             log.warn("the session directory cannot be reached: {error}", error=str(error))
 
@@ -168,7 +191,7 @@ class Placement:
             return
         self.forget(session_id)
         try:
-            await self._track(self.directory.release(session_id, self.address))
+            await self._track(self.directory.release(session_id))
         except DirectoryUnavailable as error:
             log.warn("the session directory cannot be reached: {error}", error=str(error))
 

@@ -42,7 +42,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IRequest, IResponse
 from zope.interface import implementer
 
-from mcpgateway.cluster.placement import Misdirected, Placement
+from mcpgateway.cluster.directory import address_of
+from mcpgateway.cluster.placement import Misdirected, Placement, session_lost
 from mcpgateway.errors import Forbidden, GatewayError, ServiceUnavailable
 from mcpgateway.observe.logs import logger
 from mcpgateway.policy.auth import Principal
@@ -284,7 +285,10 @@ class Fleet:
         while True:
             try:
                 response = await self.agent.request(
-                    request.method, owner.encode("ascii") + request.uri, headers, _Body(body) if body else None
+                    request.method,
+                    address_of(owner).encode("ascii") + request.uri,
+                    headers,
+                    _Body(body) if body else None,
                 )
             except CancelledError:
                 raise
@@ -303,14 +307,10 @@ class Fleet:
                 log.warn(
                     "session {id}: its owner {owner} cannot be reached ({error}); the session is lost",
                     id=session_id,
-                    owner=owner,
+                    owner=address_of(owner),
                     error=type(error).__name__,
                 )
-                raise ServiceUnavailable(
-                    f"session {session_id!r} lived in a gateway process that cannot be reached any more; "
-                    "its state is lost (a new call starts a new session)",
-                    "session_lost",
-                ) from None
+                raise session_lost(session_id) from None
             moved = response.headers.getRawHeaders(OWNER_HEADER)
             if response.code == WrongOwner.status and moved and not asked_again:
                 await treq.content(response)
@@ -351,7 +351,7 @@ class Fleet:
             live sessions are still served).
         """
         try:
-            response = await self.http.get(owner + "/health", timeout=self._connect_timeout)
+            response = await self.http.get(address_of(owner) + "/health", timeout=self._connect_timeout)
             await treq.content(response)
         except CancelledError:
             raise
