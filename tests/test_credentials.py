@@ -427,6 +427,43 @@ async def test_each_principal_calls_with_its_own_token_over_rest(github: Any) ->
     assert "only alice may call it" in body["error"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_token_the_server_refuses_at_start_backs_off_that_caller_only(
+    tmp_path: Path, live: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Alice's token is revoked: her child exits at start.  That backs off her
+    credential, not the service: bob's call starts his child at once, and
+    alice's next call is refused from the backoff without a start.
+    """
+    revoked = "tok-revoked-0123456789"
+    monkeypatch.setenv("TEST_BOB_GITHUB", BOB_SECRET)
+    path = secrets_file(tmp_path, {"alice-github": revoked})
+    gw = live(
+        {"gh": github_service(backoff_initial=30, backoff_max=30, stderr_tail="all")},
+        server=principals(),
+        secrets={"file": str(path), "env": {"bob-github": "TEST_BOB_GITHUB"}},
+    )
+    service = gw.gateway.services["gh"]
+    status, body = await whoami(gw, "alice", "a1")
+    assert (status, body["code"]) == (503, "service_unavailable"), body
+    assert "failed to start with this caller's credential" in body["error"]
+    assert "[secret:alice-github]" in body["stderr_tail"] and revoked not in json.dumps(body)
+    status, bob = await whoami(gw, "bob", "b1")
+    assert (status, bob["token"]) == (200, BOB_SECRET)
+    spawns = service.spawns
+    response, body = await gw.request(
+        "POST", "/services/gh/call", {"tool": "whoami", "session_id": "a2", "arguments": {}}, **bearer("alice")
+    )
+    assert (response.code, body["code"]) == (503, "service_unavailable"), body
+    assert 0 < int(response.headers.getRawHeaders(b"retry-after")[0]) <= 30
+    assert service.spawns == spawns  # refused from her backoff: nothing started
+    _, services = await gw.request("GET", "/services", **bearer("root"))
+    assert services["gh"]["state"] == "ready"
+    assert service.status()["credentials_backing_off"] == 1
+    assert (await whoami(gw, "bob", "b2"))[0] == 200
+
+
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
 @pytest_twisted.ensureDeferred
 async def test_each_principal_calls_with_its_own_token_over_mcp(github: Any, mode: str) -> None:

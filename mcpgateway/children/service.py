@@ -11,12 +11,15 @@ child that stays up for C{backoff_reset} seconds clears the failure count.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
@@ -49,6 +52,21 @@ POOL_REFILL_DELAY = 0.2
 _LIMIT_SIGNALS = frozenset({signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL})
 
 
+@dataclass
+class _Backoff:
+    """
+    The start failures of one caller's credential (see L{Service.spawn}).
+
+    @ivar failures: Consecutive failed starts with it.
+    @ivar retry_at: The clock time before which it is not tried again.
+    @ivar error: What its last failed start answered.
+    """
+
+    failures: int
+    retry_at: float
+    error: ServiceUnavailable
+
+
 class Service:
     """
     Everything the gateway knows about one configured service.
@@ -69,7 +87,8 @@ class Service:
         list the tools (no principal's).
     @ivar listing_headers: The same for a C{url} service's listing session:
         its credential headers.
-    @ivar failures: Consecutive start failures.
+    @ivar failures: Consecutive start failures (of the service, not of a
+        caller's own credential: those back off apart).
     @ivar last_failure: The last start failure's L{ServiceUnavailable}.
     """
 
@@ -96,6 +115,8 @@ class Service:
         self.failures = 0
         self.last_failure: ServiceUnavailable | None = None
         self._retry_at = 0.0
+        #: Start failures with a caller's own credential, by its digest.
+        self._credential_backoff: dict[str, _Backoff] = {}
         self._starting = 0
         #: The tool list its children declare, fetched once and shared.
         self.tool_cache = ToolCache(
@@ -166,7 +187,8 @@ class Service:
             backoff, the last start failure and how many tools it declared.
         """
         view = self.describe()
-        wait = self._retry_at - self._clock.seconds() if self.failures else 0.0
+        now = self._clock.seconds()
+        wait = self._retry_at - now if self.failures else 0.0
         cached = self.tool_cache.cached
         view.update(
             spawns=self.spawns,
@@ -174,6 +196,7 @@ class Service:
             crashes=self.crashes,
             failures=self.failures,
             backoff=round(max(0.0, wait), 3),
+            credentials_backing_off=sum(1 for held in self._credential_backoff.values() if held.retry_at > now),
             last_error=SECRET_VALUES.text(self.last_failure.message) if self.last_failure is not None else None,
             tools=len(cached) if cached is not None else None,
             pool=self.pool_size,
@@ -192,6 +215,7 @@ class Service:
             child.close(self.config.close_grace)
         self.failures = 0
         self._retry_at = 0.0
+        self._credential_backoff.clear()
         if self._pool_retry is not None and self._pool_retry.active():
             self._pool_retry.cancel()
         self.refill_pool_soon()
@@ -211,19 +235,21 @@ class Service:
         @param credential_headers: HTTP headers of the principal a C{url}
             service's session is for (its credential), over the configured ones.
         @return: The ready child, already counted in L{children}.
-        @raise ServiceUnavailable: If the service is backing off or this start fails.
+        @raise ServiceUnavailable: If the service is backing off or this start
+            fails.  A stdio child that fails to start with a caller's own
+            credential (not the C{default} one the tool listing uses) backs
+            off that credential only: one caller's revoked token does not
+            refuse every other caller.
         """
         if self._stopping:
             raise ServiceUnavailable(f"service {self.name!r} is shutting down", retry_after=1)
         now = self._clock.seconds()
+        credential = self._credential_key(credential_env)
+        held = self._credential_backoff.get(credential) if credential is not None else None
+        if held is not None and now < held.retry_at:
+            raise _again(held.error, held.retry_at - now)
         if self.failures and now < self._retry_at and self.last_failure is not None:
-            wait = self._retry_at - now
-            raise ServiceUnavailable(
-                self.last_failure.message,
-                retry_after=wait,
-                service=self.name,
-                **{k: v for k, v in self.last_failure.details.items() if k != "service"},
-            )
+            raise _again(self.last_failure, self._retry_at - now)
         holder: list[Child] = []
         self._starting += 1
         self.spawns += 1
@@ -302,12 +328,14 @@ class Service:
                     service=self.name,
                     http_status=failure.http_status,
                 ) from None
-            raise self._start_failed(failure) from None
+            raise self._start_failed(failure, credential) from None
         finally:
             self._starting -= 1
             for protocol in started:
                 self._starting_protocols.discard(protocol)
         holder.append(child)
+        if credential is not None:
+            self._credential_backoff.pop(credential, None)
         self.era = child.era
         self._started_once = True
         self.children.add(child)
@@ -408,12 +436,27 @@ class Service:
         if not self._stopping and (self._pool_retry is None or not self._pool_retry.active()):
             self._pool_retry = self._clock.callLater(delay, self.refill_pool)
 
-    def _start_failed(self, failure: StartFailed) -> ServiceUnavailable:
-        self.failures += 1
+    def _credential_key(self, credential_env: Mapping[str, str] | None) -> str | None:
+        """
+        @return: Which backoff a start with C{credential_env} counts against:
+            L{None} for the service's own (a C{url} service, no credential,
+            or the C{default} one the tool listing uses too), else the
+            caller's credential's (a digest, never the value).
+        """
+        if self.config.url or not credential_env or dict(credential_env) == dict(self.listing_env()):
+            return None
+        return hashlib.sha256(json.dumps(sorted(credential_env.items())).encode()).hexdigest()[:16]
+
+    def _start_failed(self, failure: StartFailed, credential: str | None = None) -> ServiceUnavailable:
         self.start_failures += 1
-        delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** min(self.failures - 1, 32))
+        if credential is None:
+            failures = self.failures + 1
+        else:
+            held = self._credential_backoff.get(credential)
+            failures = (held.failures if held is not None else 0) + 1
+        delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** min(failures - 1, 32))
         delay = delay / 2 + self._random() * delay / 2
-        self._retry_at = self._clock.seconds() + delay
+        retry_at = self._clock.seconds() + delay
         details: dict[str, Any] = {"service": self.name, "stderr_tail": stderr_excerpt(failure.stderr_tail)}
         code = None
         if failure.exit_info is not None:
@@ -423,14 +466,20 @@ class Service:
             if cause is not None:
                 code = "child_limit"
                 details.update(limit=cause["limit"], value=cause["value"], key=cause["key"])
+        whose = "" if credential is None else " with this caller's credential"
         error = ServiceUnavailable(
-            f"service {self.name!r} failed to start: {failure.reason}", code, retry_after=delay, **details
+            f"service {self.name!r} failed to start{whose}: {failure.reason}", code, retry_after=delay, **details
         )
         self.last_failure = error
+        if credential is None:
+            self.failures, self._retry_at = failures, retry_at
+        else:
+            self._credential_backoff[credential] = _Backoff(failures, retry_at, error)
         log.warn(
-            "{service}: start failed ({n} in a row), retry in {delay:.1f} s: {reason}",
+            "{service}: start failed{whose} ({n} in a row), retry in {delay:.1f} s: {reason}",
             service=self.name,
-            n=self.failures,
+            whose=whose.replace("this", "a"),
+            n=failures,
             delay=delay,
             reason=failure.reason,
         )
@@ -571,6 +620,13 @@ class Service:
         )
         if self._remote is not None:
             await self._remote.close()
+
+
+def _again(error: ServiceUnavailable, wait: float) -> ServiceUnavailable:
+    """
+    @return: C{error} once more while its backoff lasts, C{Retry-After} the time left.
+    """
+    return ServiceUnavailable(error.message, retry_after=wait, **error.details)
 
 
 def _stderr_bytes(child: Child) -> int:

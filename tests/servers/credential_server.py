@@ -13,6 +13,9 @@ C{credential_server.py [VARIABLE]} (default C{GITHUB_TOKEN}).  Tools:
     message holds it (a careless server's error);
   - C{crash}: writes the token to stderr and exits with status 3 (the
     gateway shows the stderr tail in its error).
+
+A token with C{revoked} in it is refused at start, as a server that checks
+its token first does: the token on stderr, exit status 3, no handshake.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ def serve(variable: str) -> None:
     """
     Be the server, acting with C{$variable}.
     """
+    if "revoked" in os.environ.get(variable, ""):
+        log(f"fatal: the API refused token {os.environ[variable]}")
+        sys.stderr.flush()
+        sys.exit(3)
 
     def whoami(request: Request, arguments: dict[str, Any]) -> str:
         held = sorted(name for name, value in os.environ.items() if TOKEN_PREFIX in value)
