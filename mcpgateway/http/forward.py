@@ -31,15 +31,16 @@ from typing import Any
 import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
+from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IRequest, IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IRequest, IResponse
 from zope.interface import implementer
 
 from mcpgateway.cluster.directory import address_of
@@ -91,6 +92,8 @@ _RESPONSE_HEADERS = (
 IDLE_CONNECTION_SECONDS = 30
 #: Connections kept per owner.
 CONNECTIONS_PER_OWNER = 32
+#: Owners' endpoints kept before the cache is emptied (owners come and go with restarts).
+_ENDPOINTS_KEPT = 1000
 #: A stale kept-alive connection: the request never reached the owner, so it may be sent again.
 _NOT_SENT = (ResponseNeverReceived, RequestTransmissionFailed)
 #: The owner cannot be reached, or went away with the call.
@@ -149,6 +152,31 @@ def _deliver(response: IResponse, write: Callable[[bytes], object]) -> Deferred[
     return done
 
 
+@implementer(IAgentEndpointFactory)
+class _Owners:
+    """
+    One endpoint per owner, made once: L{Agent}'s own factory builds a new
+    L{HostnameEndpoint} (IDNA-encoding its host) for every request, even
+    when a kept-alive connection then serves it.
+    """
+
+    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._connect_timeout = connect_timeout
+        self._endpoints: dict[tuple[bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            if len(self._endpoints) >= _ENDPOINTS_KEPT:
+                self._endpoints.clear()
+            endpoint = self._endpoints[key] = HostnameEndpoint(
+                self._reactor, uri.host, uri.port, timeout=self._connect_timeout
+            )
+        return endpoint
+
+
 class WrongOwner(GatewayError):
     """
     421: a forwarded request reached a process that does not own the
@@ -182,7 +210,7 @@ class Fleet:
         self.pool.retryAutomatically = False  # _forward decides what may be sent again
         #: The hot path: Agent itself (treq's URL handling and its
         #: cooperative body producer cost more than the rest of a forward).
-        self.agent = Agent(reactor, connectTimeout=connect_timeout, pool=self.pool)
+        self.agent = Agent.usingEndpointFactory(reactor, _Owners(reactor, connect_timeout), pool=self.pool)
         self.http = HTTPClient(self.agent)
 
     def forwarded(self, request: IRequest) -> bool:
