@@ -3,9 +3,10 @@ A graceful drain of this gateway process, as a plain object: refuse new
 sessions, let the live ones go on until they end or a deadline passes, then
 close what is left.
 
-SIGTERM (through L{mcpgateway.tap}'s top service) and C{POST /admin/drain}
-start it; C{/health} reports it so a balancer's health check sends new
-sessions elsewhere.  It knows nothing of HTTP or signals.
+SIGTERM (through the top service, L{mcpgateway.runtime.DrainingService})
+and C{POST /admin/drain} start it; C{/health} reports it so a balancer's
+health check sends new sessions elsewhere.  It knows nothing of HTTP or
+signals.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from mcpgateway.config import parse_config
 from mcpgateway.gateway import Gateway
 from mcpgateway.http.rest import GatewayApp
 from mcpgateway.policy.ratelimit import RateLimiter
-from mcpgateway.tap import make_authenticator, make_site
+from mcpgateway.runtime import make_authenticator, make_site
 
 HERE = Path(__file__).parent
 SERVERS = HERE / "servers"

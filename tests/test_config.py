@@ -25,7 +25,8 @@ from mcpgateway.config import (
     parse_config,
     substitute,
 )
-from mcpgateway.tap import GatewayService, Options, StartRefused, listening_service, makeService
+from mcpgateway.runtime import GatewayService, listening_service
+from mcpgateway.tap import Options, StartRefused, makeService
 
 ROOT = Path(__file__).parent.parent
 SHIPPED = ROOT / "config" / "config.json"

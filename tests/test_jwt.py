@@ -53,7 +53,8 @@ from mcpgateway.http.fetch import FetchError, fetch
 from mcpgateway.observe.metrics import route_of
 from mcpgateway.policy.auth import hash_token
 from mcpgateway.policy.jwt import MAX_JWKS_BYTES, Tokens, Verdict
-from mcpgateway.tap import GatewayService, Options, makeService
+from mcpgateway.runtime import GatewayService
+from mcpgateway.tap import Options, makeService
 
 from .conftest import AUTH, fixture_service
 

@@ -31,7 +31,8 @@ from mcpgateway.observe.logs import configure
 from mcpgateway.policy.auth import Principal, hash_token
 from mcpgateway.policy.budgets import BudgetPolicy
 from mcpgateway.policy.rules import RulePolicy
-from mcpgateway.tap import Governance, Options, StartRefused
+from mcpgateway.runtime import Governance
+from mcpgateway.tap import Options, StartRefused
 
 from .conftest import fixture_service
 from .redis_fixture import redis_server_at
