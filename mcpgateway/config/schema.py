@@ -39,6 +39,7 @@ from mcpgateway.config.values import (
     kind,
     non_negative,
     number,
+    port,
     positive,
     section,
     string,
@@ -282,13 +283,6 @@ class GatewayConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
-def _port(value: Any, path: str, environ: Mapping[str, str]) -> int:
-    port = integer(value, path, environ)
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{path}: not a TCP port: {port}")
-    return port
-
-
 def _level(value: Any, path: str, environ: Mapping[str, str]) -> str:
     level = string(value, path, environ).upper()
     if level not in {"DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"}:
@@ -305,7 +299,7 @@ def _protocol(value: Any, path: str, environ: Mapping[str, str]) -> str:
 
 _SERVER: dict[str, Reader] = {
     "host": string,
-    "port": _port,
+    "port": port,
     "auth_user": string,
     "auth_password": string,
     "auth_token": string,
