@@ -29,11 +29,11 @@ from mcpgateway.config.schema import (
     PrincipalConfig,
     RateLimitConfig,
     ServerConfig,
-    ServiceConfig,
     SessionConfig,
     load_config,
     parse_config,
 )
+from mcpgateway.config.services import ServiceConfig
 from mcpgateway.config.values import ConfigError, substitute
 
 __all__ = [
