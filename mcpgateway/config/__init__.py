@@ -26,13 +26,12 @@ from mcpgateway.config.schema import (
     AuditConfig,
     GatewayConfig,
     LoggingConfig,
-    PrincipalConfig,
     RateLimitConfig,
-    ServerConfig,
     SessionConfig,
     load_config,
     parse_config,
 )
+from mcpgateway.config.server import PrincipalConfig, ServerConfig
 from mcpgateway.config.services import ServiceConfig
 from mcpgateway.config.values import ConfigError, substitute
 

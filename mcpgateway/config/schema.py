@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mcpgateway.config.cluster import ClusterConfig, cluster_from_config, workers_from_config
+from mcpgateway.config.cluster import ClusterConfig, cluster_from_config
 from mcpgateway.config.governance import (
     BudgetsConfig,
     PolicyConfig,
@@ -26,8 +25,8 @@ from mcpgateway.config.governance import (
     check_service_names,
     tool_policy_from_config,
 )
-from mcpgateway.config.issuers import IssuerConfig, issuers_from_config, public_url
 from mcpgateway.config.secrets import SecretSources, secrets_from_config
+from mcpgateway.config.server import ServerConfig, server_from_config
 from mcpgateway.config.services import ServiceConfig, services_from_config
 from mcpgateway.config.values import (
     ConfigError,
@@ -37,67 +36,22 @@ from mcpgateway.config.values import (
     kind,
     non_negative,
     number,
-    port,
     positive,
     section,
     string,
     string_list,
 )
-from mcpgateway.names import PRINCIPAL_NAME
 
 __all__ = [
     "DEFAULT_REDACT_KEYS",
     "AuditConfig",
     "GatewayConfig",
-    "IssuerConfig",
     "LoggingConfig",
-    "PrincipalConfig",
     "RateLimitConfig",
-    "ServerConfig",
     "SessionConfig",
     "load_config",
     "parse_config",
 ]
-
-
-@dataclass(frozen=True)
-class PrincipalConfig:
-    """
-    One entry of C{server.principals}: a caller with a role and a hashed credential.
-    """
-
-    name: str
-    role: str = "agent"
-    password_hash: str = ""
-    token_hash: str = ""
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """
-    The C{server} section: where to listen and who may call.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    auth_user: str = ""
-    auth_password: str = ""
-    auth_token: str = ""
-    max_body_bytes: int = 10 * 1024 * 1024
-    tls_cert: str = ""
-    idle_timeout: float = 60.0
-    request_timeout: float = 30.0
-    max_header_bytes: int = 16384
-    metrics_listen: str = ""
-    principals: tuple[PrincipalConfig, ...] = ()
-    allowed_origins: tuple[str, ...] = ()
-    state_dir: str = "./state"
-    #: JWT issuers (L{mcpgateway.config.issuers}).
-    issuers: tuple[IssuerConfig, ...] = ()
-    #: C{https://host[:port]} the clients reach the gateway at, or C{""}: from each request.
-    public_url: str = ""
-    #: Processes serving the port (L{mcpgateway.cluster.workers}); more than 1 needs C{cluster.redis}.
-    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -224,63 +178,6 @@ def _level(value: Any, path: str, environ: Mapping[str, str]) -> str:
     return level
 
 
-_SERVER: dict[str, Reader] = {
-    "host": string,
-    "port": port,
-    "auth_user": string,
-    "auth_password": string,
-    "auth_token": string,
-    "max_body_bytes": positive(integer),
-    "tls_cert": string,
-    "idle_timeout": positive(number),
-    "request_timeout": positive(number),
-    "max_header_bytes": positive(integer),
-    "metrics_listen": string,
-    "principals": lambda v, p, e: _principals(v, p, e),
-    "allowed_origins": string_list,
-    "state_dir": string,
-    "issuers": issuers_from_config,
-    "public_url": public_url,
-    "workers": workers_from_config,
-}
-
-_PRINCIPAL: dict[str, Reader] = {
-    "name": string,
-    "role": string,
-    "password_hash": string,
-    "token_hash": string,
-}
-
-
-def _principals(value: Any, path: str, environ: Mapping[str, str]) -> tuple[PrincipalConfig, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(f"{path}: expected a list of principals, got {kind(value)}")
-    result: list[PrincipalConfig] = []
-    names: set[str] = set()
-    for index, raw in enumerate(value):
-        where = f"{path}[{index}]"
-        entry = PrincipalConfig(**{"name": "", **section(raw, where, environ, _PRINCIPAL)})
-        if not PRINCIPAL_NAME.fullmatch(entry.name):
-            raise ConfigError(f"{where}.name: 1-128 of A-Z a-z 0-9 _ . @ -")
-        if entry.name in names:
-            raise ConfigError(f"{where}.name: {entry.name!r} is given twice")
-        names.add(entry.name)
-        if entry.role not in ("admin", "agent"):
-            raise ConfigError(f"{where}.role: expected admin or agent, got {entry.role!r}")
-        if not entry.password_hash and not entry.token_hash:
-            raise ConfigError(f"{where}: give password_hash and/or token_hash")
-        if entry.password_hash and not re.fullmatch(
-            r"scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+", entry.password_hash
-        ):
-            raise ConfigError(
-                f"{where}.password_hash: expected scrypt$n$r$p$salt$hash (python -m mcpgateway.auth password)"
-            )
-        if entry.token_hash and not re.fullmatch(r"sha256\$[0-9a-f]{64}", entry.token_hash):
-            raise ConfigError(f"{where}.token_hash: expected sha256$<64 hex digits> (python -m mcpgateway.auth token)")
-        result.append(entry)
-    return tuple(result)
-
-
 _SESSION: dict[str, Reader] = {
     "default_timeout": positive(number),
     "max_sessions_per_service": positive(integer),
@@ -363,7 +260,7 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayC
     if not isinstance(raw, dict):
         raise ConfigError(f"the configuration must be a JSON object, got {kind(raw)}")
     sections: dict[str, Reader] = {
-        "server": lambda v, p, e: ServerConfig(**section(v, p, e, _SERVER)),
+        "server": server_from_config,
         "services": lambda v, p, e: v,  # read below, per service
         "session": lambda v, p, e: SessionConfig(**section(v, p, e, _SESSION)),
         "rate_limiting": lambda v, p, e: RateLimitConfig(**section(v, p, e, _RATE_LIMITING)),
