@@ -12,6 +12,7 @@ frozen dataclasses that every layer below the startup code reads.
 The names below are the public API (C{from mcpgateway.config import ...}).
 """
 
+from mcpgateway.config.audit import AuditConfig
 from mcpgateway.config.cluster import ClusterConfig
 from mcpgateway.config.governance import (
     ArgumentConstraint,
@@ -23,7 +24,6 @@ from mcpgateway.config.governance import (
 from mcpgateway.config.issuers import IssuerConfig
 from mcpgateway.config.sandbox import ResourceLimits, SandboxPolicy, policy_from_config
 from mcpgateway.config.schema import (
-    AuditConfig,
     GatewayConfig,
     LoggingConfig,
     RateLimitConfig,
