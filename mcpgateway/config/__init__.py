@@ -7,7 +7,13 @@ frozen dataclasses that every layer below the startup code reads.
   - L{governance}: the C{policy} and C{budgets} sections;
   - L{issuers}: C{server.issuers}, the JWT issuers (keys, algorithms, claims);
   - L{cluster}: the C{cluster} section and C{server.workers};
-  - L{schema}: the sections, L{parse_config} and L{load_config}.
+  - L{secrets}: the C{secrets} section and a service's C{credentials};
+  - L{server}: the C{server} section and its C{principals};
+  - L{services}: the C{services} section and a top-level C{mcpServers};
+  - L{audit}: the C{audit} section;
+  - L{claude}: MCP clients' server lists as C{services} entries;
+  - L{schema}: the whole document, its small sections, L{parse_config}
+    and L{load_config}.
 
 The names below are the public API (C{from mcpgateway.config import ...}).
 """

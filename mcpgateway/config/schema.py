@@ -6,6 +6,12 @@ C{${VAR|default}} substitution C{"port": "${MCP_PORT|8080}"} becomes the
 integer 8080 because C{port} is an integer, while a digit-only password stays
 the string it was written as.  Every problem is reported as one
 L{ConfigError} naming the key path, e.g. C{services.todo.command[0]}.
+
+Here are the whole document (L{GatewayConfig}), its small sections
+(C{session}, C{rate_limiting}, C{logging}), the checks that span sections,
+and reading and loading (L{parse_config}, L{load_config}); each larger
+section is read by its own module (L{mcpgateway.config.server},
+L{mcpgateway.config.services}, L{mcpgateway.config.audit}, ...).
 """
 
 from __future__ import annotations
