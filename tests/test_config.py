@@ -1,7 +1,7 @@
 """
-The configuration reader (L{mcpgateway.config.schema}) and the twistd options
-(L{mcpgateway.tap}): substitution, schema typing, and errors that name the
-key path.
+The configuration reader (L{mcpgateway.config.schema} and the modules of
+its sections) and the twistd options (L{mcpgateway.tap}): substitution,
+schema typing, and errors that name the key path.
 """
 
 from __future__ import annotations

@@ -21,8 +21,7 @@ from twisted.internet import reactor
 from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from mcpgateway.config import ConfigError, parse_config
-from mcpgateway.config.schema import AuditConfig
+from mcpgateway.config import AuditConfig, ConfigError, parse_config
 from mcpgateway.errors import Forbidden
 from mcpgateway.lib.redact import SECRET_VALUES, SecretValues
 from mcpgateway.observe.audit import AuditLog

@@ -1,7 +1,7 @@
 """
 MCP client configurations as gateway services: the conversion
 (L{mcpgateway.config.claude}), a gateway configuration's own C{mcpServers}
-block (L{mcpgateway.config.schema}) and C{mcp-gateway import}
+block (L{mcpgateway.config.services}) and C{mcp-gateway import}
 (L{mcpgateway.importer}, run as a real subprocess on real files).
 """
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mcpgateway.config.values import ConfigError, Reader, integer, number, positive, section, string
+from mcpgateway.config.values import ConfigError, Reader, integer, number, port, positive, section, string
 
 __all__ = ["MIN_SECRET_LENGTH", "ClusterConfig", "cluster_from_config", "workers_from_config"]
 
@@ -60,19 +60,12 @@ def _redis_uri(value: Any, path: str, environ: Mapping[str, str]) -> str:
     return uri
 
 
-def _port(value: Any, path: str, environ: Mapping[str, str]) -> int:
-    port = integer(value, path, environ)
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{path}: not a TCP port: {port}")
-    return port
-
-
 _CLUSTER: dict[str, Reader] = {
     "redis": _redis_uri,
     "secret": string,
     "secret_file": string,
     "internal_host": string,
-    "internal_port": _port,
+    "internal_port": port,
     "advertise_host": string,
     "entry_ttl": positive(number),
     "connect_timeout": positive(number),

@@ -6,21 +6,25 @@ C{${VAR|default}} substitution C{"port": "${MCP_PORT|8080}"} becomes the
 integer 8080 because C{port} is an integer, while a digit-only password stays
 the string it was written as.  Every problem is reported as one
 L{ConfigError} naming the key path, e.g. C{services.todo.command[0]}.
+
+Here are the whole document (L{GatewayConfig}), its small sections
+(C{session}, C{rate_limiting}, C{logging}), the checks that span sections,
+and reading and loading (L{parse_config}, L{load_config}); each larger
+section is read by its own module (L{mcpgateway.config.server},
+L{mcpgateway.config.services}, L{mcpgateway.config.audit}, ...).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-from mcpgateway.config.claude import convert_servers
-from mcpgateway.config.cluster import ClusterConfig, cluster_from_config, workers_from_config
+from mcpgateway.config.audit import AuditConfig, audit_from_config
+from mcpgateway.config.cluster import ClusterConfig, cluster_from_config
 from mcpgateway.config.governance import (
     BudgetsConfig,
     PolicyConfig,
@@ -28,9 +32,9 @@ from mcpgateway.config.governance import (
     check_service_names,
     tool_policy_from_config,
 )
-from mcpgateway.config.issuers import IssuerConfig, issuers_from_config, public_url
-from mcpgateway.config.sandbox import SandboxPolicy, policy_from_config
-from mcpgateway.config.secrets import SecretSources, ServiceCredentials, credentials_from_config, secrets_from_config
+from mcpgateway.config.secrets import SecretSources, secrets_from_config
+from mcpgateway.config.server import ServerConfig, server_from_config
+from mcpgateway.config.services import ServiceConfig, services_from_config
 from mcpgateway.config.values import (
     ConfigError,
     Reader,
@@ -43,126 +47,16 @@ from mcpgateway.config.values import (
     section,
     string,
     string_list,
-    string_map,
 )
-from mcpgateway.names import PRINCIPAL_NAME, SERVICE_NAME
 
 __all__ = [
-    "DEFAULT_REDACT_KEYS",
-    "AuditConfig",
     "GatewayConfig",
-    "IssuerConfig",
     "LoggingConfig",
-    "PrincipalConfig",
     "RateLimitConfig",
-    "ServerConfig",
-    "ServiceConfig",
     "SessionConfig",
     "load_config",
     "parse_config",
 ]
-
-
-@dataclass(frozen=True)
-class PrincipalConfig:
-    """
-    One entry of C{server.principals}: a caller with a role and a hashed credential.
-    """
-
-    name: str
-    role: str = "agent"
-    password_hash: str = ""
-    token_hash: str = ""
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """
-    The C{server} section: where to listen and who may call.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    auth_user: str = ""
-    auth_password: str = ""
-    auth_token: str = ""
-    max_body_bytes: int = 10 * 1024 * 1024
-    tls_cert: str = ""
-    idle_timeout: float = 60.0
-    request_timeout: float = 30.0
-    max_header_bytes: int = 16384
-    metrics_listen: str = ""
-    principals: tuple[PrincipalConfig, ...] = ()
-    allowed_origins: tuple[str, ...] = ()
-    state_dir: str = "./state"
-    #: JWT issuers (L{mcpgateway.config.issuers}).
-    issuers: tuple[IssuerConfig, ...] = ()
-    #: C{https://host[:port]} the clients reach the gateway at, or C{""}: from each request.
-    public_url: str = ""
-    #: Processes serving the port (L{mcpgateway.cluster.workers}); more than 1 needs C{cluster.redis}.
-    workers: int = 1
-
-
-#: Programs that may download the server on its first start (C{npx -y ...}, C{uvx ...}).
-DOWNLOADERS = frozenset({"npx", "uvx", "uv", "pipx", "bunx", "pnpx", "pnpm", "yarn", "deno", "docker", "podman"})
-#: Their default C{startup_timeout}, seconds.
-DOWNLOAD_STARTUP_TIMEOUT = 120.0
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    """
-    One C{services.<name>} entry: an MCP server started as a child process
-    (C{command}), or one reached over HTTP (C{url}, its keys in
-    L{REMOTE_KEYS}).
-    """
-
-    name: str
-    command: tuple[str, ...] = ()
-    #: C{http(s)://...}: a remote MCP server instead of a child (L{mcpgateway.children.remote}).
-    url: str = ""
-    #: C{auto}, C{streamable-http} or C{sse} (url services).
-    transport: str = "auto"
-    #: Headers sent with every request to C{url} (C{${VAR}} read at load).
-    headers: Mapping[str, str] = field(default_factory=dict)
-    #: A PEM bundle of the CAs trusted for an C{https} C{url}; C{""}: the system's.
-    ca_file: str = ""
-    #: The largest HTTP answer (or SSE event) read from C{url}.
-    max_response_bytes: int = 128 * 1024 * 1024
-    #: Idle keep-alive connections kept open to C{url}.
-    max_connections: int = 8
-    description: str = ""
-    enabled: bool = True
-    env: Mapping[str, str] = field(default_factory=dict)
-    protocol: str = "auto"
-    call_timeout: float = 25.0
-    handshake_timeout: float = 30.0
-    #: L{None}: 120 s for a launcher that downloads (L{DOWNLOADERS}), else C{handshake_timeout}.
-    startup_timeout: float | None = None
-    discover_timeout: float = 3.0
-    max_line_bytes: int = 128 * 1024 * 1024
-    close_grace: float = 2.0
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    backoff_reset: float = 30.0
-    prewarm: int = 0
-    stderr_tail: str = "admins"
-    sandbox: SandboxPolicy = field(default_factory=SandboxPolicy)
-    #: Per-principal credentials (L{mcpgateway.config.secrets}), or L{None}.
-    credentials: ServiceCredentials | None = None
-
-    def first_start_timeout(self) -> float:
-        """
-        @return: The handshake bound of the service's first start since the
-            gateway started, which may have to download the server:
-            C{startup_timeout} if given, else L{DOWNLOAD_STARTUP_TIMEOUT} for
-            a command run by one of L{DOWNLOADERS}, else C{handshake_timeout}.
-        """
-        if self.startup_timeout is not None:
-            return self.startup_timeout
-        if self.command and os.path.basename(self.command[0]) in DOWNLOADERS:
-            return max(self.handshake_timeout, DOWNLOAD_STARTUP_TIMEOUT)
-        return self.handshake_timeout
 
 
 @dataclass(frozen=True)
@@ -219,48 +113,6 @@ class LoggingConfig:
     access_log: str = "log"
 
 
-#: Argument keys whose values the audit log never stores: case-insensitive
-#: globs matched against every key, at any depth.
-DEFAULT_REDACT_KEYS = (
-    "*password*",
-    "*passwd*",
-    "*passphrase*",
-    "*secret*",
-    "*token",
-    "*apikey*",
-    "*api_key*",
-    "*api-key*",
-    "*privatekey*",
-    "*private_key*",
-    "*credential*",
-    "*authorization*",
-    "*cookie*",
-    "key",
-)
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    """
-    The C{audit} section: one record per tool call (L{mcpgateway.observe.audit}).
-    """
-
-    enabled: bool = True
-    #: C{sqlite:PATH} or C{postgresql://...}; C{""} is C{<server.state_dir>/audit.sqlite3}.
-    storage: str = ""
-    retain_days: float = 30.0
-    prune_interval: float = 3600.0
-    redact_keys: tuple[str, ...] = DEFAULT_REDACT_KEYS
-    #: C{"service/tool"} glob -> argument paths (dotted, each part a glob) never stored.
-    redact: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    #: Service name globs whose results are stored (capped at C{max_result_bytes}).
-    results: tuple[str, ...] = ()
-    max_argument_bytes: int = 16384
-    max_result_bytes: int = 4096
-    queue_size: int = 10000
-    flush_interval: float = 0.2
-
-
 @dataclass(frozen=True)
 class GatewayConfig:
     """
@@ -282,184 +134,12 @@ class GatewayConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
-def _port(value: Any, path: str, environ: Mapping[str, str]) -> int:
-    port = integer(value, path, environ)
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{path}: not a TCP port: {port}")
-    return port
-
-
 def _level(value: Any, path: str, environ: Mapping[str, str]) -> str:
     level = string(value, path, environ).upper()
     if level not in {"DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"}:
         raise ConfigError(f"{path}: unknown log level {level!r}")
     return level
 
-
-def _protocol(value: Any, path: str, environ: Mapping[str, str]) -> str:
-    era = string(value, path, environ)
-    if era not in ("auto", "legacy", "modern"):
-        raise ConfigError(f"{path}: expected auto, legacy or modern, got {era!r}")
-    return era
-
-
-_SERVER: dict[str, Reader] = {
-    "host": string,
-    "port": _port,
-    "auth_user": string,
-    "auth_password": string,
-    "auth_token": string,
-    "max_body_bytes": positive(integer),
-    "tls_cert": string,
-    "idle_timeout": positive(number),
-    "request_timeout": positive(number),
-    "max_header_bytes": positive(integer),
-    "metrics_listen": string,
-    "principals": lambda v, p, e: _principals(v, p, e),
-    "allowed_origins": string_list,
-    "state_dir": string,
-    "issuers": issuers_from_config,
-    "public_url": public_url,
-    "workers": workers_from_config,
-}
-
-_PRINCIPAL: dict[str, Reader] = {
-    "name": string,
-    "role": string,
-    "password_hash": string,
-    "token_hash": string,
-}
-
-
-def _stderr_tail(value: Any, path: str, environ: Mapping[str, str]) -> str:
-    who = string(value, path, environ).strip().lower()
-    if who not in ("admins", "all", "none"):
-        raise ConfigError(f"{path}: expected admins, all or none, got {who!r}")
-    return who
-
-
-def _principals(value: Any, path: str, environ: Mapping[str, str]) -> tuple[PrincipalConfig, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(f"{path}: expected a list of principals, got {kind(value)}")
-    result: list[PrincipalConfig] = []
-    names: set[str] = set()
-    for index, raw in enumerate(value):
-        where = f"{path}[{index}]"
-        entry = PrincipalConfig(**{"name": "", **section(raw, where, environ, _PRINCIPAL)})
-        if not PRINCIPAL_NAME.fullmatch(entry.name):
-            raise ConfigError(f"{where}.name: 1-128 of A-Z a-z 0-9 _ . @ -")
-        if entry.name in names:
-            raise ConfigError(f"{where}.name: {entry.name!r} is given twice")
-        names.add(entry.name)
-        if entry.role not in ("admin", "agent"):
-            raise ConfigError(f"{where}.role: expected admin or agent, got {entry.role!r}")
-        if not entry.password_hash and not entry.token_hash:
-            raise ConfigError(f"{where}: give password_hash and/or token_hash")
-        if entry.password_hash and not re.fullmatch(
-            r"scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+", entry.password_hash
-        ):
-            raise ConfigError(
-                f"{where}.password_hash: expected scrypt$n$r$p$salt$hash (python -m mcpgateway.auth password)"
-            )
-        if entry.token_hash and not re.fullmatch(r"sha256\$[0-9a-f]{64}", entry.token_hash):
-            raise ConfigError(f"{where}.token_hash: expected sha256$<64 hex digits> (python -m mcpgateway.auth token)")
-        result.append(entry)
-    return tuple(result)
-
-
-def _command(value: Any, path: str, environ: Mapping[str, str]) -> tuple[str, ...]:
-    command = string_list(value, path, environ) if isinstance(value, list) else None
-    if not command or not command[0]:
-        raise ConfigError(f"{path}: expected a non-empty list of strings (program and arguments)")
-    return command
-
-
-def _url(value: Any, path: str, environ: Mapping[str, str]) -> str:
-    url = string(value, path, environ).strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{path}: expected an http:// or https:// URL, got {url!r}")
-    if parts.username or parts.password:
-        raise ConfigError(f"{path}: put credentials in headers, not in the URL")
-    if parts.fragment:
-        raise ConfigError(f"{path}: a URL with a #fragment cannot be requested")
-    return url
-
-
-def _transport(value: Any, path: str, environ: Mapping[str, str]) -> str:
-    transport = string(value, path, environ)
-    if transport not in ("auto", "streamable-http", "sse"):
-        raise ConfigError(f"{path}: expected auto, streamable-http or sse, got {transport!r}")
-    return transport
-
-
-def _headers(value: Any, path: str, environ: Mapping[str, str]) -> dict[str, str]:
-    headers = string_map(value, path, environ)
-    for name, text in headers.items():
-        if not _TOKEN.fullmatch(name):
-            raise ConfigError(f"{path}.{name}: not an HTTP header name")
-        if name.lower() in _OWN_HEADERS:
-            raise ConfigError(f"{path}.{name}: the gateway sets this header itself")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text) or not text.isascii():
-            raise ConfigError(f"{path}.{name}: a header value is printable ASCII (no line breaks)")
-    return headers
-
-
-def _ca_file(value: Any, path: str, environ: Mapping[str, str]) -> str:
-    name = string(value, path, environ)
-    if not os.path.isfile(name):
-        raise ConfigError(f"{path}: no such file: {name!r}")
-    return name
-
-
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-#: Headers of the MCP transports, which the gateway writes itself.
-_OWN_HEADERS = frozenset(
-    {
-        "content-type",
-        "content-length",
-        "accept",
-        "host",
-        "connection",
-        "transfer-encoding",
-        "mcp-session-id",
-        "mcp-protocol-version",
-        "mcp-method",
-        "mcp-name",
-        "last-event-id",
-    }
-)
-#: Keys only a url service may have.
-REMOTE_KEYS = frozenset({"url", "transport", "headers", "ca_file", "max_response_bytes", "max_connections"})
-#: Keys only a command service may have: a url service runs no process.
-LOCAL_KEYS = frozenset({"command", "env", "sandbox", "startup_timeout", "max_line_bytes", "prewarm"})
-
-_SERVICE: dict[str, Reader] = {
-    "command": _command,
-    "url": _url,
-    "transport": _transport,
-    "headers": _headers,
-    "ca_file": _ca_file,
-    "max_response_bytes": positive(integer),
-    "max_connections": positive(integer),
-    "description": string,
-    "enabled": boolean,
-    "env": string_map,
-    "protocol": _protocol,
-    "call_timeout": positive(number),
-    "handshake_timeout": positive(number),
-    "startup_timeout": positive(number),
-    "discover_timeout": positive(number),
-    "max_line_bytes": positive(integer),
-    "close_grace": positive(number),
-    "backoff_initial": positive(number),
-    "backoff_max": positive(number),
-    "backoff_reset": positive(number),
-    "prewarm": non_negative(integer),
-    "stderr_tail": _stderr_tail,
-    "sandbox": policy_from_config,
-    "credentials": credentials_from_config,
-}
 
 _SESSION: dict[str, Reader] = {
     "default_timeout": positive(number),
@@ -489,95 +169,6 @@ _LOGGING: dict[str, Reader] = {
 }
 
 
-def _audit_storage(value: Any, path: str, environ: Mapping[str, str]) -> str:
-    storage = string(value, path, environ).strip()
-    if storage == "" or storage.startswith(("postgresql://", "postgres://")):
-        return storage
-    if storage.startswith("sqlite:") and len(storage) > len("sqlite:"):
-        return storage
-    raise ConfigError(f"{path}: expected sqlite:PATH or postgresql://user@host/db, got {storage!r}")
-
-
-def _redact(value: Any, path: str, environ: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
-    if not isinstance(value, dict):
-        raise ConfigError(f'{path}: expected an object of "service/tool": [argument paths], got {kind(value)}')
-    rules: dict[str, tuple[str, ...]] = {}
-    for key, paths in value.items():
-        where = f"{path}.{key}"
-        service, slash, tool = key.partition("/")
-        if not (service and slash and tool) or "/" in tool:
-            raise ConfigError(f'{where}: a rule\'s key is "service/tool" (globs allowed, e.g. "github/*")')
-        fields = string_list(paths, where, environ)
-        if any(not item or "" in item.split(".") for item in fields):
-            raise ConfigError(f"{where}: an argument path is names joined by dots (globs allowed), e.g. auth.token")
-        rules[key] = fields
-    return rules
-
-
-_AUDIT: dict[str, Reader] = {
-    "enabled": boolean,
-    "storage": _audit_storage,
-    "retain_days": non_negative(number),
-    "prune_interval": positive(number),
-    "redact_keys": string_list,
-    "redact": _redact,
-    "results": string_list,
-    "max_argument_bytes": positive(integer),
-    "max_result_bytes": positive(integer),
-    "queue_size": positive(integer),
-    "flush_interval": positive(number),
-}
-
-
-def _service(name: str, raw: Any, environ: Mapping[str, str]) -> ServiceConfig:
-    path = f"services.{name}"
-    if not SERVICE_NAME.fullmatch(name):
-        raise ConfigError(f"{path}: a service name is 1-64 of A-Z a-z 0-9 _ -")
-    values = section(raw, path, environ, _SERVICE, aliases={"sandbox_config": "sandbox"})
-    if "command" in values and "url" in values:
-        raise ConfigError(f"{path}: give command (a child process) or url (a remote server), not both")
-    if "url" in values:
-        for key in sorted(LOCAL_KEYS & set(values)):
-            raise ConfigError(f"{path}.{key}: not for a url service (it runs no process on this host)")
-    elif "command" in values:
-        for key in sorted(REMOTE_KEYS & set(values)):
-            raise ConfigError(f"{path}.{key}: only for a url service")
-    else:
-        raise ConfigError(f"{path}.command: missing (the program and its arguments), or give url")
-    service = ServiceConfig(name=name, **values)
-    if service.credentials is not None:
-        if service.prewarm:
-            raise ConfigError(
-                f"{path}.prewarm: a warm child is started for nobody, so it cannot hold a "
-                "per-principal credential; use 0 with credentials"
-            )
-        for mapping in service.credentials.mappings():
-            if service.url and mapping.env:
-                raise ConfigError(f"{mapping.path}.env: a url service runs no process; give its credential as headers")
-            for variable in mapping.env:
-                if variable in service.env:
-                    raise ConfigError(f"{mapping.path}.env.{variable}: also set in {path}.env")
-            for header in mapping.headers:
-                if header.lower() in {name.lower() for name in service.headers}:
-                    raise ConfigError(f"{mapping.path}.headers.{header}: also set in {path}.headers")
-    return service
-
-
-def _mcp_servers(raw: Any, services: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """
-    Read a top-level C{mcpServers} block, Claude Desktop's shape, into raw
-    C{services} entries (L{mcpgateway.config.claude}).
-
-    @raise ConfigError: For a field that does not map, a remote server, or a
-        name also given in C{services}.
-    """
-    entries = convert_servers(raw, "mcpServers", strict=True).services
-    for name in entries:
-        if name in services:
-            raise ConfigError(f"mcpServers.{name}: also defined in services")
-    return entries
-
-
 def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """
     Turn the decoded JSON document into a L{GatewayConfig}.
@@ -592,12 +183,12 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayC
     if not isinstance(raw, dict):
         raise ConfigError(f"the configuration must be a JSON object, got {kind(raw)}")
     sections: dict[str, Reader] = {
-        "server": lambda v, p, e: ServerConfig(**section(v, p, e, _SERVER)),
+        "server": server_from_config,
         "services": lambda v, p, e: v,  # read below, per service
         "session": lambda v, p, e: SessionConfig(**section(v, p, e, _SESSION)),
         "rate_limiting": lambda v, p, e: RateLimitConfig(**section(v, p, e, _RATE_LIMITING)),
         "logging": lambda v, p, e: LoggingConfig(**section(v, p, e, _LOGGING)),
-        "audit": lambda v, p, e: AuditConfig(**section(v, p, e, _AUDIT)),
+        "audit": audit_from_config,
         "mcpServers": lambda v, p, e: v,  # read below, into services
         "policy": tool_policy_from_config,
         "budgets": budgets_from_config,
@@ -605,11 +196,7 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> GatewayC
         "secrets": secrets_from_config,
     }
     top = section(raw, "", env, sections)
-    services_raw = top.pop("services", {})
-    if not isinstance(services_raw, dict):
-        raise ConfigError(f"services: expected an object keyed by service name, got {kind(services_raw)}")
-    services_raw = {**services_raw, **_mcp_servers(top.pop("mcpServers", {}), services_raw)}
-    services = {name: _service(name, value, env) for name, value in services_raw.items()}
+    services = services_from_config(top.pop("services", {}), top.pop("mcpServers", {}), env)
     check_service_names(top.get("policy"), top.get("budgets", BudgetsConfig()), services)
     if "secrets" not in top:
         for service in services.values():

@@ -24,6 +24,7 @@ __all__ = [
     "kind",
     "non_negative",
     "number",
+    "port",
     "positive",
     "section",
     "string",
@@ -86,6 +87,13 @@ def integer(value: Any, path: str, environ: Mapping[str, str]) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{path}: expected an integer, got {kind(value)}")
     return value
+
+
+def port(value: Any, path: str, environ: Mapping[str, str]) -> int:
+    port = integer(value, path, environ)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{path}: not a TCP port: {port}")
+    return port
 
 
 def number(value: Any, path: str, environ: Mapping[str, str]) -> float:

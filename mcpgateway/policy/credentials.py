@@ -39,7 +39,7 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from mcpgateway.config import GatewayConfig, ServiceConfig
-from mcpgateway.config.schema import DEFAULT_REDACT_KEYS
+from mcpgateway.config.audit import DEFAULT_REDACT_KEYS
 from mcpgateway.config.secrets import SECRET_NAME, CredentialMapping, SecretSources, ServiceCredentials, template_names
 from mcpgateway.config.values import ConfigError
 from mcpgateway.errors import Forbidden
