@@ -4,10 +4,11 @@ Forwarding a session's requests to the gateway process that owns it.
 L{Fleet.route} asks the L{Placement} where a session lives; when another
 process owns it, the request is sent there as it came (method, path, body,
 the headers that matter, and who this gateway admitted the caller as, which
-the owner takes without verifying or counting the credentials again) over a persistent HTTP connection (treq on an
-L{HTTPConnectionPool}), and the owner's answer is returned unchanged:
-status, body and its relevant headers, streamed (an MCP C{text/event-stream}
-answer reaches the client as it is written).
+the owner takes without verifying or counting the credentials again) over a
+persistent HTTP connection (Twisted's L{Agent} on an L{HTTPConnectionPool},
+one endpoint per owner), and the owner's answer is returned unchanged:
+status, body and its relevant headers, streamed (an MCP
+C{text/event-stream} answer reaches the client as it is written).
 
 Gateways prove they are fleet members with the shared secret
 (C{cluster.secret}) in L{FORWARDED_HEADER}, compared in constant time.  A
