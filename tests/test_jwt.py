@@ -52,7 +52,8 @@ from mcpgateway.config.issuers import ASYMMETRIC
 from mcpgateway.http.fetch import FetchError, fetch
 from mcpgateway.observe.metrics import route_of
 from mcpgateway.policy.auth import hash_token
-from mcpgateway.policy.jwt import MAX_JWKS_BYTES, Tokens, Verdict
+from mcpgateway.policy.jwks import MAX_JWKS_BYTES
+from mcpgateway.policy.jwt import Tokens, Verdict
 from mcpgateway.runtime import GatewayService
 from mcpgateway.tap import Options, makeService
 
@@ -448,7 +449,9 @@ async def test_unusable_keys_in_a_jwks_are_skipped(jwks: JwksEndpoint) -> None:
     ]
     tokens, _ = verifier(issuer(jwks_url=jwks.url))
     assert (await tokens.verify(token())).principal is not None
-    assert [kid for kid, _ in tokens.issuers["corp"].keys] == ["k1"]
+    keys = tokens.issuers["corp"].jwks
+    assert keys is not None
+    assert [kid for kid, _ in keys.keys] == ["k1"]
     assert (await tokens.verify(token(short, "short"))).reason == "unknown key"
     assert (await tokens.verify(token(RSA_2, "enc"))).reason == "unknown key"
     # A key that names its alg verifies that one only.
@@ -814,7 +817,8 @@ async def test_the_jwks_is_fetched_at_start_not_when_built(jwks: JwksEndpoint, t
     assert jwks.requests == 0, "makeService builds only"
     top.startService()
     try:
-        corp = service.tokens.issuers["corp"]
+        corp = service.tokens.issuers["corp"].jwks
+        assert corp is not None
         assert corp.fetches == 1, "started by startService"
         await corp.refresh()  # waits for the fetch under way, starts no other
         assert (corp.fetches, jwks.requests) == (1, 1)

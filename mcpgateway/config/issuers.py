@@ -5,7 +5,7 @@ C{Authorization: Bearer <JWT>}, and C{server.public_url}.
 Each issuer is keyed by a short name that prefixes the names of its
 principals (C{"corp"}: C{corp:alice@example.com}), and gives its keys in one
 of three ways: C{jwks_url} (fetched and cached by
-L{mcpgateway.policy.jwt}), C{key} (one PEM public key or certificate) or
+L{mcpgateway.policy.jwks}), C{key} (one PEM public key or certificate) or
 C{secret} (a shared HMAC secret).  Which signature algorithms a token may
 use follows from that: asymmetric ones for keys, HMAC ones for a secret,
 never C{none}, so a public key can never be used as an HMAC secret.

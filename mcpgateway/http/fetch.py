@@ -1,6 +1,6 @@
 """
 A bounded HTTP GET for what the gateway itself must read (an issuer's JWKS,
-L{mcpgateway.policy.jwt}): treq on the reactor, never blocking it.
+L{mcpgateway.policy.jwks}): treq on the reactor, never blocking it.
 
 The answer must be a 200 (redirects are not followed: the configured URL is
 the one trusted), its body at most C{max_bytes} (a larger declared length

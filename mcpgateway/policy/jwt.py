@@ -13,17 +13,10 @@ C{aud} once more).  The principal is C{<issuer name>:<name claim>}, its
 roles the strings of the roles claims, and its role C{admin} when one of
 them is an admin role (C{agent} otherwise).
 
-Keys of a C{jwks_url} are fetched off the reactor with the L{Fetch} given
-(the gateway's is L{mcpgateway.http.fetch.fetch}), at start and on first
-need, at most L{MAX_JWKS_BYTES} within C{jwks_timeout}; they are used for
-C{cache_seconds}, then fetched again by the next token that needs them.  A
-token naming a C{kid} the set does not hold makes one fetch, but fetches of
-one issuer are at least C{refresh_seconds} apart whatever the reason (a
-flood of made-up C{kid}s, a JWKS that does not answer): a token that cannot
-wait for the next one is refused.  When a fetch fails the keys known stay
-in use (an outage of the identity provider does not log everyone out); a
-token that needs a key the gateway never had gets L{Verdict.counted} false:
-the client is not guessing, the gateway cannot tell.
+Keys of a C{jwks_url} are fetched and cached by L{mcpgateway.policy.jwks};
+a token refused because the gateway could not get its issuer's keys
+(C{keys unavailable}) gets L{Verdict.counted} false: the client is not
+guessing, the gateway cannot tell.
 
 Checking a signature costs 0.1-0.3 ms (RS256, ES256 on one core), so a
 verified token is remembered (L{_VERIFIED_SIZE} of them, by sha256) until
@@ -41,7 +34,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import jwt
 from jwt.exceptions import (
@@ -52,31 +45,20 @@ from jwt.exceptions import (
     InvalidSignatureError,
     PyJWTError,
 )
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from mcpgateway.config import IssuerConfig
-from mcpgateway.config.issuers import MIN_RSA_BITS, load_public_key
-from mcpgateway.lib.deferreds import Shared, observe
-from mcpgateway.observe.logs import logger
+from mcpgateway.config.issuers import load_public_key
 from mcpgateway.policy.auth import ADMIN, AGENT, Principal
+from mcpgateway.policy.jwks import Fetch, KeySet
 
 __all__ = [
-    "MAX_JWKS_BYTES",
-    "MAX_JWKS_KEYS",
     "REASONS",
-    "Fetch",
     "Tokens",
     "Verdict",
 ]
 
-log = logger("mcpgateway.jwt")
-
-#: The largest JWKS document read (a larger one is a failed fetch).
-MAX_JWKS_BYTES = 256 * 1024
-#: The most keys a JWKS may hold (more is a failed fetch).
-MAX_JWKS_KEYS = 64
 #: The longest name claim (characters); the principal is C{<issuer>:<claim>}.
 MAX_NAME_CLAIM = 200
 #: Roles kept of one token (the first ones), and the longest role kept.
@@ -102,8 +84,6 @@ REASONS = (
     "no name",
 )
 
-#: Which key types verify which algorithms (EC: by curve).
-_EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 #: PyJWT with the time checks off (done here, against the gateway's clock),
 #: C{sub} left to the name claim's check (a number is a name) and short
 #: keys refused.
@@ -124,18 +104,6 @@ _REFUSALS: tuple[tuple[type[PyJWTError], str], ...] = (
     (InvalidAlgorithmError, "algorithm not allowed"),
     (InvalidKeyError, "unknown key"),
 )
-
-
-class Fetch(Protocol):
-    """
-    GET a URL off the reactor (L{mcpgateway.http.fetch.fetch}).
-    """
-
-    def __call__(self, url: str, timeout: float, max_bytes: int) -> Deferred[bytes]:
-        """
-        @return: Fires with the body of a 200 answer of at most
-            C{max_bytes}, all of it within C{timeout} seconds, or fails.
-        """
 
 
 @dataclass(frozen=True)
@@ -219,37 +187,16 @@ def _name(claims: dict[str, Any], path: str) -> str | None:
     return value
 
 
-def _fits(jwk: dict[str, Any], alg: str) -> bool:
-    """
-    @return: Whether the JWK C{jwk} may verify C{alg}: its type and curve
-        fit, and its own C{alg}, if given, is C{alg}.
-    """
-    if "alg" in jwk and jwk["alg"] != alg:
-        return False
-    kty = jwk.get("kty")
-    if kty == "RSA":
-        return alg[:2] in ("RS", "PS")
-    if kty == "EC":
-        return _EC_CURVES.get(alg) == jwk.get("crv")
-    if kty == "OKP":
-        return alg == "EdDSA" and jwk.get("crv") == "Ed25519"
-    return False  # "oct" above all: a published symmetric key is nobody's secret
-
-
 class _Issuer:
     """
-    One configured issuer: its checks, and its keys (static, or a JWKS
-    fetched and cached).
+    One configured issuer: its checks, and its keys (static, or its JWKS,
+    a L{KeySet}).
 
-    @ivar generation: Changes whenever its keys do (remembered tokens
-        verified with older keys are verified again).
-    @ivar fetches: JWKS fetches started.
+    @ivar jwks: Its JWKS, or L{None}: its keys are static (C{key}, C{secret}).
     """
 
     def __init__(self, config: IssuerConfig, clock: IReactorTime, fetch: Fetch) -> None:
         self.config = config
-        self.clock = clock
-        self._fetch = fetch
         self.algorithms = frozenset(config.algorithms)
         self.audience = frozenset(config.audience)
         self.admin_roles = frozenset(config.admin_roles)
@@ -258,17 +205,7 @@ class _Issuer:
             self._static = load_public_key(config.key)
         elif config.secret:
             self._static = config.secret.encode("utf-8")
-        #: The usable keys of the JWKS, in its order: C{(kid or "", JWK)}.
-        self.keys: list[tuple[str, dict[str, Any]]] = []
-        self._prepared: dict[tuple[int, str], jwt.PyJWK] = {}
-        self.generation = 0
-        self.fetched: float | None = None
-        self.fetches = 0
-        #: Whether the last fetch failed (then no key is "unknown": it may be new).
-        self.failing = False
-        self._attempted: float | None = None
-        self._pending: Shared[None] | None = None
-        self._work: Deferred[bytes] | None = None
+        self.jwks = KeySet(config, clock, fetch) if self._static is None else None
 
     # -- checks before any key is looked up ----------------------------------------
 
@@ -298,170 +235,27 @@ class _Issuer:
     # -- keys ------------------------------------------------------------------------
 
     @property
-    def dynamic(self) -> bool:
+    def generation(self) -> int:
         """
-        Whether its keys come from a JWKS.
+        Changes whenever its keys do (remembered tokens verified with older
+        keys are verified again).
         """
-        return self._static is None
+        return 0 if self.jwks is None else self.jwks.generation
 
     def fresh(self, now: float) -> bool:
         """
         @return: Whether its keys are not due for a refresh.
         """
-        if not self.dynamic:
-            return True
-        return self.fetched is not None and now - self.fetched < self.config.cache_seconds
+        return self.jwks is None or self.jwks.fresh(now)
 
     async def key(self, kid: str | None, alg: str) -> tuple[Any, str]:
         """
         @return: The key to verify C{alg} with for C{kid} and C{""}, or
             L{None} and why not (C{unknown key}, C{keys unavailable}).
         """
-        if not self.dynamic:
+        if self.jwks is None:
             return self._static, ""
-        if not self.fresh(self.clock.seconds()):
-            await self.refresh()
-        key = self._find(kid, alg)
-        if key is None and self.fetched is not None:
-            await self.refresh()  # a new key: at most one fetch per refresh_seconds
-            key = self._find(kid, alg)
-        if key is not None:
-            return key, ""
-        return None, "keys unavailable" if self.fetched is None or self.failing else "unknown key"
-
-    def _find(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
-        fitting = [
-            (index, jwk)
-            for index, (known, jwk) in enumerate(self.keys)
-            if (kid is None or known == kid) and _fits(jwk, alg)
-        ]
-        if len(fitting) != 1:  # none, or a token without kid and several keys
-            return None
-        index, jwk = fitting[0]
-        prepared = self._prepared.get((index, alg))
-        if prepared is None:
-            try:
-                prepared = self._prepared[(index, alg)] = jwt.PyJWK(jwk, alg)
-            except PyJWTError:
-                return None
-        return prepared
-
-    def refresh(self) -> Deferred[None]:
-        """
-        Fetch the JWKS, unless a fetch started less than C{refresh_seconds}
-        ago; wait for one under way.
-
-        @return: Fires (never fails) once the keys are as good as they get now.
-        """
-        if self._pending is not None:
-            return self._pending.wait()
-        now = self.clock.seconds()
-        if self._attempted is not None and now - self._attempted < self.config.refresh_seconds:
-            return succeed(None)
-        self._attempted = now
-        self.fetches += 1
-        config = self.config
-        work = self._fetch(config.jwks_url, config.jwks_timeout, MAX_JWKS_BYTES)
-        self._work = work
-        done = work.addCallbacks(self._loaded, self._failed).addErrback(self._bug)
-        shared = observe(done)
-        if not shared.done:
-            self._pending = shared
-            shared.wait().addBoth(self._settled)
-        return shared.wait()
-
-    def _settled(self, _: object) -> None:
-        self._pending = None
-        self._work = None
-
-    def stop(self) -> None:
-        """
-        Cancel a fetch under way.
-        """
-        if self._work is not None:
-            self._work.cancel()
-
-    def _loaded(self, body: bytes) -> None:
-        config = self.config
-        try:
-            keys = self._usable(json.loads(body))
-        except (ValueError, UnicodeDecodeError) as error:
-            self.failing = True
-            log.warn(
-                "issuer {issuer}: the JWKS at {url} is unusable ({error}); keeping the {count} keys known",
-                issuer=config.name,
-                url=config.jwks_url,
-                error=str(error),
-                count=len(self.keys),
-            )
-            return
-        self.fetched = self.clock.seconds()
-        self.failing = False
-        if keys != self.keys:
-            self.keys = keys
-            self._prepared.clear()
-            self.generation += 1
-            log.info(
-                "issuer {issuer}: {count} signing keys from {url} ({kids})",
-                issuer=config.name,
-                count=len(keys),
-                url=config.jwks_url,
-                kids=", ".join(kid or "-" for kid, _ in keys) or "none",
-            )
-
-    def _usable(self, document: Any) -> list[tuple[str, dict[str, Any]]]:
-        """
-        @return: The keys of a JWKS document that can verify one of the
-            issuer's algorithms (RSA keys of at least 2048 bits; C{use}
-            absent or C{sig}; never a symmetric key).
-        @raise ValueError: For a document that is not a JWKS, or too large.
-        """
-        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-            raise ValueError('not a JWKS (an object with a "keys" list)')
-        entries = document["keys"]
-        if len(entries) > MAX_JWKS_KEYS:
-            raise ValueError(f"{len(entries)} keys, more than {MAX_JWKS_KEYS}")
-        keys: list[tuple[str, dict[str, Any]]] = []
-        for jwk in entries:
-            if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
-                continue
-            algs = [alg for alg in self.config.algorithms if _fits(jwk, alg)]
-            if not algs:
-                continue
-            try:
-                key = jwt.PyJWK(jwk, algs[0]).key
-            except (PyJWTError, ValueError, TypeError, KeyError) as error:
-                log.warn("issuer {issuer}: a JWKS key is skipped: {error}", issuer=self.config.name, error=str(error))
-                continue
-            if getattr(key, "key_size", MIN_RSA_BITS) < MIN_RSA_BITS and jwk.get("kty") == "RSA":
-                log.warn("issuer {issuer}: a JWKS key is skipped: RSA under 2048 bits", issuer=self.config.name)
-                continue
-            kid = jwk.get("kid")
-            keys.append((kid if isinstance(kid, str) else "", jwk))
-        return keys
-
-    def _bug(self, failure: Failure) -> None:
-        log.failure("issuer {issuer}: reading the JWKS failed", failure, issuer=self.config.name)
-        self.failing = True
-
-    def _failed(self, failure: Failure) -> None:
-        if failure.check(CancelledError):
-            return
-        self.failing = True
-        config = self.config
-        log.warn(
-            "issuer {issuer}: the JWKS at {url} cannot be fetched ({error}); "
-            "{what}, next try in {seconds:g} s at the earliest",
-            issuer=config.name,
-            url=config.jwks_url,
-            error=failure.getErrorMessage() or failure.type.__name__,  # type: ignore[union-attr]
-            what=(
-                f"keeping the {len(self.keys)} keys known"
-                if self.fetched is not None
-                else "its tokens are refused (401) until it answers"
-            ),
-            seconds=config.refresh_seconds,
-        )
+        return await self.jwks.key(kid, alg)
 
     # -- the principal ------------------------------------------------------------------
 
@@ -500,15 +294,16 @@ class Tokens:
         Fetch every JWKS now (at the gateway's start), not on the first token.
         """
         for issuer in self.issuers.values():
-            if issuer.dynamic:
-                issuer.refresh()
+            if issuer.jwks is not None:
+                issuer.jwks.refresh()
 
     def stop(self) -> None:
         """
         Cancel the fetches under way.
         """
         for issuer in self.issuers.values():
-            issuer.stop()
+            if issuer.jwks is not None:
+                issuer.jwks.stop()
 
     def verify(self, token: bytes) -> Deferred[Verdict]:
         """
