@@ -26,7 +26,7 @@ L{mcpgateway.children.child}'s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -34,21 +34,27 @@ from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
-from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.iweb import IResponse
 
 from mcpgateway.errors import ChildFailed
 from mcpgateway.lib.deferreds import Shared, observe
 from mcpgateway.lib.jsontext import dumps
 from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ChildExited, ExitInfo, Unreachable
+from mcpgateway.mcp.httpbody import (
+    BodyReader,
+    TooLarge,
+    as_headers,
+    cancelled,
+    content_type,
+    describe,
+    drop,
+    header_value,
+    read_body,
+)
 from mcpgateway.mcp.jsonrpc import RPCError, decode, deliver, error_member, settle
 from mcpgateway.mcp.spec import INVALID_REQUEST, METHOD_NOT_FOUND, MODERN_VERSION, VERSION_KEY
-from mcpgateway.mcp.sse import EventTooLarge, SseParser
 from mcpgateway.mcp.stdio import NotificationHandler, ProgressRoute, RequestHandler
 from mcpgateway.observe.logs import logger
 
@@ -57,96 +63,6 @@ __all__ = ["HttpPeer"]
 #: Methods whose name (or uri) a 2026-07-28 request repeats in C{Mcp-Name}.
 _NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 _ACCEPT_BOTH = "application/json, text/event-stream"
-
-
-class TooLarge(Exception):
-    """
-    An answer is over C{max_response} bytes.
-    """
-
-
-class _Reader(Protocol):
-    """
-    Reads a response body: whole (bounded), or as server-sent events handed
-    to C{on_event} as they complete.  C{done} fires at its end; cancelling it
-    drops the connection.
-    """
-
-    def __init__(self, limit: int, on_event: Callable[[str, str], None] | None) -> None:
-        self._limit = limit
-        self._on_event = on_event
-        self._parser = SseParser(limit) if on_event is not None else None
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self.done: Deferred[bytes] = Deferred(lambda _: self.stop())
-
-    def stop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.done.called:
-            return
-        if self._parser is None:
-            self._size += len(data)
-            if self._size > self._limit:
-                self._fail(TooLarge(f"an answer over max_response_bytes ({self._limit} bytes)"))
-                return
-            self._chunks.append(data)
-            return
-        assert self._on_event is not None
-        try:
-            events = self._parser.feed(data)
-        except EventTooLarge as error:
-            self._fail(TooLarge(f"{error} (max_response_bytes)"))
-            return
-        for event in events:
-            if self.done.called:
-                return
-            self._on_event(event.type, event.data)
-
-    def _fail(self, error: Exception) -> None:
-        self.stop()
-        self.done.errback(error)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.done.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self._chunks))
-        else:
-            self.done.errback(reason)
-
-
-def _read(response: IResponse, limit: int, on_event: Callable[[str, str], None] | None = None) -> _Reader:
-    reader = _Reader(limit, on_event)
-    if on_event is None and response.length is not UNKNOWN_LENGTH and response.length > limit:
-        reader.done.errback(TooLarge(f"an answer of {response.length} bytes, over max_response_bytes ({limit})"))
-        discard = _Reader(0, None)
-        discard.done.addErrback(lambda _: None)
-        response.deliverBody(discard)
-        return reader
-    response.deliverBody(reader)
-    return reader
-
-
-def _drop(response: IResponse) -> None:
-    """
-    Close a response's connection without reading its body.
-    """
-    reader = _read(response, 0)
-    reader.done.addErrback(lambda _: None)
-    reader.stop()
-
-
-def _content_type(response: IResponse) -> str:
-    values: list[bytes] = response.headers.getRawHeaders(b"content-type") or [b""]
-    return values[0].split(b";")[0].strip().lower().decode("latin-1")
-
-
-def _header(response: IResponse, name: bytes) -> str | None:
-    values = response.headers.getRawHeaders(name)
-    return values[0].decode("latin-1") if values else None
 
 
 def _name_header(value: str) -> str:
@@ -216,13 +132,13 @@ class HttpPeer:
         self._exchanged = False
         #: For C{sse}: where to POST, requests waiting for an answer on the stream.
         self._endpoint: str | None = None
-        self._stream: _Reader | None = None
+        self._stream: BodyReader | None = None
         self._opening: Shared[None] | None = None
         self._pending: dict[int, Deferred[dict[str, Any]]] = {}
         self._exchanges: set[Deferred[Any]] = set()
         self._initialized: Shared[None] | None = None
         #: Streamable HTTP answers still streaming (events after the response go to the hooks).
-        self._streams: set[_Reader] = set()
+        self._streams: set[BodyReader] = set()
         #: C{sse}: the GET opening the event stream, until it is answered.
         self._getting: Deferred[Any] | None = None
         #: Notifications and replies being sent, and how long each may take.
@@ -262,12 +178,12 @@ class HttpPeer:
         self._exchanges.add(work)
         work.addBoth(self._exchanged_one, work)
 
-        def cancelled(failure: Failure) -> Failure:
+        def cancelling(failure: Failure) -> Failure:
             if failure.check(CancelledError) and self.alive and self._version is not None:
                 self.notify("notifications/cancelled", {"requestId": request_id, "reason": "cancelled by the gateway"})
             return failure
 
-        return work.addErrback(cancelled)
+        return work.addErrback(cancelling)
 
     def _exchanged_one(self, outcome: Any, work: Deferred[Any]) -> Any:
         self._exchanges.discard(work)
@@ -298,7 +214,7 @@ class HttpPeer:
         sending.addBoth(self._sent, sending)
         sending.addErrback(
             lambda failure: self.log.info(
-                "sending {what} failed: {error}", what=message.get("method", "a reply"), error=_describe(failure.value)
+                "sending {what} failed: {error}", what=message.get("method", "a reply"), error=describe(failure.value)
             )
         )
         if message.get("method") == "notifications/initialized" and not sending.called:
@@ -312,7 +228,7 @@ class HttpPeer:
     async def _post_only(self, message: dict[str, Any], body: bytes) -> None:
         await self._opened()
         response = await self._post(self._endpoint or self.url, message, body)
-        await _read(response, self._max).done
+        await read_body(response, self._max).done
 
     def _headers_for(self, message: dict[str, Any], accept: str) -> dict[str, list[str]]:
         headers = dict(self._headers)
@@ -342,26 +258,26 @@ class HttpPeer:
                     "POST",
                     url,
                     data=body,
-                    headers=_as_headers(self._headers_for(message, _ACCEPT_BOTH)),
+                    headers=as_headers(self._headers_for(message, _ACCEPT_BOTH)),
                     allow_redirects=False,
                     unbuffered=True,
                 )
             ).original
         except Exception as error:  # refused, reset, DNS, TLS verification...
-            if _cancelled(error):
+            if cancelled(error):
                 raise CancelledError() from None
-            gone = self._gone(f"became unreachable ({_describe(error)})")
+            gone = self._gone(f"became unreachable ({describe(error)})")
             if isinstance(error, ConnectError | DNSLookupError):
                 raise Unreachable(gone.info) from None  # nothing was sent
             raise gone from None
         if 300 <= response.code < 400:
-            _read(response, 0).done.addErrback(lambda _: None)
+            read_body(response, 0).done.addErrback(lambda _: None)
             raise ChildFailed(
                 f"the {self.label} server answered HTTP {response.code}, a redirect (the gateway follows none)",
                 service=self.label,
             )
         if response.code == 404 and self.session_id is not None and message.get("method") != "initialize":
-            _read(response, 0).done.addErrback(lambda _: None)
+            read_body(response, 0).done.addErrback(lambda _: None)
             raise self._gone("ended the MCP session (HTTP 404 for its Mcp-Session-Id)")
         return response
 
@@ -390,25 +306,25 @@ class HttpPeer:
     ) -> dict[str, Any]:
         response = await self._post(self.url, message, body)
         if fallback and response.code in (404, 405):
-            _read(response, 0).done.addErrback(lambda _: None)
+            read_body(response, 0).done.addErrback(lambda _: None)
             raise _UseSse()
         if self.transport == "auto" and 200 <= response.code < 300:
             self.transport = "streamable-http"
-        kind = _content_type(response)
+        kind = content_type(response)
         answer: Deferred[dict[str, Any]] = Deferred()
 
         def received(text: str) -> None:
             self._message(text, request_id, answer)
 
         if response.code < 300 and kind == "text/event-stream":
-            reader = _read(response, self._max, lambda event, data: received(data) if event == "message" else None)
+            reader = read_body(response, self._max, lambda event, data: received(data) if event == "message" else None)
             # Dropped when the session ends, should the server keep it open.
             self._streams.add(reader)
             reader.done.addBoth(self._stream_done, reader)
             reader.done.addBoth(self._stream_ended, answer, reader)
             answer.addBoth(self._keep_reading, reader)
         else:
-            data = await self._body(_read(response, self._max))
+            data = await self._body(read_body(response, self._max))
             if kind != "application/json" or not data:
                 raise self._bad_status(response, data)
             received(data.decode("utf-8", "replace"))
@@ -416,12 +332,12 @@ class HttpPeer:
                 raise self._bad_status(response, data)
         result = await answer
         if message.get("method") == "initialize":
-            self.session_id = _header(response, b"mcp-session-id") or self.session_id
+            self.session_id = header_value(response, b"mcp-session-id") or self.session_id
             version = result.get("protocolVersion")
             self._version = version if isinstance(version, str) else None
         return result
 
-    async def _body(self, reader: _Reader) -> bytes:
+    async def _body(self, reader: BodyReader) -> bytes:
         """
         @return: The whole body.
         @raise ChildFailed: If it is over the limit.
@@ -432,29 +348,29 @@ class HttpPeer:
         except TooLarge as error:
             raise ChildFailed(f"the {self.label} server sent {error}", service=self.label) from None
         except Exception as error:
-            if _cancelled(error):
+            if cancelled(error):
                 raise CancelledError() from None
-            raise self._gone(f"dropped the connection during an answer ({_describe(error)})") from None
+            raise self._gone(f"dropped the connection during an answer ({describe(error)})") from None
 
-    def _stream_done(self, outcome: Any, reader: _Reader) -> Any:
+    def _stream_done(self, outcome: Any, reader: BodyReader) -> Any:
         self._streams.discard(reader)
         return outcome
 
-    def _keep_reading(self, outcome: Any, reader: _Reader) -> Any:
+    def _keep_reading(self, outcome: Any, reader: BodyReader) -> Any:
         # The answer is in: later events of the stream (if any) still go to
         # the hooks; the stream itself ends when the server ends it.
         if isinstance(outcome, Failure) and outcome.check(CancelledError):
             reader.stop()
         return outcome
 
-    def _stream_ended(self, outcome: Any, answer: Deferred[dict[str, Any]], reader: _Reader) -> None:
+    def _stream_ended(self, outcome: Any, answer: Deferred[dict[str, Any]], reader: BodyReader) -> None:
         if answer.called:
             return
         if isinstance(outcome, Failure):
             if outcome.check(TooLarge):
                 answer.errback(ChildFailed(f"the {self.label} server sent {outcome.value}", service=self.label))
             else:
-                answer.errback(self._gone(f"dropped the connection during an answer ({_describe(outcome.value)})"))
+                answer.errback(self._gone(f"dropped the connection during an answer ({describe(outcome.value)})"))
         else:
             answer.errback(ChildFailed(f"the {self.label} server ended its event stream without an answer"))
 
@@ -465,7 +381,7 @@ class HttpPeer:
         if 400 <= response.code < 500 and response.code not in (401, 403):
             return RPCError(INVALID_REQUEST, f"HTTP {response.code} from the server: {text}")
         return ChildFailed(
-            f"the {self.label} server answered HTTP {response.code} ({_content_type(response) or 'no content type'})"
+            f"the {self.label} server answered HTTP {response.code} ({content_type(response) or 'no content type'})"
             + (f": {text}" if text else ""),
             service=self.label,
             http_status=response.code,
@@ -487,21 +403,21 @@ class HttpPeer:
         # Cancelled if the session ends first (a handshake timed out): a
         # late answer would otherwise hold an event stream open for ever.
         self._getting = self._client.request(
-            "GET", self.url, headers=_as_headers(headers), allow_redirects=False, unbuffered=True
+            "GET", self.url, headers=as_headers(headers), allow_redirects=False, unbuffered=True
         )
         try:
             response: IResponse = (await self._getting).original
         except Exception as error:
-            if _cancelled(error):
+            if cancelled(error):
                 raise CancelledError() from None
-            raise self._gone(f"became unreachable ({_describe(error)})") from None
+            raise self._gone(f"became unreachable ({describe(error)})") from None
         if self.exit_info is not None:
-            _drop(response)
+            drop(response)
             raise ChildExited(self.exit_info)
-        if response.code != 200 or _content_type(response) != "text/event-stream":
+        if response.code != 200 or content_type(response) != "text/event-stream":
             data = b""
             if not 300 <= response.code < 400:
-                data = await self._body(_read(response, 4096))
+                data = await self._body(read_body(response, 4096))
             raise self._bad_status(response, data)
         endpoint: Deferred[str] = Deferred()
 
@@ -515,7 +431,7 @@ class HttpPeer:
             elif kind == "message":
                 self._message(data, None, None)
 
-        self._stream = _read(response, self._max, event)
+        self._stream = read_body(response, self._max, event)
         self._stream.done.addBoth(self._sse_ended, endpoint)
         self._endpoint = await endpoint
 
@@ -523,7 +439,7 @@ class HttpPeer:
         if self.exit_info is not None:
             return
         reason = (
-            f"dropped its event stream ({_describe(outcome.value)})"
+            f"dropped its event stream ({describe(outcome.value)})"
             if isinstance(outcome, Failure)
             else "closed its event stream"
         )
@@ -537,7 +453,7 @@ class HttpPeer:
         try:
             assert self._endpoint is not None
             response = await self._post(self._endpoint, message, body)
-            data = await self._body(_read(response, 64 * 1024))
+            data = await self._body(read_body(response, 64 * 1024))
             if not 200 <= response.code < 300:
                 raise self._bad_status(response, data)
             result = await answer
@@ -674,7 +590,7 @@ class HttpPeer:
             try:
                 await deleting
             except Exception as error:
-                self.log.info("{url}: DELETE of the MCP session failed: {e}", url=self.url, e=_describe(error))
+                self.log.info("{url}: DELETE of the MCP session failed: {e}", url=self.url, e=describe(error))
         if self.exit_info is None:
             self._end(ExitInfo(0, None, "closed by the gateway", ""))
         assert self.exit_info is not None
@@ -683,39 +599,13 @@ class HttpPeer:
     async def _delete(self, headers: dict[str, list[str]]) -> None:
         response: IResponse = (
             await self._client.request(
-                "DELETE", self.url, headers=_as_headers(headers), allow_redirects=False, unbuffered=True
+                "DELETE", self.url, headers=as_headers(headers), allow_redirects=False, unbuffered=True
             )
         ).original
-        await _read(response, 64 * 1024).done
+        await read_body(response, 64 * 1024).done
 
 
 class _UseSse(Exception):
     """
     C{auto}: the server has no Streamable HTTP endpoint here.
     """
-
-
-def _as_headers(headers: dict[str, list[str]]) -> Headers:
-    result = Headers()
-    for name, values in headers.items():
-        result.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1") for value in values])
-    return result
-
-
-def _cancelled(error: BaseException) -> bool:
-    """
-    @return: Whether C{error} is (or wraps) the cancellation of the exchange.
-    """
-    if isinstance(error, CancelledError):
-        return True
-    if isinstance(error, ResponseFailed | ResponseNeverReceived):
-        return any(reason.check(CancelledError) for reason in error.reasons)
-    return False
-
-
-def _describe(error: object) -> str:
-    if isinstance(error, ResponseFailed | ResponseNeverReceived):
-        reasons = [reason.value for reason in error.reasons]
-        return "; ".join(_describe(reason) for reason in reasons) or type(error).__name__
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
