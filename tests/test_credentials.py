@@ -626,7 +626,7 @@ def test_a_cut_leaves_no_piece_of_a_secret() -> None:
             headers = Headers({b"content-type": [b"text/plain"]})
 
         body = ("refused: " + "y" * 163 + " Authorization: Bearer " + secret).encode()
-        error = HttpPeer("svc", "http://127.0.0.1:1/mcp", "auto", None, Clock(), {}, 1000)._bad_status(  # type: ignore[arg-type]
+        error = HttpPeer("svc", "http://127.0.0.1:1/mcp", "auto", None, Clock(), {}, 1000).bad_status(  # type: ignore[arg-type]
             Answer(), body
         )
         assert secret[:6] not in str(error) and str(error).endswith("Bearer [secr")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -49,11 +48,11 @@ from mcpgateway.mcp.httpbody import (
     cancelled,
     content_type,
     describe,
-    drop,
     header_value,
     read_body,
 )
 from mcpgateway.mcp.jsonrpc import RPCError, decode, deliver, error_member, settle
+from mcpgateway.mcp.legacysse import SseTransport, Waiting
 from mcpgateway.mcp.spec import INVALID_REQUEST, METHOD_NOT_FOUND, MODERN_VERSION, VERSION_KEY
 from mcpgateway.mcp.stdio import NotificationHandler, ProgressRoute, RequestHandler
 from mcpgateway.observe.logs import logger
@@ -130,17 +129,12 @@ class HttpPeer:
         self._version: str | None = None
         self._next_id = 1
         self._exchanged = False
-        #: For C{sse}: where to POST, requests waiting for an answer on the stream.
-        self._endpoint: str | None = None
-        self._stream: BodyReader | None = None
-        self._opening: Shared[None] | None = None
-        self._pending: dict[int, Deferred[dict[str, Any]]] = {}
+        #: For C{sse}: the event stream, and the requests waiting for an answer on it.
+        self._sse = SseTransport(self, client, self._headers, max_response)
         self._exchanges: set[Deferred[Any]] = set()
         self._initialized: Shared[None] | None = None
         #: Streamable HTTP answers still streaming (events after the response go to the hooks).
         self._streams: set[BodyReader] = set()
-        #: C{sse}: the GET opening the event stream, until it is answered.
-        self._getting: Deferred[Any] | None = None
         #: Notifications and replies being sent, and how long each may take.
         self._background: set[Deferred[None]] = set()
         self._send_timeout = send_timeout
@@ -226,8 +220,8 @@ class HttpPeer:
         return outcome
 
     async def _post_only(self, message: dict[str, Any], body: bytes) -> None:
-        await self._opened()
-        response = await self._post(self._endpoint or self.url, message, body)
+        url = await self._sse.opened() if self.transport == "sse" else self.url
+        response = await self.post(url, message, body)
         await read_body(response, self._max).done
 
     def _headers_for(self, message: dict[str, Any], accept: str) -> dict[str, list[str]]:
@@ -251,7 +245,17 @@ class HttpPeer:
                 headers["MCP-Protocol-Version"] = [self._version]
         return headers
 
-    async def _post(self, url: str, message: dict[str, Any], body: bytes) -> IResponse:
+    async def post(self, url: str, message: dict[str, Any], body: bytes) -> IResponse:
+        """
+        POST one message with the session's headers; a redirect, or a 404
+        for the session, is not returned.
+
+        @param url: The MCP endpoint (or the endpoint the SSE stream named).
+        @return: The answer, its body unread.
+        @raise Unreachable: If nothing was sent (connection refused, DNS).
+        @raise ChildExited: If the connection failed, or the server ended the session.
+        @raise ChildFailed: If the answer is a redirect.
+        """
         try:
             response: IResponse = (
                 await self._client.request(
@@ -266,7 +270,7 @@ class HttpPeer:
         except Exception as error:  # refused, reset, DNS, TLS verification...
             if cancelled(error):
                 raise CancelledError() from None
-            gone = self._gone(f"became unreachable ({describe(error)})")
+            gone = self.gone(f"became unreachable ({describe(error)})")
             if isinstance(error, ConnectError | DNSLookupError):
                 raise Unreachable(gone.info) from None  # nothing was sent
             raise gone from None
@@ -278,7 +282,7 @@ class HttpPeer:
             )
         if response.code == 404 and self.session_id is not None and message.get("method") != "initialize":
             read_body(response, 0).done.addErrback(lambda _: None)
-            raise self._gone("ended the MCP session (HTTP 404 for its Mcp-Session-Id)")
+            raise self.gone("ended the MCP session (HTTP 404 for its Mcp-Session-Id)")
         return response
 
     async def _request(self, request_id: int, message: dict[str, Any], body: bytes) -> dict[str, Any]:
@@ -296,15 +300,18 @@ class HttpPeer:
         if message.get("method") == "server/discover":
             # HTTP+SSE is a 2024-11-05 transport: its sessions begin with initialize.
             raise RPCError(METHOD_NOT_FOUND, "server/discover is not sent over HTTP+SSE")
-        await self._opened()
-        return await self._over_sse(request_id, message, body)
+        result = await self._sse.request(request_id, message, body)
+        if message.get("method") == "initialize":
+            version = result.get("protocolVersion")
+            self._version = version if isinstance(version, str) else None
+        return result
 
     # -- Streamable HTTP ----------------------------------------------------------
 
     async def _streamable(
         self, request_id: int, message: dict[str, Any], body: bytes, fallback: bool
     ) -> dict[str, Any]:
-        response = await self._post(self.url, message, body)
+        response = await self.post(self.url, message, body)
         if fallback and response.code in (404, 405):
             read_body(response, 0).done.addErrback(lambda _: None)
             raise _UseSse()
@@ -313,23 +320,25 @@ class HttpPeer:
         kind = content_type(response)
         answer: Deferred[dict[str, Any]] = Deferred()
 
-        def received(text: str) -> None:
-            self._message(text, request_id, answer)
+        def waiting(got: object) -> Deferred[dict[str, Any]] | None:
+            return answer if got == request_id else None
 
         if response.code < 300 and kind == "text/event-stream":
-            reader = read_body(response, self._max, lambda event, data: received(data) if event == "message" else None)
+            reader = read_body(
+                response, self._max, lambda event, data: self.received(data, waiting) if event == "message" else None
+            )
             # Dropped when the session ends, should the server keep it open.
             self._streams.add(reader)
             reader.done.addBoth(self._stream_done, reader)
             reader.done.addBoth(self._stream_ended, answer, reader)
             answer.addBoth(self._keep_reading, reader)
         else:
-            data = await self._body(read_body(response, self._max))
+            data = await self.body(read_body(response, self._max))
             if kind != "application/json" or not data:
-                raise self._bad_status(response, data)
-            received(data.decode("utf-8", "replace"))
+                raise self.bad_status(response, data)
+            self.received(data.decode("utf-8", "replace"), waiting)
             if not answer.called:
-                raise self._bad_status(response, data)
+                raise self.bad_status(response, data)
         result = await answer
         if message.get("method") == "initialize":
             self.session_id = header_value(response, b"mcp-session-id") or self.session_id
@@ -337,8 +346,9 @@ class HttpPeer:
             self._version = version if isinstance(version, str) else None
         return result
 
-    async def _body(self, reader: BodyReader) -> bytes:
+    async def body(self, reader: BodyReader) -> bytes:
         """
+        @param reader: Reads an answer's body whole.
         @return: The whole body.
         @raise ChildFailed: If it is over the limit.
         @raise ChildExited: If the connection dropped.
@@ -350,7 +360,7 @@ class HttpPeer:
         except Exception as error:
             if cancelled(error):
                 raise CancelledError() from None
-            raise self._gone(f"dropped the connection during an answer ({describe(error)})") from None
+            raise self.gone(f"dropped the connection during an answer ({describe(error)})") from None
 
     def _stream_done(self, outcome: Any, reader: BodyReader) -> Any:
         self._streams.discard(reader)
@@ -370,11 +380,17 @@ class HttpPeer:
             if outcome.check(TooLarge):
                 answer.errback(ChildFailed(f"the {self.label} server sent {outcome.value}", service=self.label))
             else:
-                answer.errback(self._gone(f"dropped the connection during an answer ({describe(outcome.value)})"))
+                answer.errback(self.gone(f"dropped the connection during an answer ({describe(outcome.value)})"))
         else:
             answer.errback(ChildFailed(f"the {self.label} server ended its event stream without an answer"))
 
-    def _bad_status(self, response: IResponse, data: bytes) -> Exception:
+    def bad_status(self, response: IResponse, data: bytes) -> Exception:
+        """
+        @param response: An answer that is not the one expected.
+        @param data: Its body (or its start).
+        @return: The error it stands for: L{RPCError} for a 4xx that refuses
+            the request, else L{ChildFailed} with the HTTP status.
+        """
         # Redacted before the cut: an upstream quoting a credential must not
         # leave the piece of it the cut would keep (1 MiB holds any secret).
         text = SECRET_VALUES.head(data[: 1 << 20].decode("utf-8", "replace"), 200).strip()
@@ -387,90 +403,16 @@ class HttpPeer:
             http_status=response.code,
         )
 
-    # -- HTTP+SSE (2024-11-05) ------------------------------------------------------
-
-    async def _opened(self) -> None:
-        if self.transport != "sse":
-            return
-        if self._opening is None:
-            self._opening = Shared()
-            Deferred.fromCoroutine(self._open_stream()).addBoth(self._opening.fire)
-        await self._opening.wait()
-
-    async def _open_stream(self) -> None:
-        headers = dict(self._headers)
-        headers["Accept"] = ["text/event-stream"]
-        # Cancelled if the session ends first (a handshake timed out): a
-        # late answer would otherwise hold an event stream open for ever.
-        self._getting = self._client.request(
-            "GET", self.url, headers=as_headers(headers), allow_redirects=False, unbuffered=True
-        )
-        try:
-            response: IResponse = (await self._getting).original
-        except Exception as error:
-            if cancelled(error):
-                raise CancelledError() from None
-            raise self._gone(f"became unreachable ({describe(error)})") from None
-        if self.exit_info is not None:
-            drop(response)
-            raise ChildExited(self.exit_info)
-        if response.code != 200 or content_type(response) != "text/event-stream":
-            data = b""
-            if not 300 <= response.code < 400:
-                data = await self._body(read_body(response, 4096))
-            raise self._bad_status(response, data)
-        endpoint: Deferred[str] = Deferred()
-
-        def event(kind: str, data: str) -> None:
-            if kind == "endpoint" and not endpoint.called:
-                target = urljoin(self.url, data.strip())
-                if urlsplit(target)[:2] != urlsplit(self.url)[:2]:
-                    endpoint.errback(ChildFailed(f"the {self.label} server named an endpoint on another origin"))
-                else:
-                    endpoint.callback(target)
-            elif kind == "message":
-                self._message(data, None, None)
-
-        self._stream = read_body(response, self._max, event)
-        self._stream.done.addBoth(self._sse_ended, endpoint)
-        self._endpoint = await endpoint
-
-    def _sse_ended(self, outcome: Any, endpoint: Deferred[str]) -> None:
-        if self.exit_info is not None:
-            return
-        reason = (
-            f"dropped its event stream ({describe(outcome.value)})"
-            if isinstance(outcome, Failure)
-            else "closed its event stream"
-        )
-        error = self._gone(reason)
-        if not endpoint.called:
-            endpoint.errback(error)
-
-    async def _over_sse(self, request_id: int, message: dict[str, Any], body: bytes) -> dict[str, Any]:
-        answer: Deferred[dict[str, Any]] = Deferred()
-        self._pending[request_id] = answer
-        try:
-            assert self._endpoint is not None
-            response = await self._post(self._endpoint, message, body)
-            data = await self._body(read_body(response, 64 * 1024))
-            if not 200 <= response.code < 300:
-                raise self._bad_status(response, data)
-            result = await answer
-        finally:
-            self._pending.pop(request_id, None)
-        if message.get("method") == "initialize":
-            version = result.get("protocolVersion")
-            self._version = version if isinstance(version, str) else None
-        return result
-
     # -- receiving --------------------------------------------------------------------
 
-    def _message(self, text: str, request_id: int | None, answer: Deferred[dict[str, Any]] | None) -> None:
+    def received(self, text: str, waiting: Waiting) -> None:
         """
-        One JSON-RPC message from the server: the answer to C{request_id}
-        (or, on the SSE stream, to one of C{_pending}), a notification, or a
-        request of its own.
+        One JSON-RPC message from the server: a response, a notification, or
+        a request of its own.
+
+        @param text: The message.
+        @param waiting: Finds the request a response answers, by its C{id}
+            (the one this POST sent, or one waiting on the SSE stream).
         """
         try:
             message = decode(text)
@@ -489,14 +431,11 @@ class HttpPeer:
                 self._notified(method, params if isinstance(params, dict) else {})
             return
         got = message.get("id")
-        if request_id is not None:
-            waiting = answer if got == request_id else None
-        else:
-            waiting = self._pending.pop(got, None) if type(got) is int else None
-        if waiting is None or waiting.called:
+        request = waiting(got)
+        if request is None or request.called:
             self.log.debug("dropped a response to no pending request: {id!r}", id=got)
             return
-        settle(waiting, message)
+        settle(request, message)
 
     def _notified(self, method: str, params: dict[str, Any]) -> None:
         deliver(method, params, self.progress_routes, [self._on_notification, *self.listeners])
@@ -526,7 +465,7 @@ class HttpPeer:
 
     # -- ending -------------------------------------------------------------------------
 
-    def _gone(self, reason: str) -> ChildExited:
+    def gone(self, reason: str) -> ChildExited:
         """
         The server cannot go on with this session: end it, fail every request.
 
@@ -540,18 +479,11 @@ class HttpPeer:
 
     def _end(self, info: ExitInfo) -> None:
         self.exit_info = info
-        if self._stream is not None:
-            self._stream.stop()
         for stream in list(self._streams):
             stream.stop()
-        if self._getting is not None and not self._getting.called:
-            self._getting.cancel()
         for sending in list(self._background):
             sending.cancel()
-        pending, self._pending = self._pending, {}
-        for waiting in pending.values():
-            if not waiting.called:
-                waiting.errback(ChildExited(info))
+        self._sse.end(info)
         self.ended.fire(info)
 
     def abort(self, reason: str) -> None:
