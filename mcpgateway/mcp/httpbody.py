@@ -1,14 +1,12 @@
 """
-The bounded reading of an HTTP answer from a remote MCP server, and the
-small facts about a client exchange its peer needs.
+The bounded reading of an HTTP answer's body from a remote MCP server, and
+what a failed exchange was.
 
-An answer's body is read whole up to a limit, or as server-sent events
-handed on as they complete, each bounded (L{read_body}); past the limit the
-connection is dropped and the read fails with L{TooLarge}, so a server
-cannot make the gateway hold an unbounded buffer.  Around it: the answer's
-headers (L{content_type}, L{header_value}), a request's headers as
-C{twisted.web} takes them (L{as_headers}), and what a failed exchange was
-(L{cancelled}, L{describe}).
+A body is read whole up to a limit, or as server-sent events handed on as
+they complete, each bounded (L{read_body}); past the limit the connection
+is dropped and the read fails with L{TooLarge}, so a server cannot make the
+gateway hold an unbounded buffer.  A request or a read that failed is told
+apart as cancelled (L{cancelled}) and described for the log (L{describe}).
 """
 
 from __future__ import annotations
@@ -20,22 +18,11 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from mcpgateway.mcp.sse import EventTooLarge, SseParser
 
-__all__ = [
-    "BodyReader",
-    "TooLarge",
-    "as_headers",
-    "cancelled",
-    "content_type",
-    "describe",
-    "drop",
-    "header_value",
-    "read_body",
-]
+__all__ = ["BodyReader", "TooLarge", "cancelled", "describe", "drop", "read_body"]
 
 
 class TooLarge(Exception):
@@ -135,32 +122,6 @@ def drop(response: IResponse) -> None:
     reader = read_body(response, 0)
     reader.done.addErrback(lambda _: None)
     reader.stop()
-
-
-def content_type(response: IResponse) -> str:
-    """
-    @return: The media type of C{response} (lower case, no parameters), or C{""}.
-    """
-    values: list[bytes] = response.headers.getRawHeaders(b"content-type") or [b""]
-    return values[0].split(b";")[0].strip().lower().decode("latin-1")
-
-
-def header_value(response: IResponse, name: bytes) -> str | None:
-    """
-    @return: The first value of the header C{name} of C{response}, if any.
-    """
-    values = response.headers.getRawHeaders(name)
-    return values[0].decode("latin-1") if values else None
-
-
-def as_headers(headers: dict[str, list[str]]) -> Headers:
-    """
-    @return: C{headers} (each name with its values) as a request's L{Headers}.
-    """
-    result = Headers()
-    for name, values in headers.items():
-        result.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1") for value in values])
-    return result
 
 
 def cancelled(error: BaseException) -> bool:

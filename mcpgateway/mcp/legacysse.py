@@ -25,7 +25,8 @@ from twisted.web.iweb import IResponse
 from mcpgateway.errors import ChildFailed
 from mcpgateway.lib.deferreds import Shared
 from mcpgateway.mcp.exits import ChildExited, ExitInfo
-from mcpgateway.mcp.httpbody import BodyReader, as_headers, cancelled, content_type, describe, drop, read_body
+from mcpgateway.mcp.httpbody import BodyReader, cancelled, describe, drop, read_body
+from mcpgateway.mcp.httpheaders import as_headers, content_type
 
 __all__ = ["SsePeer", "SseTransport"]
 

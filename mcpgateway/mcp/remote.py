@@ -41,38 +41,15 @@ from mcpgateway.lib.deferreds import Shared, observe
 from mcpgateway.lib.jsontext import dumps
 from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ChildExited, ExitInfo, Unreachable
-from mcpgateway.mcp.httpbody import (
-    BodyReader,
-    TooLarge,
-    as_headers,
-    cancelled,
-    content_type,
-    describe,
-    header_value,
-    read_body,
-)
+from mcpgateway.mcp.httpbody import BodyReader, TooLarge, cancelled, describe, read_body
+from mcpgateway.mcp.httpheaders import as_headers, content_type, delete_headers, header_value, post_headers
 from mcpgateway.mcp.jsonrpc import RPCError, decode, deliver, error_member, settle
 from mcpgateway.mcp.legacysse import SseTransport, Waiting
-from mcpgateway.mcp.spec import INVALID_REQUEST, METHOD_NOT_FOUND, MODERN_VERSION, VERSION_KEY
+from mcpgateway.mcp.spec import INVALID_REQUEST, METHOD_NOT_FOUND
 from mcpgateway.mcp.stdio import NotificationHandler, ProgressRoute, RequestHandler
 from mcpgateway.observe.logs import logger
 
 __all__ = ["HttpPeer"]
-
-#: Methods whose name (or uri) a 2026-07-28 request repeats in C{Mcp-Name}.
-_NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
-_ACCEPT_BOTH = "application/json, text/event-stream"
-
-
-def _name_header(value: str) -> str:
-    """
-    C{Mcp-Name} as the SDK encodes it: printable ASCII as is, else base64 in a sentinel.
-    """
-    if value.isascii() and value.isprintable() and value == value.strip() and not value.startswith("=?base64?"):
-        return value
-    import base64
-
-    return f"=?base64?{base64.b64encode(value.encode()).decode()}?="
 
 
 class HttpPeer:
@@ -224,27 +201,6 @@ class HttpPeer:
         response = await self.post(url, message, body)
         await read_body(response, self._max).done
 
-    def _headers_for(self, message: dict[str, Any], accept: str) -> dict[str, list[str]]:
-        headers = dict(self._headers)
-        headers["Accept"] = [accept]
-        headers["Content-Type"] = ["application/json"]
-        params = message.get("params")
-        meta = params.get("_meta") if isinstance(params, dict) else None
-        if isinstance(meta, dict) and meta.get(VERSION_KEY) == MODERN_VERSION:
-            method = str(message.get("method"))
-            headers["MCP-Protocol-Version"] = [MODERN_VERSION]
-            headers["Mcp-Method"] = [method]
-            key = _NAME_BEARING.get(method)
-            name = params.get(key) if key and isinstance(params, dict) else None
-            if isinstance(name, str):
-                headers["Mcp-Name"] = [_name_header(name)]
-        else:
-            if self.session_id is not None:
-                headers["Mcp-Session-Id"] = [self.session_id]
-            if self._version is not None:
-                headers["MCP-Protocol-Version"] = [self._version]
-        return headers
-
     async def post(self, url: str, message: dict[str, Any], body: bytes) -> IResponse:
         """
         POST one message with the session's headers; a redirect, or a 404
@@ -262,7 +218,7 @@ class HttpPeer:
                     "POST",
                     url,
                     data=body,
-                    headers=as_headers(self._headers_for(message, _ACCEPT_BOTH)),
+                    headers=as_headers(post_headers(self._headers, message, self.session_id, self._version)),
                     allow_redirects=False,
                     unbuffered=True,
                 )
@@ -510,10 +466,7 @@ class HttpPeer:
     async def _close(self, grace: float) -> ExitInfo:
         session_id = self.session_id
         if session_id is not None and self.transport != "sse":
-            headers = dict(self._headers)
-            headers["Mcp-Session-Id"] = [session_id]
-            if self._version is not None:
-                headers["MCP-Protocol-Version"] = [self._version]
+            headers = delete_headers(self._headers, session_id, self._version)
             # The grace bounds the whole exchange, body included, and the
             # body is read bounded: a server that stalls or floods its answer
             # to the DELETE cannot hold the close (and a gateway's stop).
