@@ -11,17 +11,19 @@ Transports:
     C{MCP-Protocol-Version}, C{Mcp-Method} and C{Mcp-Name}; in the legacy
     era the C{Mcp-Session-Id} minted at C{initialize} and the negotiated
     C{MCP-Protocol-Version} follow every request, and L{HttpPeer.close}
-    ends the session with DELETE.
+    ends the session with DELETE (L{mcpgateway.mcp.httpheaders} says
+    which headers).
   - C{sse} (2024-11-05): a GET opens an event stream whose first
-    C{endpoint} event names where to POST; answers come on the stream.
+    C{endpoint} event names where to POST; answers come on the stream
+    (L{mcpgateway.mcp.legacysse.SseTransport}, which HttpPeer drives).
   - C{auto}: Streamable HTTP; if the very first POST is answered 404 or 405,
     the legacy SSE transport, as the specification's backwards-compatibility
     section says.
 
 Nothing is followed: a redirect is a bad answer (the configured URL is the
-one trusted).  Every body and event is bounded by C{max_response}.  It knows
-nothing of MCP eras beyond the headers; the handshake is
-L{mcpgateway.children.child}'s.
+one trusted).  Every body and event is bounded by C{max_response}
+(L{mcpgateway.mcp.httpbody}).  It knows nothing of MCP eras beyond the
+headers; the handshake is L{mcpgateway.children.child}'s.
 """
 
 from __future__ import annotations
