@@ -624,6 +624,51 @@ def test_config_reads_a_url_service() -> None:
     assert service.max_response_bytes == 128 * 1024 * 1024
 
 
+# -- the headers a request carries -------------------------------------------------------------------
+
+
+def test_a_modern_post_repeats_its_method_and_name_as_the_sdk_reads_them() -> None:
+    """
+    A 2026-07-28 request carries its version, method and name in headers;
+    a name that is not plain printable ASCII is sent in the base64
+    sentinel, and the official SDK's decoder gets the exact name back.
+    """
+    from mcp.shared.inbound import decode_header_value
+
+    from mcpgateway.mcp.httpheaders import post_headers
+    from mcpgateway.mcp.spec import MODERN_VERSION, VERSION_KEY
+
+    for name in ["add", "café", " padded ", "=?base64?YWRk?=", "line\nbreak"]:
+        message = {"method": "tools/call", "params": {"name": name, "_meta": {VERSION_KEY: MODERN_VERSION}}}
+        headers = post_headers({"Authorization": ["Bearer t"]}, message, "ignored", "2025-11-25")
+        assert headers["MCP-Protocol-Version"] == [MODERN_VERSION]
+        assert headers["Mcp-Method"] == ["tools/call"]
+        sent = headers["Mcp-Name"][0]
+        assert sent.isascii() and sent.isprintable() and sent == sent.strip()  # survives an HTTP field
+        assert decode_header_value(sent) == name
+        assert "Mcp-Session-Id" not in headers and headers["Authorization"] == ["Bearer t"]
+
+
+def test_a_legacy_post_and_the_delete_carry_the_session() -> None:
+    """
+    A legacy-era POST carries the session's id and negotiated version (none
+    before C{initialize} minted them); so does the DELETE that ends it.
+    """
+    from mcpgateway.mcp.httpheaders import delete_headers, post_headers
+
+    message = {"method": "tools/call", "params": {"name": "add"}}
+    headers = post_headers({"X-Key": ["k"]}, message, "s-1", "2025-11-25")
+    assert headers == {
+        "X-Key": ["k"],
+        "Accept": ["application/json, text/event-stream"],
+        "Content-Type": ["application/json"],
+        "Mcp-Session-Id": ["s-1"],
+        "MCP-Protocol-Version": ["2025-11-25"],
+    }
+    assert "Mcp-Session-Id" not in post_headers({}, {"method": "initialize"}, None, None)
+    assert delete_headers({"X-Key": ["k"]}, "s-1", None) == {"X-Key": ["k"], "Mcp-Session-Id": ["s-1"]}
+
+
 # -- the event-stream reader -----------------------------------------------------------------------
 
 
