@@ -5,8 +5,8 @@ C{endpoint} event names where to POST (on the same origin, else the server
 is refused); each request is a POST there, and its answer comes on the
 stream, as do the server's notifications and requests.
 
-The stream is opened once, by the first message sent; it ending ends the
-session.  L{SseTransport} knows the stream and the requests waiting on it;
+The stream is opened once, by the first message sent; when it ends, the
+session ends.  L{SseTransport} knows the stream and the requests waiting on it;
 what a message means and how an exchange fails are its peer's
 (L{SsePeer}).
 """
@@ -28,7 +28,7 @@ from mcpgateway.mcp.exits import ChildExited, ExitInfo
 from mcpgateway.mcp.httpbody import BodyReader, cancelled, describe, drop, read_body
 from mcpgateway.mcp.httpheaders import as_headers, content_type
 
-__all__ = ["SsePeer", "SseTransport"]
+__all__ = ["SsePeer", "SseTransport", "Waiting"]
 
 #: Finds the request a response answers, by the response's C{id}.
 Waiting = Callable[[object], "Deferred[dict[str, Any]] | None"]
