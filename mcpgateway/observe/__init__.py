@@ -9,5 +9,10 @@ nothing decides.
   - L{access}: the access log of tool calls;
   - L{security}: security events (refused credentials, limits, bad input);
   - L{audit}: the audit log, one record per tool call (queue, writer
-    thread, redaction), and L{auditdb}, its SQLite and PostgreSQL storage.
+    thread, redaction);
+  - its storage: L{auditsql} (the table, its migrations, the SQL both
+    dialects share), L{auditsqlite} and L{auditpostgres} (each dialect),
+    L{auditstorage} (the storage a URI names, opened);
+  - L{auditquery}: which audit records to read (C{GET /audit}'s query
+    string, the next page's cursor).
 """

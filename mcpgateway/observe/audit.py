@@ -47,7 +47,9 @@ from twisted.internet.threads import deferToThread
 
 from mcpgateway.config import AuditConfig
 from mcpgateway.lib.redact import SECRET_VALUES
-from mcpgateway.observe.auditdb import Query, Storage, describe, open_storage
+from mcpgateway.observe.auditquery import Query
+from mcpgateway.observe.auditsql import Storage
+from mcpgateway.observe.auditstorage import describe, open_storage
 from mcpgateway.observe.logs import logger
 
 __all__ = ["BATCH_ROWS", "REDACTED", "AuditLog", "Redactor"]
@@ -232,7 +234,7 @@ class AuditLog:
         Build it; nothing is opened or started before L{start}.
 
         @param config: The C{audit} section.
-        @param uri: The storage (see L{mcpgateway.observe.auditdb.storage_uri}).
+        @param uri: The storage (see L{mcpgateway.observe.auditstorage.storage_uri}).
         @param clock: Runs the pruning and tells the time for it and for warnings.
         @param reactor: Gets the writer's results (the global reactor if L{None}).
         @param opener: Opens the storage for the writer (L{open_storage} of C{uri} if L{None}).
@@ -564,7 +566,7 @@ class AuditLog:
 
     def _row(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
         """
-        @return: The row (L{mcpgateway.observe.auditdb.COLUMNS}) for a queued call.
+        @return: The row (L{mcpgateway.observe.auditsql.COLUMNS}) for a queued call.
         """
         started, principal, address, front, service, tool, session, arguments, outcome, status, seconds, result = item
         config = self.config
