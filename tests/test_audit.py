@@ -30,8 +30,9 @@ from twisted.logger import globalLogPublisher
 from mcpgateway import auditcli
 from mcpgateway.calls import CallRecord, CallRequest
 from mcpgateway.config import AuditConfig, ConfigError, parse_config
-from mcpgateway.observe.audit import REDACTED, AuditLog
+from mcpgateway.observe.audit import AuditLog
 from mcpgateway.observe.auditquery import Query, parse_time
+from mcpgateway.observe.auditrecord import REDACTED
 from mcpgateway.observe.auditsql import SCHEMA_VERSION, Storage, StorageError
 from mcpgateway.observe.auditstorage import open_storage
 from mcpgateway.policy.auth import Principal, hash_token

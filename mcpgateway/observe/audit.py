@@ -2,11 +2,8 @@
 The audit log: one record per tool call, through the REST API or C{/mcp},
 refusals by a policy included (a L{mcpgateway.calls.CallObserver}).
 
-A record is: when the call started, who made it (principal, address), by
-which door (C{rest}, C{mcp}), the service, tool and session, the arguments
-(redacted and capped), the outcome (C{ok}, C{tool_error} or the error code)
-and HTTP status, the latency, the size of the result and, for the services
-that opt in, the result itself (redacted and capped).
+What a record holds, and its redaction and caps, are in
+L{mcpgateway.observe.auditrecord}.
 
 The reactor only appends the call's fields to a bounded queue
 (L{AuditLog.record}: a few microseconds); one writer thread turns them into
@@ -29,13 +26,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fnmatch
-import json
-import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -46,18 +40,16 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 
 from mcpgateway.config import AuditConfig
-from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.observe.auditquery import Query
+from mcpgateway.observe.auditrecord import RowMaker
 from mcpgateway.observe.auditsql import Storage
 from mcpgateway.observe.auditstorage import describe, open_storage
 from mcpgateway.observe.logs import logger
 
-__all__ = ["BATCH_ROWS", "REDACTED", "AuditLog", "Redactor"]
+__all__ = ["BATCH_ROWS", "AuditLog"]
 
 log = logger("mcpgateway.audit")
 
-#: What a redacted value is replaced with.
-REDACTED = "[redacted]"
 #: Rows written per transaction, at most; this many queued wake the writer early.
 BATCH_ROWS = 500
 #: Records deleted per statement when pruning (writes go on in between).
@@ -66,128 +58,8 @@ PRUNE_CHUNK = 5000
 STOP_TIMEOUT = 10.0
 #: Seconds between two warnings about dropped records, at least.
 WARN_INTERVAL = 60.0
-#: Nesting deeper than this is not copied (REST bodies stop at 64 levels).
-MAX_DEPTH = 100
 DROP_REASONS = ("queue_full", "write_failed", "shutdown")
 _BACKOFF_MAX = 30.0
-
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr).encode
-_encode_ascii = json.JSONEncoder(separators=(",", ":"), default=repr).encode
-
-
-def _glob(patterns: Sequence[str]) -> re.Pattern[str] | None:
-    """
-    @return: One case-insensitive regular expression matching any of the globs.
-    """
-    if not patterns:
-        return None
-    return re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns), re.IGNORECASE)
-
-
-class Redactor:
-    """
-    Replaces secret values with L{REDACTED}: every value whose key matches
-    C{audit.redact_keys} (at any depth), and for a tool the argument paths its
-    C{audit.redact} rules name.  Lists are transparent: C{auth.token} also
-    names C{token} in each object of a list C{auth}.
-    """
-
-    def __init__(self, keys: Sequence[str], rules: Mapping[str, Sequence[str]]) -> None:
-        """
-        @param keys: Case-insensitive globs of keys.
-        @param rules: C{"service/tool"} globs to argument paths (dotted,
-            each part a case-insensitive glob).
-        """
-        self._keys = _glob(keys)
-        self._rules = [
-            (_glob([tool]), tuple(tuple(_glob([part]) for part in path.split(".")) for path in paths))
-            for tool, paths in rules.items()
-        ]
-        self._paths: dict[str, tuple[tuple[Any, ...], ...]] = {}
-
-    def paths(self, service: str, tool: str) -> tuple[tuple[re.Pattern[str], ...], ...]:
-        """
-        @return: The argument paths redacted for C{service}'s C{tool}.
-        """
-        name = f"{service}/{tool}"
-        found = self._paths.get(name)
-        if found is None:
-            found = tuple(path for pattern, paths in self._rules if pattern and pattern.match(name) for path in paths)
-            if len(self._paths) >= 4096:
-                self._paths.clear()
-            self._paths[name] = found
-        return found
-
-    def arguments(self, service: str, tool: str, arguments: Any) -> Any:
-        """
-        @return: A redacted copy of C{service}'s C{tool}'s arguments.
-        """
-        return self.value(arguments, self.paths(service, tool))
-
-    def value(self, value: Any, paths: tuple[tuple[re.Pattern[str], ...], ...] = (), depth: int = 0) -> Any:
-        """
-        @param paths: The argument paths still to match below C{value}.
-        @return: A redacted copy of C{value}.
-        """
-        if isinstance(value, list):
-            return [self.value(item, paths, depth + 1) for item in value] if depth < MAX_DEPTH else "[too deep]"
-        if not isinstance(value, dict):
-            return value
-        if depth >= MAX_DEPTH:
-            return "[too deep]"
-        copy = {}
-        keys = self._keys
-        for key, item in value.items():
-            name = str(key)
-            if keys is not None and keys.match(name):
-                copy[key] = REDACTED
-                continue
-            below = []
-            hit = False
-            for path in paths:
-                if path[0] is not None and path[0].match(name):
-                    if len(path) == 1:
-                        hit = True
-                        break
-                    below.append(path[1:])
-            copy[key] = REDACTED if hit else self.value(item, tuple(below), depth + 1)
-        return copy
-
-
-def _capped(value: Any, cap: int) -> tuple[str, int, bool]:
-    """
-    @return: C{value}'s JSON text, at most C{cap} bytes of it (cut at a
-        character), its full size in bytes, and whether it was cut.
-    """
-    text = _encode(value)
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from a \\ud800 escape
-        text = _encode_ascii(value)
-        data = text.encode("ascii")
-    if len(data) <= cap:
-        return text, len(data), False
-    return data[:cap].decode("utf-8", "ignore"), len(data), True
-
-
-def _text(value: str, limit: int = 256) -> str:
-    """
-    @return: C{value} without NUL (PostgreSQL refuses it), at most C{limit} characters.
-    """
-    return value.replace("\x00", "")[:limit]
-
-
-def _mcp_result(front: str, result: Any) -> Any:
-    """
-    @return: The call's result as MCP gives it, whichever door: a REST answer
-        becomes C{{"content", "isError", "structuredContent"}}.
-    """
-    if front == "rest" and isinstance(result, dict) and "content" in result:
-        normal = {"content": result["content"], "isError": bool(result.get("is_error"))}
-        if "structured_content" in result:
-            normal["structuredContent"] = result["structured_content"]
-        return normal
-    return result
 
 
 class _Flush:
@@ -249,9 +121,7 @@ class AuditLog:
             reactor = global_reactor  # type: ignore[assignment]
         self._reactor: IReactorFromThreads = reactor  # type: ignore[assignment]
         self._open = opener or (lambda: open_storage(uri, create=True))
-        self.gateway = _text(gateway or socket.gethostname())
-        self.redactor = Redactor(config.redact_keys, config.redact)
-        self._results = _glob(config.results)
+        self._rows = RowMaker(config, gateway or socket.gethostname())
         self._queue: collections.deque[Any] = collections.deque()
         self._limit = config.queue_size
         self._wake = threading.Event()
@@ -465,7 +335,7 @@ class AuditLog:
                 while queue and len(self._held) < BATCH_ROWS and isinstance(queue[0], tuple):
                     item = queue.popleft()
                     try:
-                        self._held.append(self._row(item))
+                        self._held.append(self._rows.row(item))
                     except Exception as error:  # a bug: lose this record only, and say so
                         self._from_writer(self._lost, 1, error)
             if self._held:
@@ -563,46 +433,6 @@ class AuditLog:
                 self._stopped.callback(None)
 
         self._from_writer(finished)
-
-    def _row(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
-        """
-        @return: The row (L{mcpgateway.observe.auditsql.COLUMNS}) for a queued call.
-        """
-        started, principal, address, front, service, tool, session, arguments, outcome, status, seconds, result = item
-        config = self.config
-        # By key (the configured globs), then by value (every loaded secret).
-        redacted = SECRET_VALUES.value(self.redactor.arguments(service, tool, arguments))
-        arguments_text, _, arguments_cut = _capped(redacted, config.max_argument_bytes)
-        result_bytes = result_text = None
-        result_cut = False
-        if result is not None:
-            normal = _mcp_result(front, result)
-            if self._results is not None and self._results.match(service):
-                result_text, result_bytes, result_cut = _capped(
-                    SECRET_VALUES.value(self.redactor.value(normal)), config.max_result_bytes
-                )
-                if not result_cut:  # the redacted text's size: measure the result itself
-                    result_bytes = _capped(normal, 1 << 62)[1]
-            else:
-                result_bytes = _capped(normal, 1 << 62)[1]
-        return (
-            started,
-            self.gateway,
-            _text(SECRET_VALUES.text(principal)),
-            _text(address),
-            _text(front),
-            _text(service),
-            _text(tool),
-            _text(SECRET_VALUES.text(session)),
-            arguments_text,
-            int(arguments_cut),
-            _text(outcome),
-            status,
-            round(seconds * 1000, 3),
-            result_bytes,
-            result_text,
-            int(result_cut),
-        )
 
     # -- reading ---------------------------------------------------------------------------
 
