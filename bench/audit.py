@@ -47,7 +47,7 @@ from transports import REST
 
 WARMUP_CALLS = 500  # per session
 TARGET_US = 50.0
-WRITER = "mcpgw-audit"  # the audit writer thread's name (mcpgateway.observe.audit)
+WRITER = "mcpgw-audit"  # the audit writer thread's name (mcpgateway.observe.auditwriter)
 
 
 def thread_seconds(pid: int, tid: int) -> float:

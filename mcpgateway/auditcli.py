@@ -23,14 +23,9 @@ from typing import Any
 
 from mcpgateway.config import ConfigError, load_config
 from mcpgateway.errors import BadRequest
-from mcpgateway.observe.auditdb import (
-    MAX_LIMIT,
-    StorageError,
-    describe,
-    open_storage,
-    query_from_params,
-    storage_uri,
-)
+from mcpgateway.observe.auditquery import MAX_LIMIT, query_from_params
+from mcpgateway.observe.auditsql import StorageError
+from mcpgateway.observe.auditstorage import describe, open_storage, storage_uri
 
 __all__ = ["main"]
 

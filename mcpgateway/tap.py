@@ -29,7 +29,7 @@ from mcpgateway.http.site import GatewaySite
 from mcpgateway.http.tls import TLSError, load_tls
 from mcpgateway.observe.access import AccessLog
 from mcpgateway.observe.audit import AuditLog
-from mcpgateway.observe.auditdb import missing_driver, storage_uri
+from mcpgateway.observe.auditstorage import missing_driver, storage_uri
 from mcpgateway.policy.credentials import Credentials
 from mcpgateway.policy.ratelimit import RateLimiter
 from mcpgateway.runtime import (

@@ -1,6 +1,6 @@
 """
 A real PostgreSQL server on a free loopback port, for the tests of the audit
-log's PostgreSQL storage (L{mcpgateway.observe.auditdb}).
+log's PostgreSQL storage (L{mcpgateway.observe.auditpostgres}).
 
 L{postgres_server} makes a throwaway cluster (C{initdb}) in a temporary
 directory and runs it with C{pg_ctl}: as the C{postgres} user when the tests

@@ -1,6 +1,6 @@
 """
-The audit log (L{mcpgateway.observe.audit}, L{mcpgateway.observe.auditdb}):
-one record per tool call on both doors, refusals included; redaction and
+The audit log (L{mcpgateway.observe.audit} and the C{audit*} modules beside
+it): one record per tool call on both doors, refusals included; redaction and
 caps; a full queue drops and counts without delaying calls; C{GET /audit};
 C{mcp-gateway audit export}; retention.  Every storage test runs against
 SQLite and a real PostgreSQL server (L{tests.postgres_fixture}).
@@ -30,8 +30,11 @@ from twisted.logger import globalLogPublisher
 from mcpgateway import auditcli
 from mcpgateway.calls import CallRecord, CallRequest
 from mcpgateway.config import AuditConfig, ConfigError, parse_config
-from mcpgateway.observe.audit import REDACTED, AuditLog
-from mcpgateway.observe.auditdb import SCHEMA_VERSION, Query, Storage, StorageError, open_storage, parse_time
+from mcpgateway.observe.audit import AuditLog
+from mcpgateway.observe.auditquery import Query, parse_time
+from mcpgateway.observe.auditrecord import REDACTED
+from mcpgateway.observe.auditsql import SCHEMA_VERSION, Storage, StorageError
+from mcpgateway.observe.auditstorage import open_storage
 from mcpgateway.policy.auth import Principal, hash_token
 
 from .conftest import fixture_service, wait_until

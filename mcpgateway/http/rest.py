@@ -46,7 +46,7 @@ from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.names import SERVICE_NAME, SESSION_ID, TOOL_NAME, check_name
 from mcpgateway.observe.access import AccessLog
 from mcpgateway.observe.audit import AuditLog
-from mcpgateway.observe.auditdb import query_from_params
+from mcpgateway.observe.auditquery import query_from_params
 from mcpgateway.observe.callstats import CallStats
 from mcpgateway.observe.logs import logger
 from mcpgateway.observe.metrics import CONTENT_TYPE, GatewayMetrics

@@ -2,40 +2,32 @@
 The audit log: one record per tool call, through the REST API or C{/mcp},
 refusals by a policy included (a L{mcpgateway.calls.CallObserver}).
 
-A record is: when the call started, who made it (principal, address), by
-which door (C{rest}, C{mcp}), the service, tool and session, the arguments
-(redacted and capped), the outcome (C{ok}, C{tool_error} or the error code)
-and HTTP status, the latency, the size of the result and, for the services
-that opt in, the result itself (redacted and capped).
+What a record holds, and its redaction and caps, are in
+L{mcpgateway.observe.auditrecord}; the writer thread in
+L{mcpgateway.observe.auditwriter} (with C{BATCH_ROWS}, C{STOP_TIMEOUT},
+C{PRUNE_CHUNK}).
 
 The reactor only appends the call's fields to a bounded queue
 (L{AuditLog.record}: a few microseconds); one writer thread turns them into
 rows (redaction, JSON, caps) and writes them in batches, every
-C{audit.flush_interval} seconds or every L{BATCH_ROWS} rows, so a slow disk or
-database never delays a call.  When the queue is full the new record is
+C{audit.flush_interval} seconds or every C{BATCH_ROWS} rows, so a slow disk
+or database never delays a call.  When the queue is full the new record is
 dropped and counted (C{mcpgateway_audit_dropped_total{reason="queue_full"}}),
 and a warning is logged at most once a minute.  While the storage cannot be
 written the writer keeps its batch and retries with a backoff (1 s doubling
 to 30 s); a batch the database refuses (not a connection problem) is dropped
 and counted (C{write_failed}).  At stop the writer writes what is queued (for
-at most L{STOP_TIMEOUT} seconds; what is left is counted as C{shutdown}).
+at most C{STOP_TIMEOUT} seconds; what is left is counted as C{shutdown}).
 
 Records older than C{audit.retain_days} are deleted by a L{LoopingCall}
 every C{audit.prune_interval} seconds (the deletion runs in the writer
-thread, L{PRUNE_CHUNK} rows at a time between batches).
+thread, C{PRUNE_CHUNK} rows at a time between batches).
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import fnmatch
-import json
-import re
 import socket
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -46,165 +38,20 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 
 from mcpgateway.config import AuditConfig
-from mcpgateway.lib.redact import SECRET_VALUES
-from mcpgateway.observe.auditdb import Query, Storage, describe, open_storage
+from mcpgateway.observe.auditquery import Query
+from mcpgateway.observe.auditrecord import RowMaker
+from mcpgateway.observe.auditsql import Storage
+from mcpgateway.observe.auditstorage import describe, open_storage
+from mcpgateway.observe.auditwriter import BATCH_ROWS, STOP_TIMEOUT, Flush, Prune, Writer
 from mcpgateway.observe.logs import logger
 
-__all__ = ["BATCH_ROWS", "REDACTED", "AuditLog", "Redactor"]
+__all__ = ["AuditLog"]
 
 log = logger("mcpgateway.audit")
 
-#: What a redacted value is replaced with.
-REDACTED = "[redacted]"
-#: Rows written per transaction, at most; this many queued wake the writer early.
-BATCH_ROWS = 500
-#: Records deleted per statement when pruning (writes go on in between).
-PRUNE_CHUNK = 5000
-#: Seconds the writer may take at stop to write what is queued.
-STOP_TIMEOUT = 10.0
 #: Seconds between two warnings about dropped records, at least.
 WARN_INTERVAL = 60.0
-#: Nesting deeper than this is not copied (REST bodies stop at 64 levels).
-MAX_DEPTH = 100
 DROP_REASONS = ("queue_full", "write_failed", "shutdown")
-_BACKOFF_MAX = 30.0
-
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr).encode
-_encode_ascii = json.JSONEncoder(separators=(",", ":"), default=repr).encode
-
-
-def _glob(patterns: Sequence[str]) -> re.Pattern[str] | None:
-    """
-    @return: One case-insensitive regular expression matching any of the globs.
-    """
-    if not patterns:
-        return None
-    return re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns), re.IGNORECASE)
-
-
-class Redactor:
-    """
-    Replaces secret values with L{REDACTED}: every value whose key matches
-    C{audit.redact_keys} (at any depth), and for a tool the argument paths its
-    C{audit.redact} rules name.  Lists are transparent: C{auth.token} also
-    names C{token} in each object of a list C{auth}.
-    """
-
-    def __init__(self, keys: Sequence[str], rules: Mapping[str, Sequence[str]]) -> None:
-        """
-        @param keys: Case-insensitive globs of keys.
-        @param rules: C{"service/tool"} globs to argument paths (dotted,
-            each part a case-insensitive glob).
-        """
-        self._keys = _glob(keys)
-        self._rules = [
-            (_glob([tool]), tuple(tuple(_glob([part]) for part in path.split(".")) for path in paths))
-            for tool, paths in rules.items()
-        ]
-        self._paths: dict[str, tuple[tuple[Any, ...], ...]] = {}
-
-    def paths(self, service: str, tool: str) -> tuple[tuple[re.Pattern[str], ...], ...]:
-        """
-        @return: The argument paths redacted for C{service}'s C{tool}.
-        """
-        name = f"{service}/{tool}"
-        found = self._paths.get(name)
-        if found is None:
-            found = tuple(path for pattern, paths in self._rules if pattern and pattern.match(name) for path in paths)
-            if len(self._paths) >= 4096:
-                self._paths.clear()
-            self._paths[name] = found
-        return found
-
-    def arguments(self, service: str, tool: str, arguments: Any) -> Any:
-        """
-        @return: A redacted copy of C{service}'s C{tool}'s arguments.
-        """
-        return self.value(arguments, self.paths(service, tool))
-
-    def value(self, value: Any, paths: tuple[tuple[re.Pattern[str], ...], ...] = (), depth: int = 0) -> Any:
-        """
-        @param paths: The argument paths still to match below C{value}.
-        @return: A redacted copy of C{value}.
-        """
-        if isinstance(value, list):
-            return [self.value(item, paths, depth + 1) for item in value] if depth < MAX_DEPTH else "[too deep]"
-        if not isinstance(value, dict):
-            return value
-        if depth >= MAX_DEPTH:
-            return "[too deep]"
-        copy = {}
-        keys = self._keys
-        for key, item in value.items():
-            name = str(key)
-            if keys is not None and keys.match(name):
-                copy[key] = REDACTED
-                continue
-            below = []
-            hit = False
-            for path in paths:
-                if path[0] is not None and path[0].match(name):
-                    if len(path) == 1:
-                        hit = True
-                        break
-                    below.append(path[1:])
-            copy[key] = REDACTED if hit else self.value(item, tuple(below), depth + 1)
-        return copy
-
-
-def _capped(value: Any, cap: int) -> tuple[str, int, bool]:
-    """
-    @return: C{value}'s JSON text, at most C{cap} bytes of it (cut at a
-        character), its full size in bytes, and whether it was cut.
-    """
-    text = _encode(value)
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from a \\ud800 escape
-        text = _encode_ascii(value)
-        data = text.encode("ascii")
-    if len(data) <= cap:
-        return text, len(data), False
-    return data[:cap].decode("utf-8", "ignore"), len(data), True
-
-
-def _text(value: str, limit: int = 256) -> str:
-    """
-    @return: C{value} without NUL (PostgreSQL refuses it), at most C{limit} characters.
-    """
-    return value.replace("\x00", "")[:limit]
-
-
-def _mcp_result(front: str, result: Any) -> Any:
-    """
-    @return: The call's result as MCP gives it, whichever door: a REST answer
-        becomes C{{"content", "isError", "structuredContent"}}.
-    """
-    if front == "rest" and isinstance(result, dict) and "content" in result:
-        normal = {"content": result["content"], "isError": bool(result.get("is_error"))}
-        if "structured_content" in result:
-            normal["structuredContent"] = result["structured_content"]
-        return normal
-    return result
-
-
-class _Flush:
-    """
-    A marker in the queue: fires its Deferred once everything before it is written.
-    """
-
-    def __init__(self) -> None:
-        self.done: Deferred[None] = Deferred()
-
-
-class _Prune:
-    """
-    A command in the queue: delete records of calls started before C{before}.
-    """
-
-    def __init__(self, before: float) -> None:
-        self.before = before
-        self.deleted = 0
 
 
 class AuditLog:
@@ -232,7 +79,7 @@ class AuditLog:
         Build it; nothing is opened or started before L{start}.
 
         @param config: The C{audit} section.
-        @param uri: The storage (see L{mcpgateway.observe.auditdb.storage_uri}).
+        @param uri: The storage (see L{mcpgateway.observe.auditstorage.storage_uri}).
         @param clock: Runs the pruning and tells the time for it and for warnings.
         @param reactor: Gets the writer's results (the global reactor if L{None}).
         @param opener: Opens the storage for the writer (L{open_storage} of C{uri} if L{None}).
@@ -245,16 +92,18 @@ class AuditLog:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor  # type: ignore[assignment]
-        self._reactor: IReactorFromThreads = reactor  # type: ignore[assignment]
-        self._open = opener or (lambda: open_storage(uri, create=True))
-        self.gateway = _text(gateway or socket.gethostname())
-        self.redactor = Redactor(config.redact_keys, config.redact)
-        self._results = _glob(config.results)
-        self._queue: collections.deque[Any] = collections.deque()
+        self._writer = Writer(
+            self,
+            reactor,  # type: ignore[arg-type]
+            opener or (lambda: open_storage(uri, create=True)),
+            uri,
+            RowMaker(config, gateway or socket.gethostname()).row,
+            config.flush_interval,
+        )
+        #: The writer's queue and wake-up, which L{record} uses directly (it is the hot path).
+        self._queue = self._writer.queue
+        self._wake = self._writer.wake
         self._limit = config.queue_size
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
         self._pruner: LoopingCall | None = None
         self._pruning = False
         self._stopped: Deferred[None] | None = None
@@ -262,8 +111,6 @@ class AuditLog:
         self._last_error = float("-inf")
         self._warned_drops = 0
         self._abandoned = False
-        #: Rows the writer took from the queue and has not written yet (writer thread only).
-        self._held: list[tuple[Any, ...]] = []
         self.written = 0
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.write_errors = 0
@@ -317,17 +164,13 @@ class AuditLog:
             self._last_warning = now
             self._warned_drops = total
 
-    def _from_writer(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self._reactor.callFromThread(function, *args, **kwargs)
-
     def start(self) -> None:
         """
         Start the writer thread and the pruning.
         """
-        if self._thread is not None:
+        if self._writer.thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="mcpgateway-audit", daemon=True)
-        self._thread.start()
+        self._writer.start()
         if self.config.retain_days > 0:
             self._pruner = LoopingCall(self.prune)
             self._pruner.clock = self._clock
@@ -341,18 +184,16 @@ class AuditLog:
         if self._pruning or self.config.retain_days <= 0:
             return
         self._pruning = True
-        self._queue.append(_Prune(self._clock.seconds() - self.config.retain_days * 86400))
-        self._wake.set()
+        self._writer.put(Prune(self._clock.seconds() - self.config.retain_days * 86400))
 
     def flush(self) -> Deferred[None]:
         """
         @return: Fires once every record queued so far has been written (or dropped).
         """
-        if self._thread is None or self._stopped is not None:
+        if self._writer.thread is None or self._stopped is not None:
             return succeed(None)
-        marker = _Flush()
-        self._queue.append(marker)
-        self._wake.set()
+        marker = Flush()
+        self._writer.put(marker)
         return marker.done
 
     def stop(self) -> Deferred[None]:
@@ -364,12 +205,11 @@ class AuditLog:
         """
         if self._pruner is not None and self._pruner.running:
             self._pruner.stop()
-        if self._thread is None:
+        if self._writer.thread is None:
             return succeed(None)
         if self._stopped is None:
             self._stopped = Deferred()
-            self._stopping.set()
-            self._wake.set()
+            self._writer.stop()
         done: Deferred[None] = Deferred()
         self._stopped.addBoth(lambda result: done.callback(None) if not done.called else None)
         timer = self._clock.callLater(STOP_TIMEOUT, self._gave_up, done)
@@ -379,7 +219,7 @@ class AuditLog:
     def _gave_up(self, done: Deferred[None]) -> None:
         if not done.called:
             self._abandoned = True
-            left = len(self._queue) + len(self._held)
+            left = self._writer.waiting()
             log.error(
                 "audit log: the writer did not finish within {timeout} s; about {left} records lost",
                 timeout=STOP_TIMEOUT,
@@ -388,128 +228,18 @@ class AuditLog:
             self._drop("shutdown", left)
             done.callback(None)
 
-    # -- the writer thread ----------------------------------------------------------------
+    # -- what the writer tells (a WriterReport) --------------------------------------------
 
-    def _run(self) -> None:
-        """
-        The writer thread: open the storage, write batches, retry after
-        failures, until stopped and drained.
-        """
-        _name_thread("mcpgw-audit")
-        storage: Storage | None = None
-        backoff = 1.0
-        failing = False
-        deadline: float | None = None
-        while True:
-            stopping = self._stopping.is_set()
-            if stopping and deadline is None:
-                deadline = time.monotonic() + STOP_TIMEOUT
-            if not stopping:
-                self._wake.wait(self.config.flush_interval)
-                self._wake.clear()
-            try:
-                if storage is None:
-                    storage = self._connect()
-                    again = "again " if failing else ""
-                    self._from_writer(
-                        log.info, "audit log: writing {again}to {storage}", again=again, storage=describe(self.uri)
-                    )
-                    failing, backoff = False, 1.0
-                self._drain(storage)
-            except Exception as error:
-                if storage is not None and not storage.is_transient(error):
-                    self._refused(error)
-                    continue
-                if storage is not None:
-                    storage.close()
-                    storage = None
-                failing = True
-                self._from_writer(self._failed, error)
-                if deadline is not None:
-                    if time.monotonic() >= deadline:
-                        break
-                    time.sleep(min(backoff, 0.5))
-                else:
-                    self._stopping.wait(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-                continue
-            if stopping and not self._queue:
-                break
-        self._finish()
-        if storage is not None:
-            storage.close()
+    def rows_written(self, count: int) -> None:
+        self.written += count
 
-    def _connect(self) -> Storage:
-        """
-        @return: The storage, opened and migrated.
-        """
-        storage = self._open()
-        try:
-            storage.migrate(time.time())
-        except BaseException:
-            storage.close()
-            raise
-        return storage
-
-    def _drain(self, storage: Storage) -> None:
-        """
-        Write the held batch (if a failure left one) and everything queued, in
-        batches, running the commands in the queue in order.  On failure the
-        batch being written stays held.
-        """
-        queue = self._queue
-        while True:
-            if not self._held:
-                while queue and len(self._held) < BATCH_ROWS and isinstance(queue[0], tuple):
-                    item = queue.popleft()
-                    try:
-                        self._held.append(self._row(item))
-                    except Exception as error:  # a bug: lose this record only, and say so
-                        self._from_writer(self._lost, 1, error)
-            if self._held:
-                storage.insert(self._held)
-                count = len(self._held)
-                self._held = []
-                self._from_writer(self._count_written, count)
-                continue
-            if not queue:
-                return
-            command = queue[0]
-            if isinstance(command, _Prune):
-                deleted = storage.prune(command.before, PRUNE_CHUNK)
-                command.deleted += deleted
-                queue.popleft()
-                if deleted == PRUNE_CHUNK:
-                    queue.append(command)  # more: go on after the rows queued meanwhile
-                else:
-                    self._from_writer(self._pruned, command)
-            else:
-                queue.popleft()
-                self._from_writer(command.done.callback, None)
-
-    def _refused(self, error: Exception) -> None:
-        """
-        The storage refused the held batch, or the command at the head of the
-        queue, for a reason that a retry would not change: drop it.
-        """
-        if self._held:
-            count, self._held = len(self._held), []
-            self._from_writer(self._lost, count, error)
-        elif self._queue:
-            command = self._queue.popleft()
-            self._from_writer(self._lost, 0, error)
-            if isinstance(command, _Prune):
-                self._from_writer(self._pruned, command)
-            elif isinstance(command, _Flush):
-                self._from_writer(command.done.callback, None)
-
-    def _lost(self, count: int, error: Exception) -> None:
+    def rows_refused(self, count: int, error: Exception) -> None:
         self.write_errors += 1
         if count:
             self._drop("write_failed", count)
         log.error("audit log: the storage refused {count} records: {error}", count=count, error=repr(error))
 
-    def _failed(self, error: Exception) -> None:
+    def storage_failed(self, error: Exception) -> None:
         """
         The storage could not be opened or written: count, and log at most
         once per L{WARN_INTERVAL}.
@@ -524,10 +254,7 @@ class AuditLog:
                 error=str(error).strip() or repr(error),
             )
 
-    def _count_written(self, count: int) -> None:
-        self.written += count
-
-    def _pruned(self, command: _Prune) -> None:
+    def pruned(self, command: Prune) -> None:
         self._pruning = False
         if command.deleted:
             log.info(
@@ -536,71 +263,15 @@ class AuditLog:
                 days=self.config.retain_days,
             )
 
-    def _finish(self) -> None:
-        """
-        The writer's last act: count what it could not write, fire the flush markers.
-        """
-        left = len(self._held)
-        self._held = []
-        markers = []
-        while self._queue:
-            item = self._queue.popleft()
-            if isinstance(item, tuple):
-                left += 1
-            elif isinstance(item, _Flush):
-                markers.append(item)
-
-        def finished() -> None:
-            if left and not self._abandoned:
-                log.error("audit log: stopped with {left} records not written", left=left)
-                self._drop("shutdown", left)
-            self._pruning = False
-            for marker in markers:
-                marker.done.callback(None)
-            if self._stopped is not None and not self._stopped.called:
-                self._stopped.callback(None)
-
-        self._from_writer(finished)
-
-    def _row(self, item: tuple[Any, ...]) -> tuple[Any, ...]:
-        """
-        @return: The row (L{mcpgateway.observe.auditdb.COLUMNS}) for a queued call.
-        """
-        started, principal, address, front, service, tool, session, arguments, outcome, status, seconds, result = item
-        config = self.config
-        # By key (the configured globs), then by value (every loaded secret).
-        redacted = SECRET_VALUES.value(self.redactor.arguments(service, tool, arguments))
-        arguments_text, _, arguments_cut = _capped(redacted, config.max_argument_bytes)
-        result_bytes = result_text = None
-        result_cut = False
-        if result is not None:
-            normal = _mcp_result(front, result)
-            if self._results is not None and self._results.match(service):
-                result_text, result_bytes, result_cut = _capped(
-                    SECRET_VALUES.value(self.redactor.value(normal)), config.max_result_bytes
-                )
-                if not result_cut:  # the redacted text's size: measure the result itself
-                    result_bytes = _capped(normal, 1 << 62)[1]
-            else:
-                result_bytes = _capped(normal, 1 << 62)[1]
-        return (
-            started,
-            self.gateway,
-            _text(SECRET_VALUES.text(principal)),
-            _text(address),
-            _text(front),
-            _text(service),
-            _text(tool),
-            _text(SECRET_VALUES.text(session)),
-            arguments_text,
-            int(arguments_cut),
-            _text(outcome),
-            status,
-            round(seconds * 1000, 3),
-            result_bytes,
-            result_text,
-            int(result_cut),
-        )
+    def writer_finished(self, left: int, markers: list[Flush]) -> None:
+        if left and not self._abandoned:
+            log.error("audit log: stopped with {left} records not written", left=left)
+            self._drop("shutdown", left)
+        self._pruning = False
+        for marker in markers:
+            marker.done.callback(None)
+        if self._stopped is not None and not self._stopped.called:
+            self._stopped.callback(None)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -657,13 +328,3 @@ class _AuditCollector(Collector):
         yield GaugeMetricFamily(
             "mcpgateway_audit_queue", "Audit records waiting for the writer.", value=len(audit._queue)
         )
-
-
-def _name_thread(name: str) -> None:
-    """
-    Name the calling thread for C{top -H} and C{/proc/<pid>/task/<tid>/comm}
-    (best effort, Linux).
-    """
-    path = f"/proc/self/task/{threading.get_native_id()}/comm"
-    with contextlib.suppress(OSError), open(path, "w") as handle:
-        handle.write(name[:15])

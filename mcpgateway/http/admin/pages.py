@@ -33,7 +33,7 @@ from twisted.web.template import Tag, flattenString
 from mcpgateway.errors import BadRequest, Forbidden, LimitReached, NotFound, Unauthorized
 from mcpgateway.http.guard import COOKIE, cookie_value
 from mcpgateway.lib.redact import SECRET_VALUES
-from mcpgateway.observe.auditdb import query_from_params
+from mcpgateway.observe.auditquery import query_from_params
 from mcpgateway.observe.callstats import CallStats
 from mcpgateway.observe.logs import logger, now_iso
 from mcpgateway.observe.security import RecentSecurityEvents
