@@ -3,23 +3,21 @@ A configured MCP service: how to start its children, whether it is healthy,
 which era it speaks, its warm pool, and its cached tool list
 (L{mcpgateway.children.tools}).
 
-Start failures are retried with exponential backoff and jitter: while a
-service is backing off, L{Service.spawn} fails at once with
-L{ServiceUnavailable} (and a C{Retry-After}) instead of spawning again.  A
-child that stays up for C{backoff_reset} seconds clears the failure count.
+Start failures are retried with exponential backoff and jitter
+(L{mcpgateway.children.backoff}): while a service is backing off,
+L{Service.spawn} fails at once with L{ServiceUnavailable} (and a
+C{Retry-After}) instead of spawning again.  A child that stays up for
+C{backoff_reset} seconds clears the failure count.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
@@ -27,13 +25,14 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
+from mcpgateway.children.backoff import StartBackoff, credential_key
 from mcpgateway.children.child import LEGACY, MODERN, Child, Era, StartFailed, spawn_child
 from mcpgateway.children.remote import RemoteClient, open_remote
 from mcpgateway.children.sandbox import Launch, build_launch
 from mcpgateway.children.sandbox.limits import explain_exit
 from mcpgateway.children.tools import ToolCache
 from mcpgateway.config import ServiceConfig
-from mcpgateway.errors import ChildFailed, ServiceUnavailable, stderr_excerpt
+from mcpgateway.errors import ChildFailed, ServiceUnavailable
 from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ExitInfo
 from mcpgateway.mcp.peer import Peer
@@ -52,21 +51,6 @@ POOL_REFILL_DELAY = 0.2
 _LIMIT_SIGNALS = frozenset({signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL})
 
 
-@dataclass
-class _Backoff:
-    """
-    The start failures of one caller's credential (see L{Service.spawn}).
-
-    @ivar failures: Consecutive failed starts with it.
-    @ivar retry_at: The clock time before which it is not tried again.
-    @ivar error: What its last failed start answered.
-    """
-
-    failures: int
-    retry_at: float
-    error: ServiceUnavailable
-
-
 class Service:
     """
     Everything the gateway knows about one configured service.
@@ -75,7 +59,7 @@ class Service:
     @ivar era: The era its children speak, once one has started.
     @ivar children: Its live children (sessions' and the tool lister).
     @ivar spawns: Children started so far (successfully or not).
-    @ivar start_failures: Failed starts so far.
+    @ivar backoff: Its L{StartBackoff} (the failed starts).
     @ivar crashes: Children that ended without the gateway asking them to.
     @ivar pool_room: Whether the warm pool may grow now (the gateway counts
         pool children against the session limits).
@@ -87,9 +71,6 @@ class Service:
         list the tools (no principal's).
     @ivar listing_headers: The same for a C{url} service's listing session:
         its credential headers.
-    @ivar failures: Consecutive start failures (of the service, not of a
-        caller's own credential: those back off apart).
-    @ivar last_failure: The last start failure's L{ServiceUnavailable}.
     """
 
     def __init__(
@@ -106,17 +87,12 @@ class Service:
         self._reactor = reactor
         self._clock = clock
         self._sandbox_dir = sandbox_dir
-        self._random = random_source
         self._secrets = secrets
         self.era: Era | None = {"legacy": LEGACY, "modern": MODERN}.get(config.protocol)
         self.spawns = 0
         self._started_once = False
         self.children: set[Child] = set()
-        self.failures = 0
-        self.last_failure: ServiceUnavailable | None = None
-        self._retry_at = 0.0
-        #: Start failures with a caller's own credential, by its digest.
-        self._credential_backoff: dict[str, _Backoff] = {}
+        self.backoff = StartBackoff(config, clock, random_source)
         self._starting = 0
         #: The tool list its children declare, fetched once and shared.
         self.tool_cache = ToolCache(
@@ -124,7 +100,6 @@ class Service:
         )
         self._stable_timers: dict[Child, IDelayedCall] = {}
         self._stopping = False
-        self.start_failures = 0
         self.crashes = 0
         #: Children stopped by a sandbox limit, by limit (C{pids}, C{cpu}, ...).
         self.limit_stops: dict[str, int] = {}
@@ -152,13 +127,35 @@ class Service:
     # -- state ---------------------------------------------------------------
 
     @property
+    def failures(self) -> int:
+        """
+        @return: Consecutive start failures (of the service, not of a
+            caller's own credential: those back off apart).
+        """
+        return self.backoff.failures
+
+    @property
+    def last_failure(self) -> ServiceUnavailable | None:
+        """
+        @return: The last start failure's L{ServiceUnavailable}.
+        """
+        return self.backoff.last_failure
+
+    @property
+    def start_failures(self) -> int:
+        """
+        @return: Failed starts so far.
+        """
+        return self.backoff.start_failures
+
+    @property
     def state(self) -> str:
         """
         @return: C{"failing"} while backing off after start failures,
             C{"starting"} while a first child starts, C{"ready"} once one
             has started, else C{"idle"}.
         """
-        if self.failures and self._clock.seconds() < self._retry_at:
+        if self.backoff.failing:
             return "failing"
         if self._starting and not self._started_once:
             return "starting"
@@ -178,7 +175,7 @@ class Service:
         }
         if self.state == "failing" and self.last_failure is not None:
             view["last_error"] = SECRET_VALUES.text(self.last_failure.message)
-            view["retry_after"] = round(self._retry_at - self._clock.seconds(), 3)
+            view["retry_after"] = round(self.backoff.wait, 3)
         return view
 
     def status(self) -> dict[str, Any]:
@@ -187,16 +184,14 @@ class Service:
             backoff, the last start failure and how many tools it declared.
         """
         view = self.describe()
-        now = self._clock.seconds()
-        wait = self._retry_at - now if self.failures else 0.0
         cached = self.tool_cache.cached
         view.update(
             spawns=self.spawns,
             start_failures=self.start_failures,
             crashes=self.crashes,
             failures=self.failures,
-            backoff=round(max(0.0, wait), 3),
-            credentials_backing_off=sum(1 for held in self._credential_backoff.values() if held.retry_at > now),
+            backoff=round(self.backoff.wait, 3),
+            credentials_backing_off=self.backoff.credentials_backing_off,
             last_error=SECRET_VALUES.text(self.last_failure.message) if self.last_failure is not None else None,
             tools=len(cached) if cached is not None else None,
             pool=self.pool_size,
@@ -213,9 +208,7 @@ class Service:
         pooled, self._pool = self._pool, []
         for child in pooled:
             child.close(self.config.close_grace)
-        self.failures = 0
-        self._retry_at = 0.0
-        self._credential_backoff.clear()
+        self.backoff.forget()
         if self._pool_retry is not None and self._pool_retry.active():
             self._pool_retry.cancel()
         self.refill_pool_soon()
@@ -243,13 +236,9 @@ class Service:
         """
         if self._stopping:
             raise ServiceUnavailable(f"service {self.name!r} is shutting down", retry_after=1)
-        now = self._clock.seconds()
-        credential = self._credential_key(credential_env)
-        held = self._credential_backoff.get(credential) if credential is not None else None
-        if held is not None and now < held.retry_at:
-            raise _again(held.error, held.retry_at - now)
-        if self.failures and now < self._retry_at and self.last_failure is not None:
-            raise _again(self.last_failure, self._retry_at - now)
+        # A url service's sessions all back off together.
+        credential = None if self.config.url else credential_key(credential_env, self.listing_env)
+        self.backoff.check(credential)
         holder: list[Child] = []
         self._starting += 1
         self.spawns += 1
@@ -328,14 +317,13 @@ class Service:
                     service=self.name,
                     http_status=failure.http_status,
                 ) from None
-            raise self._start_failed(failure, credential) from None
+            raise self.backoff.failed(failure, credential) from None
         finally:
             self._starting -= 1
             for protocol in started:
                 self._starting_protocols.discard(protocol)
         holder.append(child)
-        if credential is not None:
-            self._credential_backoff.pop(credential, None)
+        self.backoff.started(credential)
         self.era = child.era
         self._started_once = True
         self.children.add(child)
@@ -436,62 +424,9 @@ class Service:
         if not self._stopping and (self._pool_retry is None or not self._pool_retry.active()):
             self._pool_retry = self._clock.callLater(delay, self.refill_pool)
 
-    def _credential_key(self, credential_env: Mapping[str, str] | None) -> str | None:
-        """
-        @return: Which backoff a start with C{credential_env} counts against:
-            L{None} for the service's own (a C{url} service, no credential,
-            or the C{default} one the tool listing uses too), else the
-            caller's credential's (a digest, never the value).
-        """
-        if self.config.url or not credential_env or dict(credential_env) == dict(self.listing_env()):
-            return None
-        return hashlib.sha256(json.dumps(sorted(credential_env.items())).encode()).hexdigest()[:16]
-
-    def _start_failed(self, failure: StartFailed, credential: str | None = None) -> ServiceUnavailable:
-        self.start_failures += 1
-        if credential is None:
-            failures = self.failures + 1
-        else:
-            held = self._credential_backoff.get(credential)
-            failures = (held.failures if held is not None else 0) + 1
-        delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** min(failures - 1, 32))
-        delay = delay / 2 + self._random() * delay / 2
-        retry_at = self._clock.seconds() + delay
-        details: dict[str, Any] = {"service": self.name, "stderr_tail": stderr_excerpt(failure.stderr_tail)}
-        code = None
-        if failure.exit_info is not None:
-            details["exit_status"] = failure.exit_info.exit_code
-            details["exit_signal"] = failure.exit_info.signal
-            cause = failure.exit_info.cause
-            if cause is not None:
-                code = "child_limit"
-                details.update(limit=cause["limit"], value=cause["value"], key=cause["key"])
-        whose = "" if credential is None else " with this caller's credential"
-        error = ServiceUnavailable(
-            f"service {self.name!r} failed to start{whose}: {failure.reason}", code, retry_after=delay, **details
-        )
-        self.last_failure = error
-        if credential is None:
-            self.failures, self._retry_at = failures, retry_at
-        else:
-            self._credential_backoff[credential] = _Backoff(failures, retry_at, error)
-        log.warn(
-            "{service}: start failed{whose} ({n} in a row), retry in {delay:.1f} s: {reason}",
-            service=self.name,
-            whose=whose.replace("this", "a"),
-            n=failures,
-            delay=delay,
-            reason=failure.reason,
-        )
-        return error
-
     def _stable(self, child: Child) -> None:
         self._stable_timers.pop(child, None)
-        if self.failures:
-            log.info(
-                "{service}: child up for {s:g} s, failure count reset", service=self.name, s=self.config.backoff_reset
-            )
-        self.failures = 0
+        self.backoff.stable()
 
     def _explain(self, info: ExitInfo, launch: Launch | None) -> dict[str, Any] | None:
         """
@@ -535,7 +470,7 @@ class Service:
             else:
                 # A warm child that dies before any use did not start soundly:
                 # back off as for a failed start instead of respawning in a loop.
-                error = self._start_failed(
+                error = self.backoff.failed(
                     StartFailed(
                         f"the MCP server {info.describe()} while waiting in the warm pool", info, info.stderr_tail
                     )
@@ -620,13 +555,6 @@ class Service:
         )
         if self._remote is not None:
             await self._remote.close()
-
-
-def _again(error: ServiceUnavailable, wait: float) -> ServiceUnavailable:
-    """
-    @return: C{error} once more while its backoff lasts, C{Retry-After} the time left.
-    """
-    return ServiceUnavailable(error.message, retry_after=wait, **error.details)
 
 
 def _stderr_bytes(child: Child) -> int:
