@@ -1,7 +1,7 @@
 """
 A configured MCP service: how to start its children, whether it is healthy,
-which era it speaks, its warm pool, and its cached tool list
-(L{mcpgateway.children.tools}).
+which era it speaks, its warm pool (L{mcpgateway.children.pool}), and its
+cached tool list (L{mcpgateway.children.tools}).
 
 Start failures are retried with exponential backoff and jitter
 (L{mcpgateway.children.backoff}): while a service is backing off,
@@ -23,10 +23,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.threads import deferToThread
-from twisted.python.failure import Failure
 
 from mcpgateway.children.backoff import StartBackoff, credential_key
 from mcpgateway.children.child import LEGACY, MODERN, Child, Era, StartFailed, spawn_child
+from mcpgateway.children.pool import POOL_REFILL_DELAY, WarmPool
 from mcpgateway.children.remote import RemoteClient, open_remote
 from mcpgateway.children.sandbox import Launch, build_launch
 from mcpgateway.children.sandbox.limits import explain_exit
@@ -45,7 +45,6 @@ __all__ = ["Service"]
 
 log = logger("mcpgateway.service")
 
-POOL_REFILL_DELAY = 0.2
 #: A child ended by one of these (CPU time, file size, or a kill it did not
 #: get from us, e.g. the kernel's OOM killer) is reported as a security event.
 _LIMIT_SIGNALS = frozenset({signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL})
@@ -60,6 +59,7 @@ class Service:
     @ivar children: Its live children (sessions' and the tool lister).
     @ivar spawns: Children started so far (successfully or not).
     @ivar backoff: Its L{StartBackoff} (the failed starts).
+    @ivar pool: Its L{WarmPool}.
     @ivar crashes: Children that ended without the gateway asking them to.
     @ivar pool_room: Whether the warm pool may grow now (the gateway counts
         pool children against the session limits).
@@ -104,11 +104,10 @@ class Service:
         #: Children stopped by a sandbox limit, by limit (C{pids}, C{cpu}, ...).
         self.limit_stops: dict[str, int] = {}
         self._ended_stderr_bytes = 0
-        self._pool: list[Child] = []
-        self._pool_starting = 0
-        self._pool_retry: IDelayedCall | None = None
-        self._refill_timer: IDelayedCall | None = None
         self.pool_room: Callable[[], bool] = lambda: True
+        self.pool = WarmPool(
+            config, clock, lambda: ensureDeferred(self.spawn()), lambda: self.pool_room(), self.backoff
+        )
         self.on_handshake: Callable[[float], None] | None = None
         self.hidden_values: Callable[[], Collection[str]] = tuple
         self.listing_env: Callable[[], Mapping[str, str]] = dict
@@ -205,14 +204,8 @@ class Service:
 
         @return: How many pool children were closed.
         """
-        pooled, self._pool = self._pool, []
-        for child in pooled:
-            child.close(self.config.close_grace)
         self.backoff.forget()
-        if self._pool_retry is not None and self._pool_retry.active():
-            self._pool_retry.cancel()
-        self.refill_pool_soon()
-        return len(pooled)
+        return self.pool.recycle()
 
     # -- children --------------------------------------------------------------
 
@@ -353,14 +346,14 @@ class Service:
         """
         @return: Ready children waiting in the warm pool.
         """
-        return len(self._pool)
+        return self.pool.size
 
     @property
     def pool_pending(self) -> int:
         """
         @return: Pool children ready or starting.
         """
-        return len(self._pool) + self._pool_starting
+        return self.pool.pending
 
     def acquire(
         self, credential_env: Mapping[str, str] | None = None, credential_headers: Mapping[str, str] | None = None
@@ -378,51 +371,20 @@ class Service:
         """
         if credential_env is not None or credential_headers is not None:
             return ensureDeferred(self.spawn(credential_env, credential_headers))
-        while self._pool:
-            child = self._pool.pop(0)
-            if child.alive:
-                return succeed(child)
-        return ensureDeferred(self.spawn())
+        child = self.pool.take()
+        return succeed(child) if child is not None else ensureDeferred(self.spawn())
 
     def refill_pool_soon(self, delay: float = POOL_REFILL_DELAY) -> None:
         """
-        Refill the pool after C{delay} seconds, so that a replacement's
-        start-up (a burst of CPU on a small machine) does not compete with the
-        call that just took a warm child.
+        Refill the warm pool soon (L{WarmPool.refill_soon}).
         """
-        if self._stopping or self.config.prewarm == 0:
-            return
-        if self._refill_timer is None or not self._refill_timer.active():
-            self._refill_timer = self._clock.callLater(delay, self.refill_pool)
+        self.pool.refill_soon(delay)
 
     def refill_pool(self) -> None:
         """
-        Start children until C{prewarm} are ready or starting, as far as the
-        limits allow; never waits.
+        Refill the warm pool now (L{WarmPool.refill}).
         """
-        while (
-            not self._stopping
-            and len(self._pool) + self._pool_starting < self.config.prewarm
-            and self.pool_room()
-            and not (self._pool_retry is not None and self._pool_retry.active())
-        ):
-            self._pool_starting += 1
-            ensureDeferred(self.spawn()).addBoth(self._pooled)
-
-    def _pooled(self, outcome: Child | Failure) -> None:
-        self._pool_starting -= 1
-        if isinstance(outcome, Failure):
-            error = outcome.value
-            self._retry_pool(error.retry_after if isinstance(error, ServiceUnavailable) and error.retry_after else 1.0)
-            return
-        if self._stopping:
-            outcome.close(self.config.close_grace)
-            return
-        self._pool.append(outcome)
-
-    def _retry_pool(self, delay: float) -> None:
-        if not self._stopping and (self._pool_retry is None or not self._pool_retry.active()):
-            self._pool_retry = self._clock.callLater(delay, self.refill_pool)
+        self.pool.refill()
 
     def _stable(self, child: Child) -> None:
         self._stable_timers.pop(child, None)
@@ -463,19 +425,7 @@ class Service:
         self._ended_stderr_bytes += _stderr_bytes(child)
         if not child.closing:
             self.crashes += 1
-        if child in self._pool:
-            self._pool.remove(child)
-            if child.closing or self._stopping:
-                self.refill_pool()
-            else:
-                # A warm child that dies before any use did not start soundly:
-                # back off as for a failed start instead of respawning in a loop.
-                error = self.backoff.failed(
-                    StartFailed(
-                        f"the MCP server {info.describe()} while waiting in the warm pool", info, info.stderr_tail
-                    )
-                )
-                self._retry_pool(error.retry_after or 1.0)
+        self.pool.ended(child, info)
         timer = self._stable_timers.pop(child, None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -529,7 +479,7 @@ class Service:
         return self.tool_cache.tools()
 
     def _ready_child(self) -> Child | None:
-        return next((child for child in self._pool if child.alive), None)
+        return self.pool.ready()
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -538,10 +488,7 @@ class Service:
         Close every child of this service and refuse new ones.
         """
         self._stopping = True
-        for timer in (self._pool_retry, self._refill_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._pool.clear()
+        self.pool.stop()
         for timer in self._stable_timers.values():
             if timer.active():
                 timer.cancel()
