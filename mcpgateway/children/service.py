@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
-import tempfile
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
-from twisted.internet.threads import deferToThread
 
 from mcpgateway.children.backoff import StartBackoff, credential_key
 from mcpgateway.children.child import LEGACY, MODERN, Child, Era, StartFailed, spawn_child
@@ -31,6 +28,7 @@ from mcpgateway.children.remote import RemoteClient, open_remote
 from mcpgateway.children.sandbox import Launch, build_launch
 from mcpgateway.children.sandbox.limits import explain_exit
 from mcpgateway.children.tools import ToolCache
+from mcpgateway.children.workdirs import WorkDirs
 from mcpgateway.config import ServiceConfig
 from mcpgateway.errors import ChildFailed, ServiceUnavailable
 from mcpgateway.lib.redact import SECRET_VALUES
@@ -86,7 +84,7 @@ class Service:
         self.name = config.name
         self._reactor = reactor
         self._clock = clock
-        self._sandbox_dir = sandbox_dir
+        self._dirs = WorkDirs(sandbox_dir, config.name, config.sandbox)
         self._secrets = secrets
         self.era: Era | None = {"legacy": LEGACY, "modern": MODERN}.get(config.protocol)
         self.spawns = 0
@@ -263,7 +261,7 @@ class Service:
                     self._remote.transport = child.protocol.transport
             else:
                 try:
-                    workdir = self._make_workdir()
+                    workdir = self._dirs.make()
                     launch = build_launch(
                         self.config.sandbox,
                         self.config.command,
@@ -272,7 +270,7 @@ class Service:
                         extra_env=self.config.env,
                         gateway_env=os.environ,
                         secrets=(*self._secrets, *self.hidden_values()),
-                        cache_dir=self._cache_dir(),
+                        cache_dir=self._dirs.cache(),
                     )
                 except OSError as error:
                     raise StartFailed(f"cannot set up the sandbox: {error.strerror or error}", None, "") from None
@@ -298,7 +296,7 @@ class Service:
         except StartFailed as failure:
             if launch is not None:
                 launch.cleanup()
-            self._remove_workdir(workdir)
+            self._dirs.remove(workdir)
             if self._stopping:
                 raise ServiceUnavailable(f"service {self.name!r} is shutting down", retry_after=1) from None
             if credential_headers is not None and failure.http_status in (401, 403):
@@ -429,38 +427,8 @@ class Service:
         timer = self._stable_timers.pop(child, None)
         if timer is not None and timer.active():
             timer.cancel()
-        self._remove_workdir(child.workdir)
+        self._dirs.remove(child.workdir)
         log.info("{service}: child {pid} {how}", service=self.name, pid=child.pid, how=info.describe())
-
-    def _make_workdir(self) -> str:
-        if self.config.sandbox.working_dir:
-            return self.config.sandbox.working_dir
-        # A child run as its own user must be able to pass through to its
-        # directory (which build_launch gives it); nobody may list the others.
-        os.makedirs(self._sandbox_dir, mode=0o711 if self.config.sandbox.uid is not None else 0o700, exist_ok=True)
-        return tempfile.mkdtemp(prefix=f"{self.name}-", dir=self._sandbox_dir)
-
-    def _cache_dir(self) -> str:
-        """
-        @return: The service's cache directory, C{<sandbox_dir>/.cache/<name>}:
-            kept between its children (so C{npx} and C{uvx} download once),
-            private to the service (and owned by its C{user}).
-        """
-        sandbox = self.config.sandbox
-        root = os.path.join(self._sandbox_dir, ".cache")
-        directory = os.path.join(root, self.name)
-        os.makedirs(root, mode=0o711, exist_ok=True)
-        if not os.path.isdir(directory):
-            os.mkdir(directory, 0o700)
-            if sandbox.uid is not None and sandbox.gid is not None:
-                os.chown(directory, sandbox.uid, sandbox.gid)
-        return os.path.abspath(directory)
-
-    def _remove_workdir(self, workdir: str | None) -> None:
-        if workdir and workdir != self.config.sandbox.working_dir:
-            deferToThread(shutil.rmtree, workdir, True).addErrback(
-                lambda f: log.failure("removing {dir}", f, dir=workdir)
-            )
 
     # -- tools -----------------------------------------------------------------
 
