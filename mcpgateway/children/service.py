@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -23,10 +22,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 
 from mcpgateway.children.backoff import StartBackoff, credential_key
 from mcpgateway.children.child import LEGACY, MODERN, Child, Era, StartFailed, spawn_child
+from mcpgateway.children.ends import ChildEnds
 from mcpgateway.children.pool import POOL_REFILL_DELAY, WarmPool
 from mcpgateway.children.remote import RemoteClient, open_remote
 from mcpgateway.children.sandbox import Launch, build_launch
-from mcpgateway.children.sandbox.limits import explain_exit
 from mcpgateway.children.tools import ToolCache
 from mcpgateway.children.workdirs import WorkDirs
 from mcpgateway.config import ServiceConfig
@@ -37,15 +36,10 @@ from mcpgateway.mcp.peer import Peer
 from mcpgateway.mcp.remote import HttpPeer
 from mcpgateway.mcp.stdio import ChildProtocol
 from mcpgateway.observe.logs import logger
-from mcpgateway.observe.security import security_event
 
 __all__ = ["Service"]
 
 log = logger("mcpgateway.service")
-
-#: A child ended by one of these (CPU time, file size, or a kill it did not
-#: get from us, e.g. the kernel's OOM killer) is reported as a security event.
-_LIMIT_SIGNALS = frozenset({signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL})
 
 
 class Service:
@@ -58,7 +52,7 @@ class Service:
     @ivar spawns: Children started so far (successfully or not).
     @ivar backoff: Its L{StartBackoff} (the failed starts).
     @ivar pool: Its L{WarmPool}.
-    @ivar crashes: Children that ended without the gateway asking them to.
+    @ivar ends: Its L{ChildEnds} (crashes, sandbox-limit stops).
     @ivar pool_room: Whether the warm pool may grow now (the gateway counts
         pool children against the session limits).
     @ivar on_handshake: Told each successful start's spawn-to-ready seconds.
@@ -98,10 +92,7 @@ class Service:
         )
         self._stable_timers: dict[Child, IDelayedCall] = {}
         self._stopping = False
-        self.crashes = 0
-        #: Children stopped by a sandbox limit, by limit (C{pids}, C{cpu}, ...).
-        self.limit_stops: dict[str, int] = {}
-        self._ended_stderr_bytes = 0
+        self.ends = ChildEnds(config)
         self.pool_room: Callable[[], bool] = lambda: True
         self.pool = WarmPool(
             config, clock, lambda: ensureDeferred(self.spawn()), lambda: self.pool_room(), self.backoff
@@ -144,6 +135,20 @@ class Service:
         @return: Failed starts so far.
         """
         return self.backoff.start_failures
+
+    @property
+    def crashes(self) -> int:
+        """
+        @return: Children that ended without the gateway asking them to.
+        """
+        return self.ends.crashes
+
+    @property
+    def limit_stops(self) -> Mapping[str, int]:
+        """
+        @return: Children stopped by a sandbox limit, by limit (C{pids}, C{cpu}, ...).
+        """
+        return self.ends.limit_stops
 
     @property
     def state(self) -> str:
@@ -241,7 +246,7 @@ class Service:
             started.append(protocol)
             self._starting_protocols.add(protocol)
             if isinstance(protocol, ChildProtocol):
-                protocol.explain_exit = lambda info: self._explain(info, launch)
+                protocol.explain_exit = lambda info: self.ends.explain(info, launch.cgroup if launch else None)
 
         try:
             if self.config.url:
@@ -337,7 +342,7 @@ class Service:
         """
         @return: Bytes its children (live and ended) wrote to stderr.
         """
-        return self._ended_stderr_bytes + sum(_stderr_bytes(child) for child in self.children)
+        return self.ends.stderr_bytes(self.children)
 
     @property
     def pool_size(self) -> int:
@@ -388,41 +393,11 @@ class Service:
         self._stable_timers.pop(child, None)
         self.backoff.stable()
 
-    def _explain(self, info: ExitInfo, launch: Launch | None) -> dict[str, Any] | None:
-        """
-        Tell what stopped a child that has just exited (before its cgroup is
-        removed): a sandbox limit is counted and logged.
-        """
-        cause = explain_exit(info, self.config.sandbox, self.name, launch.cgroup if launch else None)
-        if cause is not None:
-            self.limit_stops[cause["limit"]] = self.limit_stops.get(cause["limit"], 0) + 1
-            log.warn(
-                "{service}: a child was stopped by a sandbox limit: {text}",
-                service=self.name,
-                limit=cause["limit"],
-                key=cause["key"],
-                text=cause["message"],
-            )
-        return cause
-
     def _ended(self, info: ExitInfo, child: Child, launch: Launch | None = None) -> None:
         self.children.discard(child)
         if launch is not None:
             launch.cleanup()  # its cgroup, and anything left in it
-        if not child.closing and (info.signal in _LIMIT_SIGNALS or info.cause is not None):
-            security_event(
-                "child_limit",
-                address="-",
-                principal=None,
-                route=f"service {self.name}",
-                pid=child.pid,
-                signal=info.signal,
-                how=info.describe(),
-                **({"limit": info.cause["limit"], "key": info.cause["key"]} if info.cause else {}),
-            )
-        self._ended_stderr_bytes += _stderr_bytes(child)
-        if not child.closing:
-            self.crashes += 1
+        self.ends.record(info, child)
         self.pool.ended(child, info)
         timer = self._stable_timers.pop(child, None)
         if timer is not None and timer.active():
@@ -470,10 +445,3 @@ class Service:
         )
         if self._remote is not None:
             await self._remote.close()
-
-
-def _stderr_bytes(child: Child) -> int:
-    """
-    @return: What a child process wrote to stderr (a remote server: 0).
-    """
-    return child.protocol.stderr.total_bytes if isinstance(child.protocol, ChildProtocol) else 0
