@@ -122,6 +122,13 @@ class Service:
         """
         return self.backoff.failures
 
+    @failures.setter
+    def failures(self, count: int) -> None:
+        """
+        Set the consecutive start failures (0: the next start is tried at once).
+        """
+        self.backoff.failures = count
+
     @property
     def last_failure(self) -> ServiceUnavailable | None:
         """
