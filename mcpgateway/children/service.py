@@ -1,7 +1,9 @@
 """
 A configured MCP service: how to start its children, whether it is healthy,
-which era it speaks, its warm pool (L{mcpgateway.children.pool}), and its
-cached tool list (L{mcpgateway.children.tools}).
+which era it speaks, its warm pool (L{mcpgateway.children.pool}), how its
+children ended (L{mcpgateway.children.ends}), their directories
+(L{mcpgateway.children.workdirs}) and its cached tool list
+(L{mcpgateway.children.tools}).
 
 Start failures are retried with exponential backoff and jitter
 (L{mcpgateway.children.backoff}): while a service is backing off,
