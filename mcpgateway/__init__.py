@@ -10,7 +10,7 @@ below it (ARCHITECTURE.rst; checked by C{lint-imports}).  One REST call::
     calls.py              the one call path of both doors: span, metric, access log (observe/)
     gateway.py            the façade: the session's child for the service
     sessions.py           the session registry and its limits
-    children/service.py   start with backoff, warm pool (children/sandbox/: how a child starts)
+    children/service.py   a warm child (pool.py) or a start, with backoff (backoff.py, sandbox/)
     children/child.py     one MCP server: handshake, era, call (over an mcp/peer.py Peer)
     mcp/stdio.py          JSON-RPC over the child's stdin/stdout (mcp/framing.py),
       or mcp/remote.py    over HTTP to a url service's remote server (children/remote.py)

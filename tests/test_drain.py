@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 
-from mcpgateway.children.service import POOL_REFILL_DELAY
+from mcpgateway.children.pool import POOL_REFILL_DELAY
 from mcpgateway.config import parse_config
 from mcpgateway.drain import Drain
 from mcpgateway.errors import ServiceUnavailable

@@ -78,7 +78,7 @@ async def test_warm_pool_serves_first_calls_and_refills(live: Any) -> None:
     service = gw.gateway.services["fx"]
     await wait_until(lambda: service.pool_size == 2)
     assert len(gw.children()) == 2
-    pooled = {child.pid for child in service._pool}
+    pooled = {child.pid for child in service.pool.waiting}
     response, body = await gw.call("fx", "pid", "first")
     assert response.code == 200
     pid = int(body["result"].split()[0].split("=")[1])

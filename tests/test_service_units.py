@@ -19,6 +19,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
 import mcpgateway.children.service
+import mcpgateway.children.workdirs
 from mcpgateway.children.child import LEGACY, StartFailed
 from mcpgateway.children.service import Service
 from mcpgateway.config import SandboxPolicy, ServiceConfig, SessionConfig
@@ -129,7 +130,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSpawn:
     spawn = FakeSpawn(clock)
     monkeypatch.setattr(mcpgateway.children.service, "spawn_child", spawn)
     # Work directories are removed in a thread; here, at once.
-    monkeypatch.setattr(mcpgateway.children.service, "deferToThread", lambda f, *a, **kw: maybeDeferred(f, *a, **kw))
+    monkeypatch.setattr(mcpgateway.children.workdirs, "deferToThread", lambda f, *a, **kw: maybeDeferred(f, *a, **kw))
     return spawn
 
 
@@ -293,7 +294,7 @@ def test_describe_hides_the_program_when_it_cannot_be_started(tmp_path: Path, mo
         def spawnProcess(self, *args: Any, **kwargs: Any) -> Any:
             raise OSError(2, "No such file or directory")
 
-    monkeypatch.setattr(mcpgateway.children.service, "deferToThread", lambda f, *a, **kw: maybeDeferred(f, *a, **kw))
+    monkeypatch.setattr(mcpgateway.children.workdirs, "deferToThread", lambda f, *a, **kw: maybeDeferred(f, *a, **kw))
     config = ServiceConfig(name="todo", command=(SECRET_PROGRAM, SECRET_ARGUMENT))
     clock = Clock()
     service = Service(config, NoSpawn(), clock, str(tmp_path / "sandbox"), random_source=lambda: 1.0)

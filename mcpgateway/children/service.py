@@ -1,70 +1,47 @@
 """
 A configured MCP service: how to start its children, whether it is healthy,
-which era it speaks, its warm pool, and its cached tool list
+which era it speaks, its warm pool (L{mcpgateway.children.pool}), how its
+children ended (L{mcpgateway.children.ends}), their directories
+(L{mcpgateway.children.workdirs}) and its cached tool list
 (L{mcpgateway.children.tools}).
 
-Start failures are retried with exponential backoff and jitter: while a
-service is backing off, L{Service.spawn} fails at once with
-L{ServiceUnavailable} (and a C{Retry-After}) instead of spawning again.  A
-child that stays up for C{backoff_reset} seconds clears the failure count.
+Start failures are retried with exponential backoff and jitter
+(L{mcpgateway.children.backoff}): while a service is backing off,
+L{Service.spawn} fails at once with L{ServiceUnavailable} (and a
+C{Retry-After}) instead of spawning again.  A child that stays up for
+C{backoff_reset} seconds clears the failure count.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
-import shutil
-import signal
-import tempfile
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
-from twisted.internet.threads import deferToThread
-from twisted.python.failure import Failure
 
+from mcpgateway.children.backoff import StartBackoff, credential_key
 from mcpgateway.children.child import LEGACY, MODERN, Child, Era, StartFailed, spawn_child
+from mcpgateway.children.ends import ChildEnds
+from mcpgateway.children.pool import POOL_REFILL_DELAY, WarmPool
 from mcpgateway.children.remote import RemoteClient, open_remote
 from mcpgateway.children.sandbox import Launch, build_launch
-from mcpgateway.children.sandbox.limits import explain_exit
 from mcpgateway.children.tools import ToolCache
+from mcpgateway.children.workdirs import WorkDirs
 from mcpgateway.config import ServiceConfig
-from mcpgateway.errors import ChildFailed, ServiceUnavailable, stderr_excerpt
+from mcpgateway.errors import ChildFailed, ServiceUnavailable
 from mcpgateway.lib.redact import SECRET_VALUES
 from mcpgateway.mcp.exits import ExitInfo
 from mcpgateway.mcp.peer import Peer
 from mcpgateway.mcp.remote import HttpPeer
 from mcpgateway.mcp.stdio import ChildProtocol
 from mcpgateway.observe.logs import logger
-from mcpgateway.observe.security import security_event
 
 __all__ = ["Service"]
 
 log = logger("mcpgateway.service")
-
-POOL_REFILL_DELAY = 0.2
-#: A child ended by one of these (CPU time, file size, or a kill it did not
-#: get from us, e.g. the kernel's OOM killer) is reported as a security event.
-_LIMIT_SIGNALS = frozenset({signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL})
-
-
-@dataclass
-class _Backoff:
-    """
-    The start failures of one caller's credential (see L{Service.spawn}).
-
-    @ivar failures: Consecutive failed starts with it.
-    @ivar retry_at: The clock time before which it is not tried again.
-    @ivar error: What its last failed start answered.
-    """
-
-    failures: int
-    retry_at: float
-    error: ServiceUnavailable
 
 
 class Service:
@@ -75,8 +52,9 @@ class Service:
     @ivar era: The era its children speak, once one has started.
     @ivar children: Its live children (sessions' and the tool lister).
     @ivar spawns: Children started so far (successfully or not).
-    @ivar start_failures: Failed starts so far.
-    @ivar crashes: Children that ended without the gateway asking them to.
+    @ivar backoff: Its L{StartBackoff} (the failed starts).
+    @ivar pool: Its L{WarmPool}.
+    @ivar ends: Its L{ChildEnds} (crashes, sandbox-limit stops).
     @ivar pool_room: Whether the warm pool may grow now (the gateway counts
         pool children against the session limits).
     @ivar on_handshake: Told each successful start's spawn-to-ready seconds.
@@ -87,9 +65,6 @@ class Service:
         list the tools (no principal's).
     @ivar listing_headers: The same for a C{url} service's listing session:
         its credential headers.
-    @ivar failures: Consecutive start failures (of the service, not of a
-        caller's own credential: those back off apart).
-    @ivar last_failure: The last start failure's L{ServiceUnavailable}.
     """
 
     def __init__(
@@ -105,18 +80,13 @@ class Service:
         self.name = config.name
         self._reactor = reactor
         self._clock = clock
-        self._sandbox_dir = sandbox_dir
-        self._random = random_source
+        self._dirs = WorkDirs(sandbox_dir, config.name, config.sandbox)
         self._secrets = secrets
         self.era: Era | None = {"legacy": LEGACY, "modern": MODERN}.get(config.protocol)
         self.spawns = 0
         self._started_once = False
         self.children: set[Child] = set()
-        self.failures = 0
-        self.last_failure: ServiceUnavailable | None = None
-        self._retry_at = 0.0
-        #: Start failures with a caller's own credential, by its digest.
-        self._credential_backoff: dict[str, _Backoff] = {}
+        self.backoff = StartBackoff(config, clock, random_source)
         self._starting = 0
         #: The tool list its children declare, fetched once and shared.
         self.tool_cache = ToolCache(
@@ -124,16 +94,11 @@ class Service:
         )
         self._stable_timers: dict[Child, IDelayedCall] = {}
         self._stopping = False
-        self.start_failures = 0
-        self.crashes = 0
-        #: Children stopped by a sandbox limit, by limit (C{pids}, C{cpu}, ...).
-        self.limit_stops: dict[str, int] = {}
-        self._ended_stderr_bytes = 0
-        self._pool: list[Child] = []
-        self._pool_starting = 0
-        self._pool_retry: IDelayedCall | None = None
-        self._refill_timer: IDelayedCall | None = None
+        self.ends = ChildEnds(config)
         self.pool_room: Callable[[], bool] = lambda: True
+        self.pool = WarmPool(
+            config, clock, lambda: ensureDeferred(self.spawn()), lambda: self.pool_room(), self.backoff
+        )
         self.on_handshake: Callable[[float], None] | None = None
         self.hidden_values: Callable[[], Collection[str]] = tuple
         self.listing_env: Callable[[], Mapping[str, str]] = dict
@@ -152,13 +117,56 @@ class Service:
     # -- state ---------------------------------------------------------------
 
     @property
+    def failures(self) -> int:
+        """
+        @return: Consecutive start failures (of the service, not of a
+            caller's own credential: those back off apart).
+        """
+        return self.backoff.failures
+
+    @failures.setter
+    def failures(self, count: int) -> None:
+        """
+        Set the consecutive start failures (0: the next start is tried at once).
+        """
+        self.backoff.failures = count
+
+    @property
+    def last_failure(self) -> ServiceUnavailable | None:
+        """
+        @return: The last start failure's L{ServiceUnavailable}.
+        """
+        return self.backoff.last_failure
+
+    @property
+    def start_failures(self) -> int:
+        """
+        @return: Failed starts so far.
+        """
+        return self.backoff.start_failures
+
+    @property
+    def crashes(self) -> int:
+        """
+        @return: Children that ended without the gateway asking them to.
+        """
+        return self.ends.crashes
+
+    @property
+    def limit_stops(self) -> Mapping[str, int]:
+        """
+        @return: Children stopped by a sandbox limit, by limit (C{pids}, C{cpu}, ...).
+        """
+        return self.ends.limit_stops
+
+    @property
     def state(self) -> str:
         """
         @return: C{"failing"} while backing off after start failures,
             C{"starting"} while a first child starts, C{"ready"} once one
             has started, else C{"idle"}.
         """
-        if self.failures and self._clock.seconds() < self._retry_at:
+        if self.backoff.failing:
             return "failing"
         if self._starting and not self._started_once:
             return "starting"
@@ -178,7 +186,7 @@ class Service:
         }
         if self.state == "failing" and self.last_failure is not None:
             view["last_error"] = SECRET_VALUES.text(self.last_failure.message)
-            view["retry_after"] = round(self._retry_at - self._clock.seconds(), 3)
+            view["retry_after"] = round(self.backoff.wait, 3)
         return view
 
     def status(self) -> dict[str, Any]:
@@ -187,16 +195,14 @@ class Service:
             backoff, the last start failure and how many tools it declared.
         """
         view = self.describe()
-        now = self._clock.seconds()
-        wait = self._retry_at - now if self.failures else 0.0
         cached = self.tool_cache.cached
         view.update(
             spawns=self.spawns,
             start_failures=self.start_failures,
             crashes=self.crashes,
             failures=self.failures,
-            backoff=round(max(0.0, wait), 3),
-            credentials_backing_off=sum(1 for held in self._credential_backoff.values() if held.retry_at > now),
+            backoff=round(self.backoff.wait, 3),
+            credentials_backing_off=self.backoff.credentials_backing_off,
             last_error=SECRET_VALUES.text(self.last_failure.message) if self.last_failure is not None else None,
             tools=len(cached) if cached is not None else None,
             pool=self.pool_size,
@@ -210,16 +216,8 @@ class Service:
 
         @return: How many pool children were closed.
         """
-        pooled, self._pool = self._pool, []
-        for child in pooled:
-            child.close(self.config.close_grace)
-        self.failures = 0
-        self._retry_at = 0.0
-        self._credential_backoff.clear()
-        if self._pool_retry is not None and self._pool_retry.active():
-            self._pool_retry.cancel()
-        self.refill_pool_soon()
-        return len(pooled)
+        self.backoff.forget()
+        return self.pool.recycle()
 
     # -- children --------------------------------------------------------------
 
@@ -243,13 +241,9 @@ class Service:
         """
         if self._stopping:
             raise ServiceUnavailable(f"service {self.name!r} is shutting down", retry_after=1)
-        now = self._clock.seconds()
-        credential = self._credential_key(credential_env)
-        held = self._credential_backoff.get(credential) if credential is not None else None
-        if held is not None and now < held.retry_at:
-            raise _again(held.error, held.retry_at - now)
-        if self.failures and now < self._retry_at and self.last_failure is not None:
-            raise _again(self.last_failure, self._retry_at - now)
+        # A url service's sessions all back off together.
+        credential = None if self.config.url else credential_key(credential_env, self.listing_env)
+        self.backoff.check(credential)
         holder: list[Child] = []
         self._starting += 1
         self.spawns += 1
@@ -261,7 +255,7 @@ class Service:
             started.append(protocol)
             self._starting_protocols.add(protocol)
             if isinstance(protocol, ChildProtocol):
-                protocol.explain_exit = lambda info: self._explain(info, launch)
+                protocol.explain_exit = lambda info: self.ends.explain(info, launch.cgroup if launch else None)
 
         try:
             if self.config.url:
@@ -281,7 +275,7 @@ class Service:
                     self._remote.transport = child.protocol.transport
             else:
                 try:
-                    workdir = self._make_workdir()
+                    workdir = self._dirs.make()
                     launch = build_launch(
                         self.config.sandbox,
                         self.config.command,
@@ -290,7 +284,7 @@ class Service:
                         extra_env=self.config.env,
                         gateway_env=os.environ,
                         secrets=(*self._secrets, *self.hidden_values()),
-                        cache_dir=self._cache_dir(),
+                        cache_dir=self._dirs.cache(),
                     )
                 except OSError as error:
                     raise StartFailed(f"cannot set up the sandbox: {error.strerror or error}", None, "") from None
@@ -316,7 +310,7 @@ class Service:
         except StartFailed as failure:
             if launch is not None:
                 launch.cleanup()
-            self._remove_workdir(workdir)
+            self._dirs.remove(workdir)
             if self._stopping:
                 raise ServiceUnavailable(f"service {self.name!r} is shutting down", retry_after=1) from None
             if credential_headers is not None and failure.http_status in (401, 403):
@@ -328,14 +322,13 @@ class Service:
                     service=self.name,
                     http_status=failure.http_status,
                 ) from None
-            raise self._start_failed(failure, credential) from None
+            raise self.backoff.failed(failure, credential) from None
         finally:
             self._starting -= 1
             for protocol in started:
                 self._starting_protocols.discard(protocol)
         holder.append(child)
-        if credential is not None:
-            self._credential_backoff.pop(credential, None)
+        self.backoff.started(credential)
         self.era = child.era
         self._started_once = True
         self.children.add(child)
@@ -358,21 +351,21 @@ class Service:
         """
         @return: Bytes its children (live and ended) wrote to stderr.
         """
-        return self._ended_stderr_bytes + sum(_stderr_bytes(child) for child in self.children)
+        return self.ends.stderr_bytes(self.children)
 
     @property
     def pool_size(self) -> int:
         """
         @return: Ready children waiting in the warm pool.
         """
-        return len(self._pool)
+        return self.pool.size
 
     @property
     def pool_pending(self) -> int:
         """
         @return: Pool children ready or starting.
         """
-        return len(self._pool) + self._pool_starting
+        return self.pool.pending
 
     def acquire(
         self, credential_env: Mapping[str, str] | None = None, credential_headers: Mapping[str, str] | None = None
@@ -390,192 +383,36 @@ class Service:
         """
         if credential_env is not None or credential_headers is not None:
             return ensureDeferred(self.spawn(credential_env, credential_headers))
-        while self._pool:
-            child = self._pool.pop(0)
-            if child.alive:
-                return succeed(child)
-        return ensureDeferred(self.spawn())
+        child = self.pool.take()
+        return succeed(child) if child is not None else ensureDeferred(self.spawn())
 
     def refill_pool_soon(self, delay: float = POOL_REFILL_DELAY) -> None:
         """
-        Refill the pool after C{delay} seconds, so that a replacement's
-        start-up (a burst of CPU on a small machine) does not compete with the
-        call that just took a warm child.
+        Refill the warm pool soon (L{WarmPool.refill_soon}).
         """
-        if self._stopping or self.config.prewarm == 0:
-            return
-        if self._refill_timer is None or not self._refill_timer.active():
-            self._refill_timer = self._clock.callLater(delay, self.refill_pool)
+        self.pool.refill_soon(delay)
 
     def refill_pool(self) -> None:
         """
-        Start children until C{prewarm} are ready or starting, as far as the
-        limits allow; never waits.
+        Refill the warm pool now (L{WarmPool.refill}).
         """
-        while (
-            not self._stopping
-            and len(self._pool) + self._pool_starting < self.config.prewarm
-            and self.pool_room()
-            and not (self._pool_retry is not None and self._pool_retry.active())
-        ):
-            self._pool_starting += 1
-            ensureDeferred(self.spawn()).addBoth(self._pooled)
-
-    def _pooled(self, outcome: Child | Failure) -> None:
-        self._pool_starting -= 1
-        if isinstance(outcome, Failure):
-            error = outcome.value
-            self._retry_pool(error.retry_after if isinstance(error, ServiceUnavailable) and error.retry_after else 1.0)
-            return
-        if self._stopping:
-            outcome.close(self.config.close_grace)
-            return
-        self._pool.append(outcome)
-
-    def _retry_pool(self, delay: float) -> None:
-        if not self._stopping and (self._pool_retry is None or not self._pool_retry.active()):
-            self._pool_retry = self._clock.callLater(delay, self.refill_pool)
-
-    def _credential_key(self, credential_env: Mapping[str, str] | None) -> str | None:
-        """
-        @return: Which backoff a start with C{credential_env} counts against:
-            L{None} for the service's own (a C{url} service, no credential,
-            or the C{default} one the tool listing uses too), else the
-            caller's credential's (a digest, never the value).
-        """
-        if self.config.url or not credential_env or dict(credential_env) == dict(self.listing_env()):
-            return None
-        return hashlib.sha256(json.dumps(sorted(credential_env.items())).encode()).hexdigest()[:16]
-
-    def _start_failed(self, failure: StartFailed, credential: str | None = None) -> ServiceUnavailable:
-        self.start_failures += 1
-        if credential is None:
-            failures = self.failures + 1
-        else:
-            held = self._credential_backoff.get(credential)
-            failures = (held.failures if held is not None else 0) + 1
-        delay = min(self.config.backoff_max, self.config.backoff_initial * 2 ** min(failures - 1, 32))
-        delay = delay / 2 + self._random() * delay / 2
-        retry_at = self._clock.seconds() + delay
-        details: dict[str, Any] = {"service": self.name, "stderr_tail": stderr_excerpt(failure.stderr_tail)}
-        code = None
-        if failure.exit_info is not None:
-            details["exit_status"] = failure.exit_info.exit_code
-            details["exit_signal"] = failure.exit_info.signal
-            cause = failure.exit_info.cause
-            if cause is not None:
-                code = "child_limit"
-                details.update(limit=cause["limit"], value=cause["value"], key=cause["key"])
-        whose = "" if credential is None else " with this caller's credential"
-        error = ServiceUnavailable(
-            f"service {self.name!r} failed to start{whose}: {failure.reason}", code, retry_after=delay, **details
-        )
-        self.last_failure = error
-        if credential is None:
-            self.failures, self._retry_at = failures, retry_at
-        else:
-            self._credential_backoff[credential] = _Backoff(failures, retry_at, error)
-        log.warn(
-            "{service}: start failed{whose} ({n} in a row), retry in {delay:.1f} s: {reason}",
-            service=self.name,
-            whose=whose.replace("this", "a"),
-            n=failures,
-            delay=delay,
-            reason=failure.reason,
-        )
-        return error
+        self.pool.refill()
 
     def _stable(self, child: Child) -> None:
         self._stable_timers.pop(child, None)
-        if self.failures:
-            log.info(
-                "{service}: child up for {s:g} s, failure count reset", service=self.name, s=self.config.backoff_reset
-            )
-        self.failures = 0
-
-    def _explain(self, info: ExitInfo, launch: Launch | None) -> dict[str, Any] | None:
-        """
-        Tell what stopped a child that has just exited (before its cgroup is
-        removed): a sandbox limit is counted and logged.
-        """
-        cause = explain_exit(info, self.config.sandbox, self.name, launch.cgroup if launch else None)
-        if cause is not None:
-            self.limit_stops[cause["limit"]] = self.limit_stops.get(cause["limit"], 0) + 1
-            log.warn(
-                "{service}: a child was stopped by a sandbox limit: {text}",
-                service=self.name,
-                limit=cause["limit"],
-                key=cause["key"],
-                text=cause["message"],
-            )
-        return cause
+        self.backoff.stable()
 
     def _ended(self, info: ExitInfo, child: Child, launch: Launch | None = None) -> None:
         self.children.discard(child)
         if launch is not None:
             launch.cleanup()  # its cgroup, and anything left in it
-        if not child.closing and (info.signal in _LIMIT_SIGNALS or info.cause is not None):
-            security_event(
-                "child_limit",
-                address="-",
-                principal=None,
-                route=f"service {self.name}",
-                pid=child.pid,
-                signal=info.signal,
-                how=info.describe(),
-                **({"limit": info.cause["limit"], "key": info.cause["key"]} if info.cause else {}),
-            )
-        self._ended_stderr_bytes += _stderr_bytes(child)
-        if not child.closing:
-            self.crashes += 1
-        if child in self._pool:
-            self._pool.remove(child)
-            if child.closing or self._stopping:
-                self.refill_pool()
-            else:
-                # A warm child that dies before any use did not start soundly:
-                # back off as for a failed start instead of respawning in a loop.
-                error = self._start_failed(
-                    StartFailed(
-                        f"the MCP server {info.describe()} while waiting in the warm pool", info, info.stderr_tail
-                    )
-                )
-                self._retry_pool(error.retry_after or 1.0)
+        self.ends.record(info, child)
+        self.pool.ended(child, info)
         timer = self._stable_timers.pop(child, None)
         if timer is not None and timer.active():
             timer.cancel()
-        self._remove_workdir(child.workdir)
+        self._dirs.remove(child.workdir)
         log.info("{service}: child {pid} {how}", service=self.name, pid=child.pid, how=info.describe())
-
-    def _make_workdir(self) -> str:
-        if self.config.sandbox.working_dir:
-            return self.config.sandbox.working_dir
-        # A child run as its own user must be able to pass through to its
-        # directory (which build_launch gives it); nobody may list the others.
-        os.makedirs(self._sandbox_dir, mode=0o711 if self.config.sandbox.uid is not None else 0o700, exist_ok=True)
-        return tempfile.mkdtemp(prefix=f"{self.name}-", dir=self._sandbox_dir)
-
-    def _cache_dir(self) -> str:
-        """
-        @return: The service's cache directory, C{<sandbox_dir>/.cache/<name>}:
-            kept between its children (so C{npx} and C{uvx} download once),
-            private to the service (and owned by its C{user}).
-        """
-        sandbox = self.config.sandbox
-        root = os.path.join(self._sandbox_dir, ".cache")
-        directory = os.path.join(root, self.name)
-        os.makedirs(root, mode=0o711, exist_ok=True)
-        if not os.path.isdir(directory):
-            os.mkdir(directory, 0o700)
-            if sandbox.uid is not None and sandbox.gid is not None:
-                os.chown(directory, sandbox.uid, sandbox.gid)
-        return os.path.abspath(directory)
-
-    def _remove_workdir(self, workdir: str | None) -> None:
-        if workdir and workdir != self.config.sandbox.working_dir:
-            deferToThread(shutil.rmtree, workdir, True).addErrback(
-                lambda f: log.failure("removing {dir}", f, dir=workdir)
-            )
 
     # -- tools -----------------------------------------------------------------
 
@@ -594,7 +431,7 @@ class Service:
         return self.tool_cache.tools()
 
     def _ready_child(self) -> Child | None:
-        return next((child for child in self._pool if child.alive), None)
+        return self.pool.ready()
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -603,10 +440,7 @@ class Service:
         Close every child of this service and refuse new ones.
         """
         self._stopping = True
-        for timer in (self._pool_retry, self._refill_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._pool.clear()
+        self.pool.stop()
         for timer in self._stable_timers.values():
             if timer.active():
                 timer.cancel()
@@ -620,17 +454,3 @@ class Service:
         )
         if self._remote is not None:
             await self._remote.close()
-
-
-def _again(error: ServiceUnavailable, wait: float) -> ServiceUnavailable:
-    """
-    @return: C{error} once more while its backoff lasts, C{Retry-After} the time left.
-    """
-    return ServiceUnavailable(error.message, retry_after=wait, **error.details)
-
-
-def _stderr_bytes(child: Child) -> int:
-    """
-    @return: What a child process wrote to stderr (a remote server: 0).
-    """
-    return child.protocol.stderr.total_bytes if isinstance(child.protocol, ChildProtocol) else 0
