@@ -113,6 +113,15 @@ class Gateway:
         body = {"tool": tool, "session_id": session, "arguments": arguments}
         return http("POST", f"{self.url}/services/todo/call", body, AUTH)
 
+    def internal_address(self) -> str:
+        """
+        @return: Its internal address, as its log announced it.
+        """
+        for line in self.text().splitlines():
+            if "forwarded calls reach this process" in line:
+                return line.rsplit(" at ", 1)[1].strip()
+        raise AssertionError("no internal address in the log")
+
     def children(self) -> list[int]:
         return tagged_processes(self.tag)
 

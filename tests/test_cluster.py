@@ -535,6 +535,40 @@ def test_a_gateway_restarted_at_its_address_does_not_pass_off_new_sessions_as_ol
     kill_tagged(tag)
 
 
+def test_a_draining_gateway_passes_new_sessions_on(tmp_path: Path, redis_server: RedisServer) -> None:
+    """
+    A gateway that drains keeps serving its live sessions and passes every
+    new one on to a gateway that takes new sessions, so a client whose
+    balancer still sends it there (the SignalWire skill re-sends a 503 at
+    once, without waiting for Retry-After) never sees the drain.
+    """
+    tag = uuid.uuid4().hex
+    first, second = ports(2)
+    a_config = gateway_config(tmp_path / "a", first, redis_server.uri, tag, drain_timeout=30)
+    b_config = gateway_config(tmp_path / "b", second, redis_server.uri, tag)
+    with start_gateway(a_config, first, tag) as a, start_gateway(b_config, second, tag) as b:
+        assert a.call("live", "add_todo", text="kept")[0] == 200
+        time.sleep(1.5)  # one reaper sweep: both are listed as taking new sessions
+        status, _, raw = request("POST", a.url + "/admin/drain")
+        assert status == 202, raw
+        for session in ("fresh-1", "fresh-2"):
+            status, body = a.call(session, "add_todo", text=session)
+            assert status == 200, body
+        owners = keys(redis_server)
+        assert owners["mcpgateway:session:live"] != owners["mcpgateway:session:fresh-1"]
+        assert owners["mcpgateway:session:fresh-1"] == owners["mcpgateway:session:fresh-2"]
+        held = {g.url: set(json.loads(request("GET", g.url + "/sessions")[2])) for g in (a, b)}
+        assert held == {a.url: {"live"}, b.url: {"fresh-1", "fresh-2"}}, held
+        assert b.call("fresh-1", "list_todos")[1]["result"] == "#1 [ ] fresh-1"
+        assert a.call("live", "list_todos")[1]["result"] == "#1 [ ] kept"
+        assert keys(redis_server, "mcpgateway:instance:*").keys() == {f"mcpgateway:instance:{b.internal_address()}"}
+        for session in ("live", "fresh-1", "fresh-2"):
+            assert request("DELETE", a.url + f"/sessions/{session}")[0] == 200
+        # The drained gateway exits on SIGTERM at once; the other stays.
+        assert a.stop() == -signal.SIGTERM
+    kill_tagged(tag)
+
+
 def test_an_event_stream_answer_is_streamed_through_a_forwarding_gateway(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

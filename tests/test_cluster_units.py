@@ -150,6 +150,40 @@ def test_placement_claims_forwards_caches_and_guards_loops(redis_server: RedisSe
     assert redis_server.client().get("mcpgateway:session:t") is None
 
 
+def test_a_draining_process_passes_a_new_session_on(redis_server: RedisServer) -> None:
+    """
+    A draining process leaves the list of processes that take new sessions
+    and passes a new session on to one of them (nothing claimed yet: that
+    one claims it when the call arrives); with none, it serves (refuses) it itself.
+    """
+    config = parse_config({"server": {"auth_user": "u", "auth_password": "p"}}, {})
+    gateway = Gateway(config, None, Clock())  # type: ignore[arg-type]
+    here = Placement(directory(redis_server), gateway, choose=lambda addresses: addresses[-1])
+    there, _ = placement(redis_server, OTHER)
+    third, _ = placement(redis_server, "http://10.0.0.3:9100")
+    for process in (here, there, third):
+        result(process.directory.refresh([]))
+    client = redis_server.client()
+    assert client.exists(f"mcpgateway:instance:{ME}")
+    gateway.sessions.refusing = True
+    assert result(Deferred.fromCoroutine(here.owner_for("new", create=True))) == "http://10.0.0.3:9100"
+    assert here.passed_on("new") and client.get("mcpgateway:session:new") is None
+    assert not client.exists(f"mcpgateway:instance:{ME}")  # left the list
+    result(here.directory.refresh([], listed=False))
+    assert not client.exists(f"mcpgateway:instance:{ME}")  # and stays out of it
+    here.reached("new")
+    assert not here.passed_on("new")
+    # A forwarded request is never passed on again; a known session is not passed on.
+    assert result(Deferred.fromCoroutine(here.owner_for("other", create=True, forwarded=True))) is None
+    result(there.directory.claim("known"))
+    assert result(Deferred.fromCoroutine(here.owner_for("known", create=True))) == there.directory.me
+    assert not here.passed_on("known")
+    # With nobody else listed, the draining process refuses the session itself.
+    for process in (there, third):
+        result(process.directory.leave())
+    assert result(Deferred.fromCoroutine(here.owner_for("alone", create=True))) is None
+
+
 def test_an_earlier_process_at_this_address_took_its_sessions_with_it(redis_server: RedisServer) -> None:
     """
     A process that starts again at its predecessor's address (a restarted

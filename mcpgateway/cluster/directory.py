@@ -12,7 +12,8 @@ winner, so two first calls on two processes agree on one owner), refreshes
 it on every sweep of the session reaper, and deletes it when the session
 closes; a dead owner's entries expire after C{cluster.entry_ttl}.  Each
 process also keeps C{<prefix>instance:<address>} alive the same way, so the
-fleet can be counted.
+fleet can be counted and a draining process can pass a new session on to
+one that takes new sessions.
 
 redis-py is blocking: every command runs in the reactor's thread pool
 (C{deferToThread}), as L{mcpgateway.policy.storage} does, with short socket
@@ -166,12 +167,14 @@ class Directory:
         who = self.me if owner is None else owner
         return self._call(lambda: bool(self._release(keys=[self.key(session_id)], args=[who])))
 
-    def refresh(self, session_ids: Iterable[str]) -> Deferred[tuple[int, int]]:
+    def refresh(self, session_ids: Iterable[str], listed: bool = True) -> Deferred[tuple[int, int]]:
         """
         Renew the TTL of this process's entries and of its instance key, then
         count the fleet.
 
         @param session_ids: The sessions this process holds.
+        @param listed: Whether this process takes new sessions (its instance
+            key is renewed); a draining one is not listed.
         @return: A L{Deferred} firing with the fleet's (sessions, instances).
         """
         keys = [self.key(session_id) for session_id in session_ids]
@@ -179,17 +182,32 @@ class Directory:
         def work() -> tuple[int, int]:
             for start in range(0, len(keys), _REFRESH_BATCH):
                 self._refresh(keys=keys[start : start + _REFRESH_BATCH], args=[self.me, self._ttl_ms])
-            self._redis.set(f"{self._prefix}instance:{self.address}", "1", px=self._ttl_ms)
+            if listed:
+                self._redis.set(f"{self._prefix}instance:{self.address}", "1", px=self._ttl_ms)
             return self._count("session:*"), self._count("instance:*")
 
         return self._call(work)
+
+    def instances(self) -> Deferred[list[str]]:
+        """
+        @return: A L{Deferred} firing with the internal addresses of the
+            processes that take new sessions (their instance keys: listed,
+            not draining, not yet expired).
+        """
+        pattern = f"{self._prefix}instance:"
+
+        def scan() -> list[str]:
+            return [str(key)[len(pattern) :] for key in self._redis.scan_iter(match=pattern + "*", count=1000)]
+
+        return self._call(scan)
 
     def _count(self, pattern: str) -> int:
         return sum(1 for _ in self._redis.scan_iter(match=f"{self._prefix}{pattern}", count=1000))
 
     def leave(self) -> Deferred[None]:
         """
-        Remove this process's instance key (its sessions are released one by one as they close).
+        Remove this process's instance key (its sessions are released one by
+        one as they close): at a stop, and when it starts to drain.
         """
 
         def delete() -> None:

@@ -10,8 +10,11 @@ and incarnation ("forward it there"):
   - otherwise the directory is asked, through a small cache of other
     owners; a first call claims the session (C{SET NX}), so two first calls
     on two processes agree on one owner;
-  - a draining process (L{mcpgateway.drain}) claims nothing: it refuses
-    a new session itself, and a balancer or the client tries another; a
+  - a draining process (L{mcpgateway.drain}) claims nothing: it leaves the
+    fleet's list of processes that take new sessions, and passes a new
+    session on to one of those (it claims the session there), so a client
+    whose balancer has not yet noticed the drain never sees it; only with
+    no other process does it refuse the session (503 C{draining}).  A
     claim whose session was then not opened (the drain began in between,
     or the process is full) is released (L{Placement.abandon});
   - an entry of an earlier process at this process's own address (it died
@@ -29,7 +32,8 @@ refreshes this process's entries and counts the fleet.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -82,14 +86,30 @@ class Placement:
 
     @ivar worker: This process's worker number (0 when C{server.workers} is 1).
     @ivar fleet_sessions: Sessions in the directory at the last sweep.
-    @ivar fleet_instances: Live processes at the last sweep.
+    @ivar fleet_instances: Processes taking new sessions (alive, not draining) at the last sweep.
     @ivar forwards: Forwarded requests by outcome (L{FORWARD_OUTCOMES}).
     """
 
-    def __init__(self, directory: Directory, gateway: Gateway, worker: int = 0) -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        gateway: Gateway,
+        worker: int = 0,
+        choose: Callable[[list[str]], str] = random.choice,
+    ) -> None:
+        """
+        @param directory: The session directory.
+        @param gateway: This process's gateway.
+        @param worker: This process's worker number.
+        @param choose: Picks the process a draining one passes a new session on to.
+        """
         self.directory = directory
         self.gateway = gateway
         self.worker = worker
+        self._choose = choose
+        self._left = False
+        #: New sessions passed on while draining, to the process chosen.
+        self._passed: dict[str, str] = {}
         self.fleet_sessions = 0
         self.fleet_instances = 0
         self.forwards = dict.fromkeys(FORWARD_OUTCOMES, 0)
@@ -130,6 +150,8 @@ class Placement:
                 owner: str | None = await self.directory.claim(session_id)
             else:
                 owner = await self.directory.owner(session_id)
+                if owner is None and create and not forwarded:
+                    owner = await self._pass_on(session_id)
         except DirectoryUnavailable as error:
             log.warn("the session directory cannot be reached: {error}", error=str(error))
             raise ServiceUnavailable(
@@ -147,11 +169,51 @@ class Placement:
         self._owners[session_id] = owner
         return owner
 
+    async def _pass_on(self, session_id: str) -> str | None:
+        """
+        This process drains: choose another that takes new sessions for
+        C{session_id} (it claims the session when the call reaches it).
+
+        @return: Its address, or L{None} if there is none.
+        """
+        await self._leave()
+        others = [address for address in await self._track(self.directory.instances()) if address != self.address]
+        if not others:
+            return None
+        if len(self._passed) >= _CACHE_SIZE:
+            self._passed.clear()
+        chosen = self._passed[session_id] = self._choose(sorted(others))
+        return chosen
+
+    async def _leave(self) -> None:
+        """
+        Leave the list of processes that take new sessions, once.
+        """
+        if not self._left:
+            self._left = True
+            await self._track(self.directory.leave())
+
+    def passed_on(self, session_id: str) -> bool:
+        """
+        @return: Whether C{session_id} is a new session this draining
+            process passed on (a failure to reach that process is no
+            session's loss: nothing lived there yet).
+        """
+        return session_id in self._passed
+
+    def reached(self, session_id: str) -> None:
+        """
+        A request of C{session_id} reached the process it was forwarded to:
+        if it was a new session passed on, it lives there now.
+        """
+        self._passed.pop(session_id, None)
+
     def forget(self, session_id: str) -> None:
         """
         Drop what this process remembers of C{session_id}'s owner.
         """
         self._owners.pop(session_id, None)
+        self._passed.pop(session_id, None)
 
     async def lost(self, session_id: str, owner: str, why: str = "cannot be reached") -> None:
         """
@@ -203,7 +265,10 @@ class Placement:
         def counted(counts: tuple[int, int]) -> None:
             self.fleet_sessions, self.fleet_instances = counts
 
-        self._track(self.directory.refresh([session.id for session in self.gateway.sessions])).addCallbacks(
+        listed = not self.gateway.sessions.refusing
+        if not listed:
+            Deferred.fromCoroutine(self._leave()).addErrback(self._failed)
+        self._track(self.directory.refresh([session.id for session in self.gateway.sessions], listed)).addCallbacks(
             counted, self._failed
         )
 
@@ -265,7 +330,7 @@ class _FleetCollector(Collector):
         )
         yield GaugeMetricFamily(
             "mcpgateway_fleet_instances",
-            "Gateway processes alive in the directory (at the last reaper sweep).",
+            "Gateway processes taking new sessions (alive, not draining), from the directory (at the last sweep).",
             value=placement.fleet_instances,
         )
         forwards = CounterMetricFamily(

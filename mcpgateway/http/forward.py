@@ -325,6 +325,14 @@ class Fleet:
                 if isinstance(error, _NOT_SENT) and not resent:
                     resent = True  # a kept-alive connection the owner had closed
                     continue
+                if self.placement.passed_on(session_id):
+                    # A new session this draining process passed on: nothing lived there yet.
+                    self.placement.forget(session_id)
+                    raise ServiceUnavailable(
+                        "this gateway is draining and the one it passed the new session to cannot be reached; retry",
+                        "draining",
+                        retry_after=1,
+                    ) from None
                 if isinstance(error, ResponseFailed) and await self._alive(owner):
                     # The owner lives but dropped this call: its session is not lost.
                     raise ServiceUnavailable(
@@ -351,6 +359,7 @@ class Fleet:
                 owner = found
                 continue
             break
+        self.placement.reached(session_id)
         self.placement.forwards["answered"] += 1
         request.setResponseCode(response.code)
         for name in _RESPONSE_HEADERS:
