@@ -173,6 +173,86 @@ def test_an_earlier_process_at_this_address_took_its_sessions_with_it(redis_serv
     assert entry.get("mcpgateway:session:s") == after.directory.me.encode()
 
 
+class Paused:
+    """
+    Runs a directory's Redis commands at once, or, while paused, when told to
+    (an answer on its way back from the thread pool).
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.waiting: list[tuple[Any, Deferred[Any]]] = []
+
+    def __call__(self, work: Any) -> Deferred[Any]:
+        if not self.paused:
+            return maybeDeferred(work)
+        d: Deferred[Any] = Deferred()
+        self.waiting.append((work, d))
+        return d
+
+    def resume(self) -> None:
+        self.paused = False
+        while self.waiting:
+            work, d = self.waiting.pop(0)
+            d.callback(work())
+
+
+def paused_placement(server: RedisServer) -> tuple[Placement, Gateway, Paused]:
+    config = parse_config({"server": {"auth_user": "u", "auth_password": "p"}}, {})
+    gateway = Gateway(config, None, Clock())  # type: ignore[arg-type] # no service: nothing spawns
+    run = Paused()
+    cluster = ClusterConfig(redis=server.uri, secret="x" * 16, entry_ttl=30.0)
+    return Placement(Directory(cluster, ME, run=run), gateway), gateway, run
+
+
+def test_a_session_opened_while_a_refused_call_releases_its_claim_keeps_its_entry(
+    redis_server: RedisServer,
+) -> None:
+    """
+    Two first calls of one session on one process: one is refused (a tool
+    policy, a rate limit) and releases the claim, while the other, whose
+    claim came back first, opens the session.  The session lives here, so
+    its entry must stay: without it the next call through another gateway
+    would open a second, empty session there.
+    """
+    here, gateway, run = paused_placement(redis_server)
+    entry = redis_server.client()
+    assert result(Deferred.fromCoroutine(here.owner_for("s", create=True))) is None  # both calls' claims
+    run.paused = True  # the refused call's release is on its way...
+    abandoning = Deferred.fromCoroutine(here.abandon("s"))
+    gateway.open_session("s", Principal("u", "agent"), 60, {})  # ...when the other call opens the session
+    run.resume()
+    result(abandoning)
+    assert entry.get("mcpgateway:session:s") == here.directory.me.encode()
+
+
+def test_a_refused_first_call_leaves_the_claim_of_another_under_way(redis_server: RedisServer) -> None:
+    """
+    As above, the other call not yet past its claim or the policies when the
+    refused one ends: the claim stays; it goes once the last call of the
+    session ends without opening it.
+    """
+    here, _, run = paused_placement(redis_server)
+    entry = redis_server.client()
+    with here.calling("s"):  # a call under way, its session not open yet
+        with here.calling("s"):  # the refused one
+            assert result(Deferred.fromCoroutine(here.owner_for("s", create=True))) is None
+            result(Deferred.fromCoroutine(here.abandon("s")))
+        assert entry.get("mcpgateway:session:s") == here.directory.me.encode()
+        # A call arriving while a release is on its way: the session is entered again.
+        with here.calling("t"):
+            assert result(Deferred.fromCoroutine(here.owner_for("t", create=True))) is None
+            run.paused = True
+            abandoning = Deferred.fromCoroutine(here.abandon("t"))
+            with here.calling("t"):
+                run.resume()
+                result(abandoning)
+                assert entry.get("mcpgateway:session:t") == here.directory.me.encode()
+        # The call under way fails too: now the claim goes.
+        result(Deferred.fromCoroutine(here.abandon("s")))
+    assert entry.get("mcpgateway:session:s") is None
+
+
 # -- the supervisor -----------------------------------------------------------------
 
 
