@@ -456,6 +456,39 @@ async def test_forwarding_answers_unchanged_and_tells_lost_from_dropped(
         await fleet.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_owner_s_refusal_sends_the_next_call_to_the_directory(
+    redis_server: RedisServer, servers: list[Any]
+) -> None:
+    """
+    A first call forwarded to the process that claimed the session in a
+    call of its own, and refused there (full: 429; draining: 503): that
+    process released its claim with the refusal (L{Placement.abandon}), so
+    the next call is not sent back to be refused again (and answered
+    C{session_lost} once that process is gone) but opens the session here.
+    """
+    config = ClusterConfig(redis=redis_server.uri, secret=SECRET, entry_ttl=30, connect_timeout=1)
+    gateway = Gateway(parse_config({"server": {"auth_user": "u", "auth_password": "p"}}, {}), None, reactor)  # type: ignore[arg-type]
+    fleet = Fleet(Placement(Directory(config, "http://127.0.0.1:1"), gateway), SECRET, reactor, 1.0)
+    front = listen(Front(fleet), servers)
+    entry = redis_server.client()
+
+    async def post() -> tuple[int, bytes]:
+        response = await treq.post(front, data=b'{"tool":"t"}', headers={"Authorization": "Basic eDp5"})
+        return response.code, await treq.content(response)
+
+    try:
+        full = Owner("answer")  # 429
+        entry.set("mcpgateway:session:s", listen(full, servers))
+        assert (await post())[0] == 429
+        entry.delete("mcpgateway:session:s")  # its claim went with the refusal
+        assert await post() == (200, b"served here")
+        assert entry.get("mcpgateway:session:s") == fleet.placement.directory.me.encode()
+        assert len(full.seen) == 1
+    finally:
+        await fleet.close()
+
+
 def test_the_owner_takes_the_principal_only_with_the_secret(redis_server: RedisServer) -> None:
     config = ClusterConfig(redis=redis_server.uri, secret=SECRET)
     gateway = Gateway(parse_config({"server": {"auth_user": "u", "auth_password": "p"}}, {}), None, Clock())  # type: ignore[arg-type]
