@@ -100,3 +100,21 @@ def test_forget_tries_everything_at_once() -> None:
     start.check(None)
     start.check("alice")
     assert (start.failures, start.credentials_backing_off, start.start_failures) == (0, 0, 2)
+
+
+def test_a_credential_s_failure_is_not_what_the_service_s_backoff_answers() -> None:
+    """
+    Alice's start was under way when the service's own failed: hers fails
+    after.  Every other caller, refused while the service backs off, is
+    told the service's failure, not "failed to start with this caller's
+    credential" and alice's stderr; C{GET /services} shows it too.
+    """
+    clock = Clock()
+    start = backoff(clock)
+    own = start.failed(StartFailed("cannot reach the API", ExitInfo(1, None, None, "down"), "down"))
+    start.failed(failure(), "alice")
+    for caller in (None, "bob"):
+        told = refused(start, caller)
+        assert (told.message, told.details["stderr_tail"]) == (own.message, own.details["stderr_tail"])
+    assert start.service_failure is own
+    assert start.last_failure is not None and "with this caller's credential" in start.last_failure.message

@@ -360,6 +360,21 @@ def test_redis_down_is_a_clear_503_and_held_sessions_keep_working(tmp_path: Path
         status, body = a.call("new", "list_todos")
         assert status == 503
         assert body["code"] == "cluster_unavailable"
+        # An MCP session that cannot be entered in the directory is not kept either.
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+        status, headers, raw = request("POST", a.url + "/mcp", init, {"Accept": "application/json, text/event-stream"})
+        assert status == 503 and "Mcp-Session-Id" not in headers, raw
+        assert "cluster_unavailable" in raw.decode()
+        assert sorted(json.loads(request("GET", a.url + "/sessions")[2])) == ["held"]
         assert "Traceback" not in a.text()
 
 

@@ -207,6 +207,86 @@ def test_an_earlier_process_at_this_address_took_its_sessions_with_it(redis_serv
     assert entry.get("mcpgateway:session:s") == after.directory.me.encode()
 
 
+class Paused:
+    """
+    Runs a directory's Redis commands at once, or, while paused, when told to
+    (an answer on its way back from the thread pool).
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.waiting: list[tuple[Any, Deferred[Any]]] = []
+
+    def __call__(self, work: Any) -> Deferred[Any]:
+        if not self.paused:
+            return maybeDeferred(work)
+        d: Deferred[Any] = Deferred()
+        self.waiting.append((work, d))
+        return d
+
+    def resume(self) -> None:
+        self.paused = False
+        while self.waiting:
+            work, d = self.waiting.pop(0)
+            d.callback(work())
+
+
+def paused_placement(server: RedisServer) -> tuple[Placement, Gateway, Paused]:
+    config = parse_config({"server": {"auth_user": "u", "auth_password": "p"}}, {})
+    gateway = Gateway(config, None, Clock())  # type: ignore[arg-type] # no service: nothing spawns
+    run = Paused()
+    cluster = ClusterConfig(redis=server.uri, secret="x" * 16, entry_ttl=30.0)
+    return Placement(Directory(cluster, ME, run=run), gateway), gateway, run
+
+
+def test_a_session_opened_while_a_refused_call_releases_its_claim_keeps_its_entry(
+    redis_server: RedisServer,
+) -> None:
+    """
+    Two first calls of one session on one process: one is refused (a tool
+    policy, a rate limit) and releases the claim, while the other, whose
+    claim came back first, opens the session.  The session lives here, so
+    its entry must stay: without it the next call through another gateway
+    would open a second, empty session there.
+    """
+    here, gateway, run = paused_placement(redis_server)
+    entry = redis_server.client()
+    assert result(Deferred.fromCoroutine(here.owner_for("s", create=True))) is None  # both calls' claims
+    run.paused = True  # the refused call's release is on its way...
+    abandoning = Deferred.fromCoroutine(here.abandon("s"))
+    gateway.open_session("s", Principal("u", "agent"), 60, {})  # ...when the other call opens the session
+    run.resume()
+    result(abandoning)
+    assert entry.get("mcpgateway:session:s") == here.directory.me.encode()
+
+
+def test_a_refused_first_call_leaves_the_claim_of_another_under_way(redis_server: RedisServer) -> None:
+    """
+    As above, the other call not yet past its claim or the policies when the
+    refused one ends: the claim stays; it goes once the last call of the
+    session ends without opening it.
+    """
+    here, _, run = paused_placement(redis_server)
+    entry = redis_server.client()
+    with here.calling("s"):  # a call under way, its session not open yet
+        with here.calling("s"):  # the refused one
+            assert result(Deferred.fromCoroutine(here.owner_for("s", create=True))) is None
+            result(Deferred.fromCoroutine(here.abandon("s")))
+        assert entry.get("mcpgateway:session:s") == here.directory.me.encode()
+        # A call arriving while a release is on its way: the session is entered again.
+        with here.calling("t"):
+            assert result(Deferred.fromCoroutine(here.owner_for("t", create=True))) is None
+            run.paused = True
+            abandoning = Deferred.fromCoroutine(here.abandon("t"))
+            with here.calling("t"):
+                run.resume()
+                result(abandoning)
+                assert entry.get("mcpgateway:session:t") == here.directory.me.encode()
+        # The call under way fails too: now the claim goes.
+        result(Deferred.fromCoroutine(here.abandon("s")))
+    assert entry.get("mcpgateway:session:s") is None
+
+
 # -- the supervisor -----------------------------------------------------------------
 
 
@@ -406,6 +486,39 @@ async def test_forwarding_answers_unchanged_and_tells_lost_from_dropped(
         assert json.loads(body)["code"] == "session_lost"
         assert entry.get("mcpgateway:session:s") is None
         assert fleet.placement.forwards == {"answered": 2, "lost": 1, "misdirected": 0}
+    finally:
+        await fleet.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_owner_s_refusal_sends_the_next_call_to_the_directory(
+    redis_server: RedisServer, servers: list[Any]
+) -> None:
+    """
+    A first call forwarded to the process that claimed the session in a
+    call of its own, and refused there (full: 429; draining: 503): that
+    process released its claim with the refusal (L{Placement.abandon}), so
+    the next call is not sent back to be refused again (and answered
+    C{session_lost} once that process is gone) but opens the session here.
+    """
+    config = ClusterConfig(redis=redis_server.uri, secret=SECRET, entry_ttl=30, connect_timeout=1)
+    gateway = Gateway(parse_config({"server": {"auth_user": "u", "auth_password": "p"}}, {}), None, reactor)  # type: ignore[arg-type]
+    fleet = Fleet(Placement(Directory(config, "http://127.0.0.1:1"), gateway), SECRET, reactor, 1.0)
+    front = listen(Front(fleet), servers)
+    entry = redis_server.client()
+
+    async def post() -> tuple[int, bytes]:
+        response = await treq.post(front, data=b'{"tool":"t"}', headers={"Authorization": "Basic eDp5"})
+        return response.code, await treq.content(response)
+
+    try:
+        full = Owner("answer")  # 429
+        entry.set("mcpgateway:session:s", listen(full, servers))
+        assert (await post())[0] == 429
+        entry.delete("mcpgateway:session:s")  # its claim went with the refusal
+        assert await post() == (200, b"served here")
+        assert entry.get("mcpgateway:session:s") == fleet.placement.directory.me.encode()
+        assert len(full.seen) == 1
     finally:
         await fleet.close()
 

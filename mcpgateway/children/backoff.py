@@ -68,6 +68,8 @@ class StartBackoff:
     @ivar failures: Consecutive start failures (of the service, not of a
         caller's own credential: those back off apart).
     @ivar last_failure: The last start failure's L{ServiceUnavailable}.
+    @ivar service_failure: The last of the service's own (not a caller's
+        credential's): what a start is refused with while the service backs off.
     @ivar start_failures: Failed starts so far.
     """
 
@@ -82,6 +84,7 @@ class StartBackoff:
         self._random = random_source
         self.failures = 0
         self.last_failure: ServiceUnavailable | None = None
+        self.service_failure: ServiceUnavailable | None = None
         self.start_failures = 0
         self._retry_at = 0.0
         #: Start failures with a caller's own credential, by its digest.
@@ -123,8 +126,8 @@ class StartBackoff:
         held = self._credentials.get(credential) if credential is not None else None
         if held is not None and now < held.retry_at:
             raise _again(held.error, held.retry_at - now)
-        if self.failures and now < self._retry_at and self.last_failure is not None:
-            raise _again(self.last_failure, self._retry_at - now)
+        if self.failures and now < self._retry_at and self.service_failure is not None:
+            raise _again(self.service_failure, self._retry_at - now)
 
     def started(self, credential: str | None) -> None:
         """
@@ -168,7 +171,7 @@ class StartBackoff:
         )
         self.last_failure = error
         if credential is None:
-            self.failures, self._retry_at = failures, retry_at
+            self.failures, self._retry_at, self.service_failure = failures, retry_at, error
         else:
             self._credentials[credential] = _Held(failures, retry_at, error)
         log.warn(

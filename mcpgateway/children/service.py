@@ -184,8 +184,8 @@ class Service:
             "transport": self.transport,
             "children": len(self.children),
         }
-        if self.state == "failing" and self.last_failure is not None:
-            view["last_error"] = SECRET_VALUES.text(self.last_failure.message)
+        if self.state == "failing" and self.backoff.service_failure is not None:
+            view["last_error"] = SECRET_VALUES.text(self.backoff.service_failure.message)
             view["retry_after"] = round(self.backoff.wait, 3)
         return view
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -114,6 +115,8 @@ class Placement:
         self.fleet_instances = 0
         self.forwards = dict.fromkeys(FORWARD_OUTCOMES, 0)
         self._owners: dict[str, str] = {}
+        #: Calls under way here per session id (L{calling}).
+        self._calling: dict[str, int] = {}
         self._pending: set[Deferred[Any]] = set()
         gateway.session_closed.append(self._closed)
         gateway.swept.append(self.refresh)
@@ -240,6 +243,28 @@ class Placement:
                 "the session directory (Redis) cannot be reached; retry", "cluster_unavailable", retry_after=1
             ) from None
 
+    @contextmanager
+    def calling(self, session_id: str) -> Iterator[None]:
+        """
+        A call that may open C{session_id} here is under way (from before
+        its claim to its answer): L{abandon} releases no claim another such
+        call may still open a session for.
+        """
+        self._calling[session_id] = self._calling.get(session_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._calling.pop(session_id) - 1
+            if left:
+                self._calling[session_id] = left
+
+    def _opening(self, session_id: str) -> bool:
+        """
+        @return: Whether C{session_id} lives here, or another call that may
+            open it here is under way (the one abandoning it counts once).
+        """
+        return self.gateway.sessions.get(session_id) is not None or self._calling.get(session_id, 0) > 1
+
     async def abandon(self, session_id: str) -> None:
         """
         A call that was to open C{session_id} here failed before it did (the
@@ -247,13 +272,16 @@ class Placement:
         that claim, so that a retry on another process opens the session
         there rather than being forwarded here to be refused again (and
         called lost once this process is gone).  Nothing if the session
-        lives here.
+        lives here or another call of it is under way here (L{calling}: two
+        first calls of one session, one refused); if one opened it while the
+        release was on its way, the session is entered again.
         """
-        if self.gateway.sessions.get(session_id) is not None:
+        if self._opening(session_id):
             return
         self.forget(session_id)
         try:
-            await self._track(self.directory.release(session_id))
+            if await self._track(self.directory.release(session_id)) and self._opening(session_id):
+                await self._track(self.directory.claim(session_id))
         except DirectoryUnavailable as error:
             log.warn("the session directory cannot be reached: {error}", error=str(error))
 

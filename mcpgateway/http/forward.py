@@ -360,6 +360,11 @@ class Fleet:
                 continue
             break
         self.placement.reached(session_id)
+        if response.code in (429, 503):
+            # Refused there (full, draining; an earlier life's session): the
+            # owner may not hold the session, its claim released, so the
+            # next call asks the directory rather than being sent back.
+            self.placement.forget(session_id)
         self.placement.forwards["answered"] += 1
         request.setResponseCode(response.code)
         for name in _RESPONSE_HEADERS:

@@ -294,19 +294,22 @@ class GatewayApp:
                 f"timeout must be a number of seconds above 0 and at most {MAX_SESSION_TIMEOUT:g}", "invalid_timeout"
             )
         address = client_address(request)
-        if self.fleet is not None:
+        if self.fleet is None:
+            call = CallRequest(principal, name, tool, arguments, session_id, "rest", address)
+            return _render(request, 200, await self.calls.call(call, float(timeout), metadata))
+        placement = self.fleet.placement
+        with placement.calling(session_id):
             forwarded = await self.fleet.route(request, session_id, create=True, principal=principal)
             if forwarded is not None:
                 return forwarded
             address = self.fleet.client_of(request, address)
-        # Span, metric and access-log line: recorded there, as for /mcp calls.
-        call = CallRequest(principal, name, tool, arguments, session_id, "rest", address)
-        try:
-            answer = await self.calls.call(call, float(timeout), metadata)
-        except Exception:
-            if self.fleet is not None:
-                await self.fleet.placement.abandon(session_id)
-            raise
+            # Span, metric and access-log line: recorded there, as for /mcp calls.
+            call = CallRequest(principal, name, tool, arguments, session_id, "rest", address)
+            try:
+                answer = await self.calls.call(call, float(timeout), metadata)
+            except Exception:
+                await placement.abandon(session_id)
+                raise
         return _render(request, 200, answer)
 
     @app.route("/metrics", methods=["GET"])

@@ -323,7 +323,11 @@ class McpEndpoint:
             except McpError as error:
                 return json_response(request, 400, error_message(request_id, error))
             if self.fleet is not None:
-                await self.fleet.placement.claim(client.id)
+                try:
+                    await self.fleet.placement.claim(client.id)
+                except GatewayError:
+                    self.front.close(client)  # the caller never learns its id: do not keep it
+                    raise
             request.setHeader(SESSION_HEADER, client.id.encode())
             return json_response(request, 200, {"jsonrpc": "2.0", "id": request_id, "result": result})
         client, session = self._client(request, principal, scope)
