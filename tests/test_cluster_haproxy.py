@@ -35,13 +35,14 @@ from mcpgateway.cluster.directory import address_of
 from .cluster_fixture import AUTH, Gateway, gateway_config, ports, start_gateway
 from .conftest import kill_tagged, require_binary, tagged_processes
 from .redis_fixture import RedisServer, redis_server_at
+from .test_cluster import request
 from .test_twistd import environment, http
 
 #: Third-party programs end to end: run once, in tox's e2e env (not per Python).
 pytestmark = pytest.mark.e2e
 
 HAPROXY_CONFIG = Path(__file__).resolve().parent.parent / "config" / "haproxy.cfg"
-SESSIONS = 12
+SESSIONS = 24
 CALLS = 3
 #: The rolling restart: clients calling at once, calls before a session ends
 #: by itself (so new sessions keep starting), each gateway's drain_timeout.
@@ -100,6 +101,20 @@ def owners(server: RedisServer) -> dict[str, str]:
     }
 
 
+def forwarded(gateways: list[Gateway]) -> int:
+    """
+    @return: The requests C{gateways} forwarded to another gateway so far (their C{/metrics}).
+    """
+    total = 0.0
+    for gateway in gateways:
+        status, _, raw = request("GET", gateway.url + "/metrics")
+        assert status == 200, raw
+        for line in raw.decode().splitlines():
+            if line.startswith('mcpgateway_forwards_total{outcome="answered"}'):
+                total += float(line.split()[-1])
+    return int(total)
+
+
 def test_haproxy_three_gateways_and_one_killed(tmp_path: Path) -> None:
     tag = uuid.uuid4().hex
     gateway_ports = ports(3)
@@ -125,12 +140,38 @@ def test_haproxy_three_gateways_and_one_killed(tmp_path: Path) -> None:
             assert texts == [f"{session} #{n}" for n in range(CALLS)]  # every call reached its child
         assert len(tagged_processes(tag)) == SESSIONS
 
-        # Sessions spread over the three gateways.
+        # Sessions spread over the three gateways, and HAProxy sent each
+        # session's calls to its owner (a hash of its id): none was forwarded.
         placed = owners(redis)
         assert sorted(placed) == sorted(sessions)
         addresses = {gateway.internal_address(): gateway for gateway in gateways}
         spread = Counter(placed.values())
         assert set(spread) == set(addresses), spread
+        assert forwarded(gateways) == 0
+
+        # An MCP session too: HAProxy learns its id from the answer that minted it.
+        mcp = {"Accept": "application/json, text/event-stream"}
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+        status, headers, raw = request("POST", url + "/mcp", init, mcp)
+        assert status == 200, raw
+        [minted] = [value for name, value in headers.items() if name.lower() == "mcp-session-id"]  # HAProxy: lower case
+        mcp |= {"Mcp-Session-Id": minted, "MCP-Protocol-Version": "2025-06-18"}
+        request("POST", url + "/mcp", {"jsonrpc": "2.0", "method": "notifications/initialized"}, mcp)
+        for index in range(6):
+            listing = {"jsonrpc": "2.0", "id": 2 + index, "method": "tools/list"}
+            status, _, raw = request("POST", url + "/mcp", listing, mcp)
+            assert status == 200 and b"todo.add_todo" in raw, raw
+        assert forwarded(gateways) == 0
+        assert request("DELETE", url + "/mcp", None, mcp)[0] == 200
 
         # SIGKILL the gateway holding the most sessions.
         victim_address = spread.most_common(1)[0][0]
@@ -341,6 +382,18 @@ def test_rolling_restart_loses_no_call(tmp_path: Path) -> None:
                 downs, ups = (balancer_log.read_text().count(f"{server} {state}") for state in ("DOWN", "UP"))
                 victim = gateways[index]
                 address = victim.internal_address()
+
+                def live_there(address: str = address) -> set[str]:
+                    return {session for session, owner in owners(redis).items() if owner == address}
+
+                # Sessions land where a hash of their id says: wait until it has
+                # two, and keep them going (held) until HAProxy took it out.
+                wait_for(lambda live_there=live_there: len(live_there()) >= 2, 20, f"two sessions on gw{index + 1}")
+                held = live_there()
+                for client in clients:
+                    client.holding |= held
+                time.sleep(0.2)
+                assert held & live_there(), "the gateway to drain has live sessions (not closing already)"
                 signalled = time.monotonic()
                 victim.process.send_signal(signal.SIGTERM)
                 # It takes no new session from now on: one that reaches it (through
@@ -353,17 +406,13 @@ def test_rolling_restart_loses_no_call(tmp_path: Path) -> None:
                 assert owners(redis)[f"probe-{index}"] not in ("", address), owners(redis)
                 assert post(victim.url + f"/sessions/probe-{index}", {}, method="DELETE")[0] == 200
                 # Its live sessions go on until HAProxy took it out (then they end).
-                held = {session for session, owner in owners(redis).items() if owner == address}
-                assert held, "the draining gateway has live sessions"
-                for client in clients:
-                    client.holding |= held
                 out = wait_for(
                     lambda server=server, downs=downs: balancer_log.read_text().count(f"{server} DOWN") > downs,
                     10,
                     f"HAProxy takes gw{index + 1} out",
                 )
                 time.sleep(0.5)  # calls of its sessions now land elsewhere and are forwarded to it
-                doomed = held | {session for session, owner in owners(redis).items() if owner == address}
+                doomed = held | live_there()
                 for client in clients:
                     client.ending |= doomed
                 wait_for(
@@ -388,7 +437,11 @@ def test_rolling_restart_loses_no_call(tmp_path: Path) -> None:
                 forwarded = [
                     status for c in clients for session, at, status in c.calls if session in doomed and at > out
                 ]
-                assert forwarded and set(forwarded) == {200}, forwarded
+                assert forwarded and set(forwarded) == {200}, (
+                    index,
+                    sorted(doomed),
+                    [(s, round(at - out, 2), st) for c in clients for s, at, st in c.calls if s in doomed],
+                )
                 wait_for(
                     lambda doomed=doomed: not doomed & set(owners(redis)), 5, "closed sessions leave the directory"
                 )
