@@ -12,6 +12,7 @@ HAProxy configuration in front of two real gateways, one of them draining.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -589,44 +590,45 @@ def test_haproxy_takes_a_draining_gateway_out_of_rotation(tmp_path: Path) -> Non
                 body = {"tool": "add_todo", "session_id": session, "arguments": {"text": session}}
                 return http("POST", url + "/services/todo/call", body, auth)
 
-            # Round robin: new sessions land on both (once HAProxy's checks passed).
-            spread: set[str] = set()
+            # Sessions land on both (a hash of their id), once HAProxy's checks passed.
             index = 0
-            while not (_sessions(first, auth) and _sessions(second, auth)):
+            while not (len(_sessions(first, auth)) >= 2 and _sessions(second, auth)):
                 assert time.monotonic() < deadline, "the balancer never used both gateways"
-                try:
-                    status, body = through(f"before-{index}")
-                except (OSError, ValueError):  # refused, or HAProxy's own 503 page before its checks pass
-                    status, body = 0, None
-                if status == 200:
-                    spread.add(f"before-{index}")
+                # Refused, or HAProxy's own 503 page before its checks pass: try again.
+                with contextlib.suppress(OSError, ValueError):
+                    through(f"before-{index}")
                 index += 1
                 time.sleep(0.1)
+            # One of the first's sessions ends: its id, used again, is a new
+            # session that HAProxy sends to the first gateway.
+            again = sorted(_sessions(first, auth))[0]
+            assert http("DELETE", f"{first.url}/sessions/{again}", auth=auth)[0] == 200
             live = _sessions(first, auth)
 
             status, body = http("POST", first.url + "/admin/drain", auth=auth)
             assert status == 202, body
-            # Before the health check notices, a new session that lands on the
-            # draining gateway gets its 503 draining (HAProxy does not retry a
-            # 503: it may be session_lost); the client re-sends it after
-            # Retry-After, as the SignalWire skill re-sends a 5xx (up to 3 times).
+            # Before the health check notices, a new session sent to the
+            # draining gateway (these two are no cluster: it cannot pass it on)
+            # gets its 503 draining (HAProxy does not retry a 503: it may be
+            # session_lost); the client re-sends it after Retry-After, and once
+            # HAProxy took the gateway out the session starts on the other.
             refused = 0
-            for n in range(4):
-                for _ in range(4):
-                    status, body, retry_after = _call(url, f"during-{n}", auth)
+            for session in (again, *(f"during-{n}" for n in range(4))):
+                for _ in range(10):
+                    status, body, retry_after = _call(url, session, auth)
                     if status != 503:
                         break
                     assert (body["code"], retry_after) == ("draining", "1"), (body, retry_after)
                     refused += 1
                     time.sleep(float(retry_after))
                 assert status == 200, (body, (tmp_path / "haproxy.log").read_text()[-3000:])
-            assert refused, "round robin sent a new session to the draining gateway before its check failed"
+            assert refused, "the draining gateway was sent no new session before its check failed"
             # Within inter x fall (2 s x 2) HAProxy's check sees the 503 and stops trying it.
             time.sleep(5.5)
             for n in range(8):
                 status, body = through(f"after-{n}")
                 assert status == 200, body
-            new = {f"during-{n}" for n in range(4)} | {f"after-{n}" for n in range(8)}
+            new = {again} | {f"during-{n}" for n in range(4)} | {f"after-{n}" for n in range(8)}
             assert new <= _sessions(second, auth)
             assert _sessions(first, auth) == live, "the draining gateway took no new session"
             # Its live sessions are still served (directly: the session directory is not this test's).
