@@ -157,6 +157,16 @@ def keys(server: RedisServer, pattern: str = "mcpgateway:session:*") -> dict[str
     return {key.decode(): (client.get(key) or b"").decode() for key in client.scan_iter(match=pattern)}
 
 
+#: What an MCP client sends on /mcp: the Accept header, and a legacy-era initialize.
+MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
+MCP_INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+
+
 def request(
     method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
@@ -304,19 +314,9 @@ def test_an_mcp_session_is_served_by_its_owner(tmp_path: Path, redis_server: Red
     first, second = ports(2)
     a_config = gateway_config(tmp_path / "a", first, redis_server.uri, tag)
     b_config = gateway_config(tmp_path / "b", second, redis_server.uri, tag)
-    mcp = {"Accept": "application/json, text/event-stream"}
+    mcp = dict(MCP_ACCEPT)
     with start_gateway(a_config, first, tag) as a, start_gateway(b_config, second, tag) as b:
-        init = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        }
-        status, headers, _ = request("POST", a.url + "/mcp", init, mcp)
+        status, headers, _ = request("POST", a.url + "/mcp", MCP_INITIALIZE, mcp)
         assert status == 200
         session = headers["Mcp-Session-Id"]
         assert list(keys(redis_server)) == [f"mcpgateway:session:{session}"]

@@ -35,7 +35,7 @@ from mcpgateway.cluster.directory import address_of
 from .cluster_fixture import AUTH, Gateway, gateway_config, ports, start_gateway
 from .conftest import kill_tagged, require_binary, tagged_processes
 from .redis_fixture import RedisServer, redis_server_at
-from .test_cluster import request
+from .test_cluster import MCP_ACCEPT, MCP_INITIALIZE, request
 from .test_twistd import environment, http
 
 #: Third-party programs end to end: run once, in tox's e2e env (not per Python).
@@ -150,18 +150,8 @@ def test_haproxy_three_gateways_and_one_killed(tmp_path: Path) -> None:
         assert forwarded(gateways) == 0
 
         # An MCP session too: HAProxy learns its id from the answer that minted it.
-        mcp = {"Accept": "application/json, text/event-stream"}
-        init = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        }
-        status, headers, raw = request("POST", url + "/mcp", init, mcp)
+        mcp = dict(MCP_ACCEPT)
+        status, headers, raw = request("POST", url + "/mcp", MCP_INITIALIZE, mcp)
         assert status == 200, raw
         [minted] = [value for name, value in headers.items() if name.lower() == "mcp-session-id"]  # HAProxy: lower case
         mcp |= {"Mcp-Session-Id": minted, "MCP-Protocol-Version": "2025-06-18"}
@@ -212,9 +202,11 @@ def test_haproxy_three_gateways_and_one_killed(tmp_path: Path) -> None:
     assert leaked == []
 
 
-def post(url: str, body: dict[str, Any], method: str = "POST") -> tuple[int, Any, str | None]:
+def post(
+    url: str, body: dict[str, Any], method: str = "POST", auth: tuple[str, str] = AUTH
+) -> tuple[int, Any, str | None]:
     """
-    One request with the fleet's credentials.
+    One request, with the fleet's credentials unless told others.
 
     @return: C{(status, decoded JSON body, Retry-After header)}.
     """
@@ -225,7 +217,7 @@ def post(url: str, body: dict[str, Any], method: str = "POST") -> tuple[int, Any
         headers={"Content-Type": "application/json"},
         method=method,
     )
-    request.add_header("Authorization", "Basic " + base64.b64encode(":".join(AUTH).encode()).decode())
+    request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
     try:
         with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310
             return response.status, json.loads(response.read()), response.headers.get("Retry-After")

@@ -11,7 +11,6 @@ HAProxy configuration in front of two real gateways, one of them draining.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -22,8 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +32,7 @@ import yaml
 from mcpgateway.config import ConfigError, parse_config
 
 from .conftest import require_binary
+from .test_cluster_haproxy import post
 from .test_twistd import (
     _children_of,
     _wait_for_health,
@@ -535,21 +533,8 @@ def _call(url: str, session: str, auth: tuple[str, str]) -> tuple[int, Any, str 
 
     @return: C{(status, decoded JSON body, Retry-After)}.
     """
-    assert url.startswith("http://127.0.0.1:"), url
-    request = urllib.request.Request(  # noqa: S310 (checked above)
-        url + "/services/todo/call",
-        data=json.dumps({"tool": "add_todo", "session_id": session, "arguments": {"text": session}}).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "Authorization": "Basic " + base64.b64encode(":".join(auth).encode()).decode(),
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310
-            return response.status, json.loads(response.read()), response.headers.get("Retry-After")
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read()), error.headers.get("Retry-After")
+    body = {"tool": "add_todo", "session_id": session, "arguments": {"text": session}}
+    return post(url + "/services/todo/call", body, auth=auth)
 
 
 def test_haproxy_takes_a_draining_gateway_out_of_rotation(tmp_path: Path) -> None:

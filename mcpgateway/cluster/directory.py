@@ -184,7 +184,7 @@ class Directory:
                 self._refresh(keys=keys[start : start + _REFRESH_BATCH], args=[self.me, self._ttl_ms])
             if listed:
                 self._redis.set(f"{self._prefix}instance:{self.address}", "1", px=self._ttl_ms)
-            return self._count("session:*"), self._count("instance:*")
+            return self._count("session:*"), len(self._instances())
 
         return self._call(work)
 
@@ -194,12 +194,11 @@ class Directory:
             processes that take new sessions (their instance keys: listed,
             not draining, not yet expired).
         """
-        pattern = f"{self._prefix}instance:"
+        return self._call(self._instances)
 
-        def scan() -> list[str]:
-            return [str(key)[len(pattern) :] for key in self._redis.scan_iter(match=pattern + "*", count=1000)]
-
-        return self._call(scan)
+    def _instances(self) -> list[str]:
+        prefix = f"{self._prefix}instance:"
+        return [str(key)[len(prefix) :] for key in self._redis.scan_iter(match=prefix + "*", count=1000)]
 
     def _count(self, pattern: str) -> int:
         return sum(1 for _ in self._redis.scan_iter(match=f"{self._prefix}{pattern}", count=1000))

@@ -109,8 +109,8 @@ class Placement:
         self.worker = worker
         self._choose = choose
         self._left = False
-        #: New sessions passed on while draining, to the process chosen.
-        self._passed: dict[str, str] = {}
+        #: New sessions passed on while draining, until their call arrived.
+        self._passed: set[str] = set()
         self.fleet_sessions = 0
         self.fleet_instances = 0
         self.forwards = dict.fromkeys(FORWARD_OUTCOMES, 0)
@@ -185,8 +185,8 @@ class Placement:
             return None
         if len(self._passed) >= _CACHE_SIZE:
             self._passed.clear()
-        chosen = self._passed[session_id] = self._choose(sorted(others))
-        return chosen
+        self._passed.add(session_id)
+        return self._choose(sorted(others))
 
     async def _leave(self) -> None:
         """
@@ -209,14 +209,14 @@ class Placement:
         A request of C{session_id} reached the process it was forwarded to:
         if it was a new session passed on, it lives there now.
         """
-        self._passed.pop(session_id, None)
+        self._passed.discard(session_id)
 
     def forget(self, session_id: str) -> None:
         """
         Drop what this process remembers of C{session_id}'s owner.
         """
         self._owners.pop(session_id, None)
-        self._passed.pop(session_id, None)
+        self._passed.discard(session_id)
 
     async def lost(self, session_id: str, owner: str, why: str = "cannot be reached") -> None:
         """

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import treq
@@ -255,6 +255,35 @@ class Fleet:
         if original and self.forwarded(request):
             return str(original.decode("latin-1"))[:64]
         return peer
+
+    async def serve(
+        self,
+        request: IRequest,
+        session_id: str,
+        principal: Principal,
+        peer: str,
+        here: Callable[[str], Awaitable[bytes]],
+    ) -> bytes:
+        """
+        Answer a call that may open C{session_id}: at its owner (forwarded),
+        or here with C{here}.  A call served here that fails before its
+        session opened releases the claim it made (L{Placement.abandon}),
+        unless another call of the session is under way here.
+
+        @param peer: The connection's peer address.
+        @param here: Serves the call in this process, given the client's address.
+        @return: The answer's body.
+        """
+        placement = self.placement
+        with placement.calling(session_id):
+            forwarded = await self.route(request, session_id, create=True, principal=principal)
+            if forwarded is not None:
+                return forwarded
+            try:
+                return await here(self.client_of(request, peer))
+            except Exception:
+                await placement.abandon(session_id)
+                raise
 
     async def route(
         self,

@@ -293,24 +293,15 @@ class GatewayApp:
             raise BadRequest(
                 f"timeout must be a number of seconds above 0 and at most {MAX_SESSION_TIMEOUT:g}", "invalid_timeout"
             )
-        address = client_address(request)
-        if self.fleet is None:
-            call = CallRequest(principal, name, tool, arguments, session_id, "rest", address)
-            return _render(request, 200, await self.calls.call(call, float(timeout), metadata))
-        placement = self.fleet.placement
-        with placement.calling(session_id):
-            forwarded = await self.fleet.route(request, session_id, create=True, principal=principal)
-            if forwarded is not None:
-                return forwarded
-            address = self.fleet.client_of(request, address)
+
+        async def here(address: str) -> bytes:
             # Span, metric and access-log line: recorded there, as for /mcp calls.
             call = CallRequest(principal, name, tool, arguments, session_id, "rest", address)
-            try:
-                answer = await self.calls.call(call, float(timeout), metadata)
-            except Exception:
-                await placement.abandon(session_id)
-                raise
-        return _render(request, 200, answer)
+            return _render(request, 200, await self.calls.call(call, float(timeout), metadata))
+
+        if self.fleet is None:
+            return await here(client_address(request))
+        return await self.fleet.serve(request, session_id, principal, client_address(request), here)
 
     @app.route("/metrics", methods=["GET"])
     @guarded("default")
