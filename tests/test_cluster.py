@@ -547,6 +547,12 @@ def test_a_gateway_restarted_at_its_address_does_not_pass_off_new_sessions_as_ol
                 status, body = gateway.call(session, "list_todos")  # re-sent: a new, empty session
                 assert status == 200, body
                 assert body["structured_content"]["todos"] == []
+            for session in ("via-b", "at-a"):
+                assert request("DELETE", f"{b.url}/sessions/{session}")[0] == 200
+            deadline = time.monotonic() + 5
+            while tagged_processes(tag) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert tagged_processes(tag) == []  # no child left behind
     kill_tagged(tag)
 
 
@@ -581,6 +587,10 @@ def test_a_draining_gateway_passes_new_sessions_on(tmp_path: Path, redis_server:
             assert request("DELETE", a.url + f"/sessions/{session}")[0] == 200
         # The drained gateway exits on SIGTERM at once; the other stays.
         assert a.stop() == -signal.SIGTERM
+        deadline = time.monotonic() + 5
+        while tagged_processes(tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tagged_processes(tag) == []  # no child left behind
     kill_tagged(tag)
 
 
