@@ -584,8 +584,44 @@ def test_a_draining_gateway_passes_new_sessions_on(tmp_path: Path, redis_server:
         assert b.call("fresh-1", "list_todos")[1]["result"] == "#1 [ ] fresh-1"
         assert a.call("live", "list_todos")[1]["result"] == "#1 [ ] kept"
         assert keys(redis_server, "mcpgateway:instance:*").keys() == {f"mcpgateway:instance:{b.internal_address()}"}
+        # An MCP client's initialize names no session: it is passed on whole,
+        # the session opened and claimed there, and its requests forwarded.
+        status, headers, raw = request("POST", a.url + "/mcp", MCP_INITIALIZE, MCP_ACCEPT)
+        assert status == 200, raw
+        mcp_session = headers["Mcp-Session-Id"]
+        assert keys(redis_server)[f"mcpgateway:session:{mcp_session}"] == owners["mcpgateway:session:fresh-1"]
+        legacy = {**MCP_ACCEPT, "Mcp-Session-Id": mcp_session, "MCP-Protocol-Version": "2025-06-18"}
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "todo.add_todo", "arguments": {"text": "via mcp"}},
+        }
+        status, _, raw = request("POST", a.url + "/mcp", call, legacy)
+        assert status == 200, raw
+        assert "Added todo #1" in raw.decode(), raw
+        # A 2026-07-28 request opens no session of its client's: passed on too.
+        modern = {
+            **MCP_ACCEPT,
+            "MCP-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "todo.add_todo",
+        }
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+        call["params"] = {**call["params"], "_meta": meta}
+        status, _, raw = request("POST", a.url + "/mcp", call, modern)
+        assert status == 200, raw
+        assert "Added todo #1" in raw.decode(), raw
+        held = {g.url: len(json.loads(request("GET", g.url + "/sessions")[2])) for g in (a, b)}
+        assert held == {a.url: 1, b.url: 4}, held
+        assert request("DELETE", a.url + "/mcp", None, legacy)[0] == 200
         for session in ("live", "fresh-1", "fresh-2"):
             assert request("DELETE", a.url + f"/sessions/{session}")[0] == 200
+        (modern_session,) = json.loads(request("GET", b.url + "/sessions")[2])
+        assert request("DELETE", b.url + f"/sessions/{modern_session}")[0] == 200
         # The drained gateway exits on SIGTERM at once; the other stays.
         assert a.stop() == -signal.SIGTERM
         deadline = time.monotonic() + 5

@@ -7,7 +7,7 @@ worker supervisor on a L{Clock} with a recording reactor.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -383,18 +383,26 @@ class Owner(Resource):
 
 class Front(Resource):
     """
-    The forwarding side: every POST is routed by a L{Fleet} for session C{s}.
+    The forwarding side: every POST is answered by C{route} (by default, a
+    L{Fleet} routes it for session C{s}), or with C{here} if it answers L{None}.
     """
 
     isLeaf = True
 
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        route: Callable[[Fleet, Any, Principal], Coroutine[Any, Any, bytes | None]] | None = None,
+        here: bytes = b"served here",
+    ) -> None:
         super().__init__()
         self.fleet = fleet
+        self.route = route or (lambda fleet, request, alice: fleet.route(request, "s", create=True, principal=alice))
+        self.here = here
 
     def render_POST(self, request: Any) -> Any:
         def done(body: bytes | None) -> None:
-            request.write(b"served here" if body is None else body)
+            request.write(self.here if body is None else body)
             request.finish()
 
         def failed(failure: Failure) -> None:
@@ -405,8 +413,7 @@ class Front(Resource):
             request.finish()
 
         alice = Principal("alice", "agent", ("ops",))
-        routed = self.fleet.route(request, "s", create=True, principal=alice)
-        Deferred.fromCoroutine(routed).addCallbacks(done, failed)
+        Deferred.fromCoroutine(self.route(self.fleet, request, alice)).addCallbacks(done, failed)
         return NOT_DONE_YET
 
 
@@ -519,6 +526,60 @@ async def test_an_owner_s_refusal_sends_the_next_call_to_the_directory(
         assert await post() == (200, b"served here")
         assert entry.get("mcpgateway:session:s") == fleet.placement.directory.me.encode()
         assert len(full.seen) == 1
+    finally:
+        await fleet.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_draining_process_passes_a_session_it_cannot_name_on(
+    redis_server: RedisServer, servers: list[Any]
+) -> None:
+    """
+    An MCP C{initialize} reaching a draining process goes whole to a
+    process that takes new sessions (which mints and claims the id); a
+    forwarded one is never passed on again; with nobody to take it, or
+    Redis gone, it is refused here; a process that cannot be reached is
+    503 C{draining}, a retry.
+    """
+    config = ClusterConfig(redis=redis_server.uri, secret=SECRET, entry_ttl=30, connect_timeout=1)
+    gateway = Gateway(parse_config({"server": {"auth_user": "u", "auth_password": "p"}}, {}), None, reactor)  # type: ignore[arg-type]
+    me = "http://127.0.0.1:1"
+    fleet = Fleet(Placement(Directory(config, me), gateway), SECRET, reactor, 1.0)
+    # An MCP initialize names no session: Fleet.pass_on answers it or refuses.
+    front = listen(Front(fleet, lambda fleet, request, alice: fleet.pass_on(request, alice), b"refused here"), servers)
+    entry = redis_server.client()
+
+    async def post(**headers: str) -> tuple[int, bytes]:
+        sent = {"Authorization": "Basic eDp5", **headers}
+        response = await treq.post(front + "/mcp/svc", data=b'{"method":"initialize"}', headers=sent)
+        return response.code, await treq.content(response)
+
+    try:
+        entry.set(f"mcpgateway:instance:{me}", "1")  # leaves the list at its first pass
+        assert await post() == (200, b"refused here")
+        assert entry.get(f"mcpgateway:instance:{me}") is None
+
+        taking = Owner("answer")
+        address = listen(taking, servers)
+        entry.set(f"mcpgateway:instance:{address}", "1")
+        assert await post() == (429, b'{"answer":"from the owner"}')
+        admitted = b'{"name": "alice", "role": "agent", "roles": ["ops"]}'
+        assert taking.seen == [(SECRET.encode(), admitted, b'{"method":"initialize"}')]
+        assert entry.keys("mcpgateway:session:*") == []  # the process that serves it claims its id
+
+        assert await post(**{"X-Mcpgateway-Forwarded": SECRET}) == (200, b"refused here")
+        assert len(taking.seen) == 1
+
+        gone = servers.pop()
+        await gone.stopListening()
+        await fleet.pool.closeCachedConnections()  # the process went with its connections
+        code, body = await post()
+        assert code == 503, body
+        assert json.loads(body)["code"] == "draining", body
+        assert fleet.placement.forwards == {"answered": 1, "lost": 0, "misdirected": 0}
+
+        redis_server.stop()
+        assert await post() == (200, b"refused here")
     finally:
         await fleet.close()
 

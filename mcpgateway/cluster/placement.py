@@ -14,7 +14,8 @@ and incarnation ("forward it there"):
     fleet's list of processes that take new sessions, and passes a new
     session on to one of those (it claims the session there), so a client
     whose balancer has not yet noticed the drain never sees it; only with
-    no other process does it refuse the session (503 C{draining}).  A
+    no other process does it refuse the session (503 C{draining}).  An MCP
+    C{initialize}, which names no session, goes to L{Placement.elsewhere}.  A
     claim whose session was then not opened (the drain began in between,
     or the process is full) is released (L{Placement.abandon});
   - an entry of an earlier process at this process's own address (it died
@@ -172,6 +173,17 @@ class Placement:
         self._owners[session_id] = owner
         return owner
 
+    async def elsewhere(self) -> str | None:
+        """
+        This process drains: choose another that takes new sessions.
+
+        @return: Its address, or L{None} if there is none.
+        @raise DirectoryUnavailable: If Redis cannot be asked.
+        """
+        await self._leave()
+        others = [address for address in await self._track(self.directory.instances()) if address != self.address]
+        return self._choose(sorted(others)) if others else None
+
     async def _pass_on(self, session_id: str) -> str | None:
         """
         This process drains: choose another that takes new sessions for
@@ -179,14 +191,12 @@ class Placement:
 
         @return: Its address, or L{None} if there is none.
         """
-        await self._leave()
-        others = [address for address in await self._track(self.directory.instances()) if address != self.address]
-        if not others:
-            return None
-        if len(self._passed) >= _CACHE_SIZE:
-            self._passed.clear()
-        self._passed.add(session_id)
-        return self._choose(sorted(others))
+        address = await self.elsewhere()
+        if address is not None:
+            if len(self._passed) >= _CACHE_SIZE:
+                self._passed.clear()
+            self._passed.add(session_id)
+        return address
 
     async def _leave(self) -> None:
         """

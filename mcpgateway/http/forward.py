@@ -44,7 +44,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IRequest, IResponse
 from zope.interface import implementer
 
-from mcpgateway.cluster.directory import address_of
+from mcpgateway.cluster.directory import DirectoryUnavailable, address_of
 from mcpgateway.cluster.placement import Misdirected, Placement, session_lost
 from mcpgateway.errors import Forbidden, GatewayError, ServiceUnavailable
 from mcpgateway.observe.logs import logger
@@ -151,6 +151,17 @@ def _deliver(response: IResponse, write: Callable[[bytes], object]) -> Deferred[
     done: Deferred[None] = Deferred()
     response.deliverBody(_Relay(write, done))
     return done
+
+
+def _body_of(request: IRequest) -> bytes:
+    """
+    @return: C{request}'s body, read again from its start.
+    """
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    return bytes(content.read())
 
 
 @implementer(IAgentEndpointFactory)
@@ -315,18 +326,50 @@ class Fleet:
             raise WrongOwner(f"session {session_id!r} belongs to {wrong.owner}", owner=wrong.owner) from None
         if owner is None:
             return None
-        if body is None:
-            content = request.content
-            if content is not None:
-                content.seek(0)
-                body = content.read()
-            else:
-                body = b""
-        return await self._forward(request, session_id, owner, body, create, principal)
+        return await self._forward(
+            request, session_id, owner, _body_of(request) if body is None else body, create, principal
+        )
 
-    async def _forward(
-        self, request: IRequest, session_id: str, owner: str, body: bytes, create: bool, principal: Principal | None
-    ) -> bytes | None:
+    async def pass_on(self, request: IRequest, principal: Principal) -> bytes | None:
+        """
+        This process drains, and refused C{request}, which would open a new
+        session without naming it (an MCP C{initialize}: the process that
+        serves it mints the id and claims it; a 2026-07-28 request): send it
+        to a process that takes new sessions, and answer with its answer.
+
+        @param principal: Who this gateway admitted the request as.
+        @return: L{None} to refuse it here (no other process, Redis cannot
+            be asked, or another gateway forwarded it: the loop guard), else
+            the body already written (C{b""}).
+        @raise ServiceUnavailable: C{draining} if that process cannot be reached.
+        """
+        if self.forwarded(request):
+            return None
+        try:
+            address = await self.placement.elsewhere()
+        except DirectoryUnavailable as error:
+            log.warn("the session directory cannot be reached: {error}", error=str(error))
+            return None
+        if address is None:
+            return None
+        try:
+            response = await self._send(request, address, self._headers(request, principal), _body_of(request))
+        except CancelledError:
+            raise
+        except _UNREACHABLE:
+            raise ServiceUnavailable(
+                "this gateway is draining and the one it passed the new session to cannot be reached; retry",
+                "draining",
+                retry_after=1,
+            ) from None
+        self.placement.forwards["answered"] += 1
+        await self._answer(request, response, address)
+        return b""
+
+    def _headers(self, request: IRequest, principal: Principal | None) -> Headers:
+        """
+        @return: The headers of C{request} sent on to another gateway.
+        """
         headers = Headers()
         for name in _REQUEST_HEADERS:
             value = request.getHeader(name)
@@ -338,22 +381,32 @@ class Fleet:
             headers.setRawHeaders(PRINCIPAL_HEADER, [json.dumps(admitted).encode()])
         peer = getattr(request.getClientAddress(), "host", "-")
         headers.setRawHeaders(CLIENT_HEADER, [self.client_of(request, str(peer)).encode()])
+        return headers
+
+    async def _send(self, request: IRequest, owner: str, headers: Headers, body: bytes) -> IResponse:
+        """
+        Send C{request} to C{owner}; once more if a kept-alive connection
+        the owner had closed never carried it.
+        """
+        url = address_of(owner).encode("ascii") + request.uri
+        response: IResponse
+        try:
+            response = await self.agent.request(request.method, url, headers, _Body(body) if body else None)
+        except _NOT_SENT:
+            response = await self.agent.request(request.method, url, headers, _Body(body) if body else None)
+        return response
+
+    async def _forward(
+        self, request: IRequest, session_id: str, owner: str, body: bytes, create: bool, principal: Principal | None
+    ) -> bytes | None:
+        headers = self._headers(request, principal)
         asked_again = False
-        resent = False
         while True:
             try:
-                response = await self.agent.request(
-                    request.method,
-                    address_of(owner).encode("ascii") + request.uri,
-                    headers,
-                    _Body(body) if body else None,
-                )
+                response = await self._send(request, owner, headers, body)
             except CancelledError:
                 raise
             except _UNREACHABLE as error:
-                if isinstance(error, _NOT_SENT) and not resent:
-                    resent = True  # a kept-alive connection the owner had closed
-                    continue
                 if self.placement.passed_on(session_id):
                     # A new session this draining process passed on: nothing lived there yet.
                     self.placement.forget(session_id)
@@ -395,6 +448,14 @@ class Fleet:
             # next call asks the directory rather than being sent back.
             self.placement.forget(session_id)
         self.placement.forwards["answered"] += 1
+        await self._answer(request, response, owner)
+        return b""
+
+    async def _answer(self, request: IRequest, response: IResponse, owner: str) -> None:
+        """
+        Answer C{request} with another gateway's C{response}: its status,
+        relevant headers and body, streamed.
+        """
         request.setResponseCode(response.code)
         for name in _RESPONSE_HEADERS:
             values = response.headers.getRawHeaders(name)
@@ -408,13 +469,13 @@ class Fleet:
             # The status is out already: cut the client's connection, so it
             # cannot take a truncated answer for a whole one.
             log.warn(
-                "session {id}: the answer from {owner} was cut short ({error})",
-                id=session_id,
-                owner=owner,
+                "the answer from {owner} to {method} {path} was cut short ({error})",
+                owner=address_of(owner),
+                method=request.method,
+                path=request.path,
                 error=type(error).__name__,
             )
             request.loseConnection()  # type: ignore[attr-defined]
-        return b""
 
     async def _alive(self, owner: str) -> bool:
         """

@@ -41,7 +41,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.web.iweb import IRequest
 
 from mcpgateway.calls import ToolCalls
-from mcpgateway.errors import GatewayError, retry_after_header
+from mcpgateway.errors import GatewayError, ServiceUnavailable, retry_after_header
 from mcpgateway.front.client import Context, McpClient
 from mcpgateway.front.errors import McpError, gateway_error
 from mcpgateway.front.server import McpFront
@@ -322,6 +322,8 @@ class McpEndpoint:
                 client, result = self.front.initialize(principal, scope, params)
             except McpError as error:
                 return json_response(request, 400, error_message(request_id, error))
+            except ServiceUnavailable as refused:
+                return await self._elsewhere(request, principal, refused)
             if self.fleet is not None:
                 try:
                     await self.fleet.placement.claim(client.id)
@@ -391,7 +393,10 @@ class McpEndpoint:
         self._ladder(request, message)
         if method == "initialize":
             raise Refusal(400, INVALID_REQUEST, "initialize is not part of 2026-07-28", request_id=request_id)
-        session = self.front.modern_session(principal)
+        try:
+            session = self.front.modern_session(principal)
+        except ServiceUnavailable as refused:
+            return await self._elsewhere(request, principal, refused)
         exchange = Exchange(request, None)
         ctx = Context(principal, scope, True, session, exchange, address=client_address(request))
         status = 200
@@ -409,6 +414,20 @@ class McpEndpoint:
         except GatewayError as error:
             response = error_message(request_id, self._shown(gateway_error(error), principal))
         return exchange.finish(response, status)
+
+    async def _elsewhere(self, request: IRequest, principal: Principal, refused: ServiceUnavailable) -> bytes:
+        """
+        This process refused to open a session for C{request}: if it did
+        because it drains, a process of the fleet that takes new sessions
+        answers instead (the client's balancer may not have noticed yet).
+
+        @raise ServiceUnavailable: C{refused}, if no other process can.
+        """
+        if self.fleet is not None and refused.code == "draining":
+            passed = await self.fleet.pass_on(request, principal)
+            if passed is not None:
+                return passed
+        raise refused
 
     def _ladder(self, request: IRequest, message: dict[str, Any]) -> None:
         """
