@@ -348,7 +348,8 @@ def test_rolling_restart_loses_no_call(tmp_path: Path) -> None:
     keep calling through HAProxy: no call of a session fails (a new session
     that reaches a draining gateway is passed on to another), every session
     keeps its state, calls of a draining gateway's sessions are forwarded to
-    it once HAProxy takes it out, and nothing leaks.
+    it once HAProxy takes it out, and nothing leaks.  (So is an MCP
+    C{initialize}, sent straight to the draining gateway.)
     """
     tag = uuid.uuid4().hex
     gateway_ports = ports(3)
@@ -397,6 +398,13 @@ def test_rolling_restart_loses_no_call(tmp_path: Path) -> None:
                 assert passed[0] == 200, passed
                 assert owners(redis)[f"probe-{index}"] not in ("", address), owners(redis)
                 assert post(victim.url + f"/sessions/probe-{index}", {}, method="DELETE")[0] == 200
+                # So is an MCP client's initialize (an MCP client does not re-send it).
+                status, headers, raw = request("POST", victim.url + "/mcp", MCP_INITIALIZE, dict(MCP_ACCEPT))
+                assert status == 200, raw
+                [minted] = [value for name, value in headers.items() if name.lower() == "mcp-session-id"]
+                assert owners(redis)[minted] not in ("", address), owners(redis)
+                mcp = {**MCP_ACCEPT, "Mcp-Session-Id": minted, "MCP-Protocol-Version": "2025-06-18"}
+                assert request("DELETE", victim.url + "/mcp", None, mcp)[0] == 200
                 # Its live sessions go on until HAProxy took it out (then they end).
                 out = wait_for(
                     lambda server=server, downs=downs: balancer_log.read_text().count(f"{server} DOWN") > downs,
