@@ -224,10 +224,15 @@ class Paused:
         self.waiting.append((work, d))
         return d
 
-    def resume(self) -> None:
+    def resume(self, order: list[int] | None = None) -> None:
+        """
+        Run what waits, in the order it was sent or in C{order} (the thread
+        pool's threads may run it in any order).
+        """
         self.paused = False
-        while self.waiting:
-            work, d = self.waiting.pop(0)
+        waiting, self.waiting = self.waiting, []
+        for index in order or range(len(waiting)):
+            work, d = waiting[index]
             d.callback(work())
 
 
@@ -285,6 +290,31 @@ def test_a_refused_first_call_leaves_the_claim_of_another_under_way(redis_server
         # The call under way fails too: now the claim goes.
         result(Deferred.fromCoroutine(here.abandon("s")))
     assert entry.get("mcpgateway:session:s") is None
+
+
+def test_a_session_closed_while_a_refresh_is_on_its_way_leaves_no_entry(redis_server: RedisServer) -> None:
+    """
+    A reaper sweep's refresh names a session that closes before the refresh
+    runs; in the thread pool the close's release may run first, and the
+    refresh (which writes a missing entry again) would bring the entry back
+    for C{entry_ttl}: a closed session that looks alive (and C{session_lost}
+    if this process dies).  Such sessions are released again after the refresh.
+    """
+    here, gateway, run = paused_placement(redis_server)
+    entry = redis_server.client()
+    alice = Principal("u", "agent")
+    for session_id in ("closed", "reopened"):
+        assert result(Deferred.fromCoroutine(here.owner_for(session_id, create=True))) is None
+        gateway.open_session(session_id, alice, 60, {})
+    run.paused = True
+    here.refresh()
+    for session_id in ("closed", "reopened"):
+        gateway.close_session(session_id, alice)
+    gateway.open_session("reopened", alice, 60, {})  # a new call of it, here, meanwhile
+    run.resume(order=[1, 2, 0])  # both releases first, then the refresh
+    assert entry.get("mcpgateway:session:closed") is None
+    assert entry.get("mcpgateway:session:reopened") == here.directory.me.encode()
+    assert here.fleet_sessions == 2  # counted by the refresh, before the second release
 
 
 # -- the supervisor -----------------------------------------------------------------

@@ -119,6 +119,9 @@ class Placement:
         #: Calls under way here per session id (L{calling}).
         self._calling: dict[str, int] = {}
         self._pending: set[Deferred[Any]] = set()
+        #: Refreshes under way, and the sessions closed while one was.
+        self._refreshing = 0
+        self._closed_meanwhile: set[str] = set()
         gateway.session_closed.append(self._closed)
         gateway.swept.append(self.refresh)
 
@@ -306,12 +309,30 @@ class Placement:
         listed = not self.gateway.sessions.refusing
         if not listed:
             Deferred.fromCoroutine(self._leave()).addErrback(self._failed)
-        self._track(self.directory.refresh([session.id for session in self.gateway.sessions], listed)).addCallbacks(
-            counted, self._failed
-        )
+        self._refreshing += 1
+        refreshing = self.directory.refresh([session.id for session in self.gateway.sessions], listed)
+        self._track(refreshing.addBoth(self._refreshed)).addCallbacks(counted, self._failed)
+
+    def _refreshed(self, outcome: object) -> object:
+        """
+        A refresh is done.  It named the sessions held when it was sent, and
+        it writes an entry it finds missing again (Redis lost it), so the
+        release of one that closed meanwhile may have run before it in the
+        thread pool and been undone: release those again, unless they live
+        here again or a call may open them here.
+        """
+        self._refreshing -= 1
+        if not self._refreshing:
+            closed, self._closed_meanwhile = self._closed_meanwhile, set()
+            for session_id in closed:
+                if self.gateway.sessions.get(session_id) is None and not self._calling.get(session_id):
+                    self._track(self.directory.release(session_id)).addErrback(self._failed)
+        return outcome
 
     def _closed(self, session: Session) -> None:
         self.forget(session.id)
+        if self._refreshing:
+            self._closed_meanwhile.add(session.id)
         self._track(self.directory.release(session.id)).addErrback(self._failed)
 
     def _failed(self, failure: Failure) -> None:
@@ -334,7 +355,8 @@ class Placement:
         Wait for the directory updates under way (the gateway has closed its
         sessions), leave the fleet and disconnect.
         """
-        await gatherResults([d.addErrback(lambda _: None) for d in list(self._pending)])
+        while self._pending:  # (a refresh that ends may send releases)
+            await gatherResults([d.addErrback(lambda _: None) for d in list(self._pending)])
         try:
             await self.directory.leave()
         except DirectoryUnavailable as error:
