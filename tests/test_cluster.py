@@ -234,12 +234,13 @@ def test_two_gateways_serve_one_session_space(tmp_path: Path, redis_server: Redi
         # /metrics: this process's address and worker, the fleet from the directory.
         a.call("gamma", "add_todo", text="x")
         b.call("delta", "add_todo", text="y")
-        time.sleep(1.5)  # one reaper sweep (session.cleanup_interval is 1 s)
+        fleet = ("mcpgateway_fleet_sessions 2.0", "mcpgateway_fleet_instances 2.0")
+        # Counted by a reaper sweep (session.cleanup_interval is 1 s) after both calls.
+        wait_for(lambda: all(line in request("GET", a.url + "/metrics")[2].decode() for line in fleet), 10)
         text = request("GET", a.url + "/metrics")[2].decode()
         assert 'mcpgateway_instance_info{address="http://127.0.0.1:' in text
         assert 'worker="0"} 1.0' in text
-        assert "mcpgateway_fleet_sessions 2.0" in text
-        assert "mcpgateway_fleet_instances 2.0" in text
+        assert all(line in text for line in fleet)
         assert 'mcpgateway_forwards_total{outcome="answered"}' in text
 
         for gateway in (a, b):
@@ -532,8 +533,9 @@ def test_a_gateway_restarted_at_its_address_does_not_pass_off_new_sessions_as_ol
     """
     tag = uuid.uuid4().hex
     first, second, internal = ports(3)
-    a_config = gateway_config(tmp_path / "a", first, redis_server.uri, tag, internal_port=internal)
-    b_config = gateway_config(tmp_path / "b", second, redis_server.uri, tag)
+    # Entries that outlive a slow restart: the test is about entries still there.
+    a_config = gateway_config(tmp_path / "a", first, redis_server.uri, tag, internal_port=internal, entry_ttl=60)
+    b_config = gateway_config(tmp_path / "b", second, redis_server.uri, tag, entry_ttl=60)
     with start_gateway(b_config, second, tag) as b:
         with start_gateway(a_config, first, tag) as a:
             for session in ("via-b", "at-a"):

@@ -121,8 +121,11 @@ def test_haproxy_three_gateways_and_one_killed(tmp_path: Path) -> None:
     (front,) = [p for p in ports(4) if p not in gateway_ports][:1]
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(redis_server_at(tmp_path))
+        # entry_ttl: the dead gateway's entries must outlast the calls that find them.
         gateways = [
-            stack.enter_context(start_gateway(gateway_config(tmp_path / f"gw{i}", port, redis.uri, tag), port, tag))
+            stack.enter_context(
+                start_gateway(gateway_config(tmp_path / f"gw{i}", port, redis.uri, tag, entry_ttl=60), port, tag)
+            )
             for i, port in enumerate(gateway_ports)
         ]
         url = stack.enter_context(haproxy(front, gateway_ports, tmp_path))

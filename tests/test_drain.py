@@ -15,7 +15,6 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 
-from mcpgateway.children.pool import POOL_REFILL_DELAY
 from mcpgateway.config import parse_config
 from mcpgateway.drain import Drain
 from mcpgateway.errors import ServiceUnavailable
@@ -211,7 +210,7 @@ async def test_admin_drain_over_http(live: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_admin_drain_deadline_closes_the_children(live: Any) -> None:
-    gw = live({"fx": fixture_service()}, session={"drain_timeout": 0.5})
+    gw = live({"fx": fixture_service()}, session={"drain_timeout": 2})
     for session in ("one", "two"):
         response, body = await gw.call("fx", "counter", session)
         assert response.code == 200, body
@@ -230,15 +229,19 @@ async def test_admin_drain_deadline_closes_the_children(live: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_draining_gateway_does_not_refill_its_warm_pool(live: Any) -> None:
+async def test_a_draining_gateway_does_not_refill_its_warm_pool(live: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     gw = live({"fx": fixture_service(prewarm=1)})
     service = gw.gateway.services["fx"]
     await wait_until(lambda: service.pool_size == 1)
+    # The refill a taken warm child schedules comes after the drain below
+    # began, however slow the call's round trip on a loaded machine.
+    refill_delay = 2.0
+    monkeypatch.setattr(service, "refill_pool_soon", lambda delay=0: service.pool.refill_soon(refill_delay))
     response, body = await gw.call("fx", "counter", "live")  # takes the warm child
     assert response.code == 200, body
     response, _ = await gw.request("POST", "/admin/drain")
     assert response.code == 202
-    await sleep(POOL_REFILL_DELAY + 0.5)
+    await sleep(refill_delay + 0.5)
     assert (service.pool_size, service.pool_pending) == (0, 0)
     assert len(gw.children()) == 1, "only the live session's child"
     response, body = await gw.call("fx", "counter", "live")

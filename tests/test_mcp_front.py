@@ -784,7 +784,7 @@ async def test_legacy_cancellation_notification_answers_the_request(live: Any, s
 
 @pytest_twisted.ensureDeferred
 async def test_idle_session_expires(live: Any) -> None:
-    gw = live({"a": fixture_service()}, session={"default_timeout": 0.5, "cleanup_interval": 0.1})
+    gw = live({"a": fixture_service()}, session={"default_timeout": 2, "cleanup_interval": 0.1})
     session = await initialize(gw)
     _, sessions = await gw.request("GET", "/sessions")
     assert session in sessions
@@ -797,7 +797,7 @@ async def test_idle_session_expires(live: Any) -> None:
 @pytest_twisted.ensureDeferred
 async def test_an_open_stream_keeps_its_session_until_it_is_closed(live: Any, monkeypatch: Any) -> None:
     monkeypatch.setattr(McpEndpoint, "keepalive", 0.1)
-    gw = live({"a": fixture_service()}, session={"default_timeout": 0.5, "cleanup_interval": 0.1})
+    gw = live({"a": fixture_service()}, session={"default_timeout": 2, "cleanup_interval": 0.1})
     session = await initialize(gw)
     response = await treq.get(
         gw.url + "/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": session}, auth=AUTH
@@ -806,7 +806,7 @@ async def test_an_open_stream_keeps_its_session_until_it_is_closed(live: Any, mo
     assert response.headers.getRawHeaders(b"content-type") == [b"text/event-stream"]
     assert response.headers.getRawHeaders(b"mcp-session-id") == [session.encode()]
     body = treq.content(response)  # fires when the stream ends
-    await sleep(1.5)
+    await sleep(3)  # past default_timeout: the open stream keeps the session
     assert not body.called
     ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
     answer, _ = await http(gw, "POST", "/mcp", ping, legacy_headers(session))

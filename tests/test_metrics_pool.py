@@ -33,6 +33,8 @@ async def test_metrics_text(live: Any) -> None:
     await gw.call("fx", "no_such_tool_xyz", "m1")
     await gw.call("broken", "echo", "m2")
     await gw.request("GET", "/services", auth=("tester", "wrong"))
+    # The tool lister's child is closed in the background: the session's is left.
+    await wait_until(lambda: len(gw.gateway.services["fx"].children) == 1)
 
     response, text = await gw.request("GET", "/metrics")
     assert response.code == 200

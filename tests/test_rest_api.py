@@ -240,7 +240,7 @@ async def test_delete_fails_calls_in_flight_at_once(live: Any) -> None:
     gw = live({"fx": fixture_service()})
     await gw.call("fx", "echo", "busy", {"text": "warm"})
     pending = ensureDeferred(gw.call("fx", "sleep", "busy", {"seconds": 30}))
-    await sleep(0.2)
+    await wait_until(lambda: bool(gw.gateway.sessions.get("busy").calls))
     response, _ = await gw.request("DELETE", "/sessions/busy")
     assert response.code == 200
     response, body = await pending

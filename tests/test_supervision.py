@@ -75,7 +75,8 @@ async def test_warm_child_that_keeps_dying_backs_off(live: Any) -> None:
     await sleep(3)
     # Backing off from 0.5 s and doubling, three seconds hold at most five
     # starts (a respawn loop without backoff makes dozens).
-    assert 2 <= service.spawns <= 5, service.spawns
+    assert service.spawns <= 5, service.spawns
+    await wait_until(lambda: service.spawns >= 2)  # it does start again
     assert service.describe()["state"] in ("failing", "ready", "idle")
     assert "warm pool" in (service.last_failure.message if service.last_failure else "")
 
