@@ -513,6 +513,8 @@ def test_owner_gone_is_session_lost_and_a_retry_starts_afresh(tmp_path: Path, re
         assert body["code"] == "session_lost"
         assert "state is lost" in body["error"]
         assert keys(redis_server) == {}
+        # Its port refuses connections: it is off the list of processes that take new sessions too.
+        assert keys(redis_server, "mcpgateway:instance:*").keys() == {f"mcpgateway:instance:{b.internal_address()}"}
         # The SignalWire skill re-sends a 5xx: the retry starts a new, empty session here.
         status, body = b.call("lost", "list_todos")
         assert status == 200

@@ -7,6 +7,7 @@ worker supervisor on a L{Clock} with a recording reactor.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -461,6 +462,23 @@ def listen(resource: Resource, servers: list[Any]) -> str:
     return f"http://127.0.0.1:{port.getHost().port}"
 
 
+def fleet_of(redis_server: RedisServer, choose: Callable[[list[str]], str] = random.choice) -> Fleet:
+    """
+    @return: The forwarding side of a gateway with no service (nothing spawns).
+    """
+    config = ClusterConfig(redis=redis_server.uri, secret=SECRET, entry_ttl=30, connect_timeout=1)
+    gateway = Gateway(parse_config({"server": {"auth_user": "u", "auth_password": "p"}}, {}), None, reactor)  # type: ignore[arg-type]
+    return Fleet(Placement(Directory(config, "http://127.0.0.1:1"), gateway, choose=choose), SECRET, reactor, 1.0)
+
+
+async def post(url: str, body: bytes = b'{"tool":"t"}', **headers: str) -> tuple[int, bytes]:
+    """
+    @return: The status and body of a POST of C{body} to C{url}.
+    """
+    response = await treq.post(url, data=body, headers={"Authorization": "Basic eDp5", **headers})
+    return response.code, await treq.content(response)
+
+
 @pytest_twisted.ensureDeferred
 async def test_forwarding_answers_unchanged_and_tells_lost_from_dropped(
     redis_server: RedisServer, servers: list[Any]
@@ -538,22 +556,15 @@ async def test_an_owner_s_refusal_sends_the_next_call_to_the_directory(
     the next call is not sent back to be refused again (and answered
     C{session_lost} once that process is gone) but opens the session here.
     """
-    config = ClusterConfig(redis=redis_server.uri, secret=SECRET, entry_ttl=30, connect_timeout=1)
-    gateway = Gateway(parse_config({"server": {"auth_user": "u", "auth_password": "p"}}, {}), None, reactor)  # type: ignore[arg-type]
-    fleet = Fleet(Placement(Directory(config, "http://127.0.0.1:1"), gateway), SECRET, reactor, 1.0)
+    fleet = fleet_of(redis_server)
     front = listen(Front(fleet), servers)
     entry = redis_server.client()
-
-    async def post() -> tuple[int, bytes]:
-        response = await treq.post(front, data=b'{"tool":"t"}', headers={"Authorization": "Basic eDp5"})
-        return response.code, await treq.content(response)
-
     try:
         full = Owner("answer")  # 429
         entry.set("mcpgateway:session:s", listen(full, servers))
-        assert (await post())[0] == 429
+        assert (await post(front))[0] == 429
         entry.delete("mcpgateway:session:s")  # its claim went with the refusal
-        assert await post() == (200, b"served here")
+        assert await post(front) == (200, b"served here")
         assert entry.get("mcpgateway:session:s") == fleet.placement.directory.me.encode()
         assert len(full.seen) == 1
     finally:
@@ -568,48 +579,92 @@ async def test_a_draining_process_passes_a_session_it_cannot_name_on(
     An MCP C{initialize} reaching a draining process goes whole to a
     process that takes new sessions (which mints and claims the id); a
     forwarded one is never passed on again; with nobody to take it, or
-    Redis gone, it is refused here; a process that cannot be reached is
-    503 C{draining}, a retry.
+    Redis gone, it is refused here.  A process that is gone (its port
+    refuses connections) is taken off the list and another one chosen; one
+    that drops the request is 503 C{draining}, a retry.
     """
-    config = ClusterConfig(redis=redis_server.uri, secret=SECRET, entry_ttl=30, connect_timeout=1)
-    gateway = Gateway(parse_config({"server": {"auth_user": "u", "auth_password": "p"}}, {}), None, reactor)  # type: ignore[arg-type]
-    me = "http://127.0.0.1:1"
-    fleet = Fleet(Placement(Directory(config, me), gateway), SECRET, reactor, 1.0)
+    preferred: list[str] = []
+    fleet = fleet_of(redis_server, lambda found: next((a for a in found if a in preferred), found[0]))
+    me = fleet.placement.address
     # An MCP initialize names no session: Fleet.pass_on answers it or refuses.
-    front = listen(Front(fleet, lambda fleet, request, alice: fleet.pass_on(request, alice), b"refused here"), servers)
+    mcp = listen(Front(fleet, lambda fleet, request, alice: fleet.pass_on(request, alice), b"refused here"), servers)
+    mcp += "/mcp/svc"
     entry = redis_server.client()
-
-    async def post(**headers: str) -> tuple[int, bytes]:
-        sent = {"Authorization": "Basic eDp5", **headers}
-        response = await treq.post(front + "/mcp/svc", data=b'{"method":"initialize"}', headers=sent)
-        return response.code, await treq.content(response)
+    initialize = b'{"method":"initialize"}'
 
     try:
         entry.set(f"mcpgateway:instance:{me}", "1")  # leaves the list at its first pass
-        assert await post() == (200, b"refused here")
+        assert await post(mcp, initialize) == (200, b"refused here")
         assert entry.get(f"mcpgateway:instance:{me}") is None
 
         taking = Owner("answer")
         address = listen(taking, servers)
         entry.set(f"mcpgateway:instance:{address}", "1")
-        assert await post() == (429, b'{"answer":"from the owner"}')
+        assert await post(mcp, initialize) == (429, b'{"answer":"from the owner"}')
         admitted = b'{"name": "alice", "role": "agent", "roles": ["ops"]}'
         assert taking.seen == [(SECRET.encode(), admitted, b'{"method":"initialize"}')]
         assert entry.keys("mcpgateway:session:*") == []  # the process that serves it claims its id
 
-        assert await post(**{"X-Mcpgateway-Forwarded": SECRET}) == (200, b"refused here")
+        assert await post(mcp, initialize, **{"X-Mcpgateway-Forwarded": SECRET}) == (200, b"refused here")
         assert len(taking.seen) == 1
 
         gone = servers.pop()
         await gone.stopListening()
         await fleet.pool.closeCachedConnections()  # the process went with its connections
-        code, body = await post()
+        other = Owner("answer")
+        entry.set(f"mcpgateway:instance:{listen(other, servers)}", "1")
+        preferred.append(address)  # the gone one is chosen first
+        assert await post(mcp, initialize) == (429, b'{"answer":"from the owner"}')
+        assert entry.get(f"mcpgateway:instance:{address}") is None
+        assert len(other.seen) == 1
+        entry.delete(*entry.keys("mcpgateway:instance:*"))
+        entry.set(f"mcpgateway:instance:{address}", "1")  # only a gone one is listed
+        assert await post(mcp, initialize) == (200, b"refused here")
+        assert entry.keys("mcpgateway:instance:*") == []
+
+        entry.set(f"mcpgateway:instance:{listen(Owner('drop'), servers)}", "1")
+        code, body = await post(mcp, initialize)
         assert code == 503, body
         assert json.loads(body)["code"] == "draining", body
-        assert fleet.placement.forwards == {"answered": 1, "lost": 0, "misdirected": 0}
+        assert fleet.placement.forwards == {"answered": 2, "lost": 0, "misdirected": 0}
 
         redis_server.stop()
-        assert await post() == (200, b"refused here")
+        assert await post(mcp, initialize) == (200, b"refused here")
+    finally:
+        await fleet.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_rest_session_passed_on_to_a_gone_process_goes_to_another(
+    redis_server: RedisServer, servers: list[Any]
+) -> None:
+    """
+    A draining process passes a new REST session on; if the process it
+    chose is gone (its port refuses connections; its instance key has not
+    expired yet), that one is taken off the list and another chosen: the
+    call never reached a process.  With none left, it is served here (where
+    the drain refuses it: 503 C{draining}).
+    """
+    dead = listen(Owner("answer"), servers)
+    await servers.pop().stopListening()
+    fleet = fleet_of(redis_server, lambda found: dead if dead in found else found[0])
+    fleet.placement.gateway.sessions.refusing = True  # draining
+    front = listen(Front(fleet), servers)
+    entry = redis_server.client()
+
+    try:
+        taking = Owner("answer")
+        for address in (dead, listen(taking, servers)):
+            entry.set(f"mcpgateway:instance:{address}", "1")
+        assert await post(front) == (429, b'{"answer":"from the owner"}')
+        assert len(taking.seen) == 1
+        assert entry.get(f"mcpgateway:instance:{dead}") is None
+
+        entry.delete(*entry.keys("mcpgateway:instance:*"))
+        entry.set(f"mcpgateway:instance:{dead}", "1")
+        fleet.placement.forget("s")
+        assert await post(front) == (200, b"served here")
+        assert entry.keys("mcpgateway:instance:*") == []
     finally:
         await fleet.close()
 

@@ -13,7 +13,8 @@ it on every sweep of the session reaper, and deletes it when the session
 closes; a dead owner's entries expire after C{cluster.entry_ttl}.  Each
 process also keeps C{<prefix>instance:<address>} alive the same way, so the
 fleet can be counted and a draining process can pass a new session on to
-one that takes new sessions.
+one that takes new sessions; another process deletes it at once when that
+address refuses connections (L{Directory.delist}).
 
 redis-py is blocking: every command runs in the reactor's thread pool
 (C{deferToThread}), as L{mcpgateway.policy.storage} does, with short socket
@@ -208,9 +209,18 @@ class Directory:
         Remove this process's instance key (its sessions are released one by
         one as they close): at a stop, and when it starts to drain.
         """
+        return self.delist(self.address)
+
+    def delist(self, address: str) -> Deferred[None]:
+        """
+        Remove the instance key of the process at C{address}: this one
+        leaving, or another that is gone (nothing listens there any more;
+        its key would otherwise outlive it by up to C{entry_ttl}).  A live
+        process lists itself again at its next sweep.
+        """
 
         def delete() -> None:
-            self._redis.delete(f"{self._prefix}instance:{self.address}")
+            self._redis.delete(f"{self._prefix}instance:{address}")
 
         return self._call(delete)
 

@@ -201,6 +201,17 @@ class Placement:
             self._passed.add(session_id)
         return address
 
+    async def gone(self, address: str) -> None:
+        """
+        Nothing listens at C{address} any more (a connection was refused):
+        the process there is gone, so no draining process should pass a new
+        session on to it; take it off the list (L{Directory.delist}).
+        """
+        try:
+            await self._track(self.directory.delist(address))
+        except DirectoryUnavailable as error:
+            log.warn("the session directory cannot be reached: {error}", error=str(error))
+
     async def _leave(self) -> None:
         """
         Leave the list of processes that take new sessions, once.

@@ -33,7 +33,7 @@ import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
+from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionRefusedError, TimeoutError
 from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -151,6 +151,18 @@ def _deliver(response: IResponse, write: Callable[[bytes], object]) -> Deferred[
     done: Deferred[None] = Deferred()
     response.deliverBody(_Relay(write, done))
     return done
+
+
+def _passed_on_unreachable() -> ServiceUnavailable:
+    """
+    @return: The 503 for a new session a draining process passed on to a
+        process it could not reach (nothing lived there yet: a retry).
+    """
+    return ServiceUnavailable(
+        "this gateway is draining and the one it passed the new session to cannot be reached; retry",
+        "draining",
+        retry_after=1,
+    )
 
 
 def _body_of(request: IRequest) -> bytes:
@@ -345,23 +357,28 @@ class Fleet:
         """
         if self.forwarded(request):
             return None
-        try:
-            address = await self.placement.elsewhere()
-        except DirectoryUnavailable as error:
-            log.warn("the session directory cannot be reached: {error}", error=str(error))
-            return None
-        if address is None:
-            return None
-        try:
-            response = await self._send(request, address, self._headers(request, principal), _body_of(request))
-        except CancelledError:
-            raise
-        except _UNREACHABLE:
-            raise ServiceUnavailable(
-                "this gateway is draining and the one it passed the new session to cannot be reached; retry",
-                "draining",
-                retry_after=1,
-            ) from None
+        headers, body = self._headers(request, principal), _body_of(request)
+        chosen_again = False
+        while True:
+            try:
+                address = await self.placement.elsewhere()
+            except DirectoryUnavailable as error:
+                log.warn("the session directory cannot be reached: {error}", error=str(error))
+                return None
+            if address is None:
+                return None
+            try:
+                response = await self._send(request, address, headers, body)
+                break
+            except CancelledError:
+                raise
+            except _UNREACHABLE as error:
+                if isinstance(error, ConnectionRefusedError):
+                    await self.placement.gone(address)
+                    if not chosen_again:  # it never reached a process: choose another
+                        chosen_again = True
+                        continue
+                raise _passed_on_unreachable() from None
         self.placement.forwards["answered"] += 1
         await self._answer(request, response, address)
         return b""
@@ -400,21 +417,27 @@ class Fleet:
         self, request: IRequest, session_id: str, owner: str, body: bytes, create: bool, principal: Principal | None
     ) -> bytes | None:
         headers = self._headers(request, principal)
-        asked_again = False
+        asked_again = chosen_again = False
         while True:
             try:
                 response = await self._send(request, owner, headers, body)
             except CancelledError:
                 raise
             except _UNREACHABLE as error:
+                refused = isinstance(error, ConnectionRefusedError)
+                if refused:
+                    await self.placement.gone(address_of(owner))
                 if self.placement.passed_on(session_id):
                     # A new session this draining process passed on: nothing lived there yet.
                     self.placement.forget(session_id)
-                    raise ServiceUnavailable(
-                        "this gateway is draining and the one it passed the new session to cannot be reached; retry",
-                        "draining",
-                        retry_after=1,
-                    ) from None
+                    if refused and not chosen_again:  # it never reached a process: choose another
+                        chosen_again = True
+                        found = await self.placement.owner_for(session_id, create=create)
+                        if found is None:
+                            return None
+                        owner = found
+                        continue
+                    raise _passed_on_unreachable() from None
                 if isinstance(error, ResponseFailed) and await self._alive(owner):
                     # The owner lives but dropped this call: its session is not lost.
                     raise ServiceUnavailable(
