@@ -49,7 +49,7 @@ from mcpgateway.gateway import Gateway
 from mcpgateway.observe.logs import logger
 from mcpgateway.sessions import Session
 
-__all__ = ["FORWARD_OUTCOMES", "Misdirected", "Placement", "session_lost"]
+__all__ = ["FORWARD_OUTCOMES", "Misdirected", "Placement", "directory_unreachable", "session_lost"]
 
 log = logger("mcpgateway.cluster")
 
@@ -57,6 +57,14 @@ log = logger("mcpgateway.cluster")
 FORWARD_OUTCOMES = ("answered", "lost", "misdirected")
 #: Owners remembered per process before the cache is emptied.
 _CACHE_SIZE = 10000
+
+
+def directory_unreachable(error: BaseException | None) -> None:
+    """
+    Log that Redis could not be asked (L{DirectoryUnavailable}) where the
+    request goes on without it.
+    """
+    log.warn("the session directory cannot be reached: {error}", error=str(error))
 
 
 def session_lost(session_id: str) -> ServiceUnavailable:
@@ -160,7 +168,7 @@ class Placement:
                 if owner is None and create and not forwarded:
                     owner = await self._pass_on(session_id)
         except DirectoryUnavailable as error:
-            log.warn("the session directory cannot be reached: {error}", error=str(error))
+            directory_unreachable(error)
             raise ServiceUnavailable(
                 "the session directory (Redis) cannot be reached; retry", "cluster_unavailable", retry_after=1
             ) from None
@@ -210,7 +218,7 @@ class Placement:
         try:
             await self._track(self.directory.delist(address))
         except DirectoryUnavailable as error:
-            log.warn("the session directory cannot be reached: {error}", error=str(error))
+            directory_unreachable(error)
 
     async def _leave(self) -> None:
         """
@@ -253,7 +261,7 @@ class Placement:
             if await self._track(self.directory.release(session_id, owner)):
                 log.warn("session {id}: its owner {owner} {why}; entry removed", id=session_id, owner=owner, why=why)
         except DirectoryUnavailable as error:
-            log.warn("the session directory cannot be reached: {error}", error=str(error))
+            directory_unreachable(error)
 
     async def claim(self, session_id: str) -> None:
         """
@@ -262,7 +270,7 @@ class Placement:
         try:
             await self._track(self.directory.claim(session_id))
         except DirectoryUnavailable as error:
-            log.warn("the session directory cannot be reached: {error}", error=str(error))
+            directory_unreachable(error)
             raise ServiceUnavailable(
                 "the session directory (Redis) cannot be reached; retry", "cluster_unavailable", retry_after=1
             ) from None
@@ -282,12 +290,13 @@ class Placement:
             if left:
                 self._calling[session_id] = left
 
-    def _opening(self, session_id: str) -> bool:
+    def _opening(self, session_id: str, asking: int = 0) -> bool:
         """
+        @param asking: Calls of C{session_id} under way that ask (an abandoning one: 1).
         @return: Whether C{session_id} lives here, or another call that may
-            open it here is under way (the one abandoning it counts once).
+            open it here is under way.
         """
-        return self.gateway.sessions.get(session_id) is not None or self._calling.get(session_id, 0) > 1
+        return self.gateway.sessions.get(session_id) is not None or self._calling.get(session_id, 0) > asking
 
     async def abandon(self, session_id: str) -> None:
         """
@@ -300,14 +309,14 @@ class Placement:
         first calls of one session, one refused); if one opened it while the
         release was on its way, the session is entered again.
         """
-        if self._opening(session_id):
+        if self._opening(session_id, asking=1):
             return
         self.forget(session_id)
         try:
-            if await self._track(self.directory.release(session_id)) and self._opening(session_id):
+            if await self._track(self.directory.release(session_id)) and self._opening(session_id, asking=1):
                 await self._track(self.directory.claim(session_id))
         except DirectoryUnavailable as error:
-            log.warn("the session directory cannot be reached: {error}", error=str(error))
+            directory_unreachable(error)
 
     def refresh(self) -> None:
         """
@@ -336,7 +345,7 @@ class Placement:
         if not self._refreshing:
             closed, self._closed_meanwhile = self._closed_meanwhile, set()
             for session_id in closed:
-                if self.gateway.sessions.get(session_id) is None and not self._calling.get(session_id):
+                if not self._opening(session_id):
                     self._track(self.directory.release(session_id)).addErrback(self._failed)
         return outcome
 
@@ -348,7 +357,7 @@ class Placement:
 
     def _failed(self, failure: Failure) -> None:
         if failure.check(DirectoryUnavailable):
-            log.warn("the session directory cannot be reached: {error}", error=str(failure.value))
+            directory_unreachable(failure.value)
         else:
             log.failure("updating the session directory", failure)
 
@@ -371,7 +380,7 @@ class Placement:
         try:
             await self.directory.leave()
         except DirectoryUnavailable as error:
-            log.warn("the session directory cannot be reached: {error}", error=str(error))
+            directory_unreachable(error)
         self.directory.close()
 
     def collector(self) -> Collector:

@@ -45,7 +45,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IRequest, IRe
 from zope.interface import implementer
 
 from mcpgateway.cluster.directory import DirectoryUnavailable, address_of
-from mcpgateway.cluster.placement import Misdirected, Placement, session_lost
+from mcpgateway.cluster.placement import Misdirected, Placement, directory_unreachable, session_lost
 from mcpgateway.errors import Forbidden, GatewayError, ServiceUnavailable
 from mcpgateway.observe.logs import logger
 from mcpgateway.policy.auth import Principal
@@ -363,7 +363,7 @@ class Fleet:
             try:
                 address = await self.placement.elsewhere()
             except DirectoryUnavailable as error:
-                log.warn("the session directory cannot be reached: {error}", error=str(error))
+                directory_unreachable(error)
                 return None
             if address is None:
                 return None
